@@ -1,0 +1,1 @@
+"""Gristmill: a self-hostable feature store."""

@@ -1,0 +1,51 @@
+"""The exception tree. Every error a user can cause is a ``GristmillError`` with a message that says
+what was wrong (file, field or argument) and how to fix it.
+
+    GristmillError
+    ├── SpecError              an invalid YAML file or spec object (names file, field, fix)
+    ├── RegistryError          catalog problems
+    │   ├── NotFoundError      unknown entity / feature set / version / feature
+    │   └── ImmutableError     an edit of a registered version that needs a new version
+    ├── RetrievalError         bad retrieval request (features, observations, columns)
+    ├── SourceError            a source that cannot be read (missing file, missing column, bad type)
+    ├── TransformationError    user transformation code or SQL failed or returned the wrong schema
+    └── ConfigError            a bad featurestore.yaml or store argument
+"""
+
+from __future__ import annotations
+
+
+class GristmillError(Exception):
+    """Base class of every error Gristmill raises on purpose."""
+
+
+class SpecError(GristmillError, ValueError):
+    """An invalid specification file or object."""
+
+
+class ConfigError(GristmillError, ValueError):
+    """An invalid store configuration."""
+
+
+class RegistryError(GristmillError):
+    """A catalog operation that cannot be done."""
+
+
+class NotFoundError(RegistryError, LookupError):
+    """An entity, feature set, version or feature that does not exist."""
+
+
+class ImmutableError(RegistryError):
+    """A change to a registered version that only a new version may make."""
+
+
+class RetrievalError(GristmillError, ValueError):
+    """A retrieval request that cannot be answered as asked."""
+
+
+class SourceError(GristmillError):
+    """A source that cannot be read as its specification says."""
+
+
+class TransformationError(GristmillError):
+    """A transformation that failed or produced output that does not match the declared features."""

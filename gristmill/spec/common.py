@@ -1,0 +1,101 @@
+"""Small value objects shared by several spec files: columns, features, case-insensitive enums."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from gristmill.spec.types import FeatureType, parse_feature_type
+
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+COLUMN_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _lower_enum(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _parse_type(value: Any) -> FeatureType:
+    return parse_feature_type(value)
+
+
+TypeName = Annotated[FeatureType, BeforeValidator(_parse_type)]
+
+
+def _version(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+Version = Annotated[str, BeforeValidator(_version), Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class Frozen(BaseModel):
+    """Base of every spec object: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Stage(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+StageName = Annotated[Stage, BeforeValidator(_lower_enum)]
+
+
+class Column(Frozen):
+    """A typed column: an index column of an entity or feature set."""
+
+    name: str
+    type: TypeName
+
+    @field_validator("name")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if not COLUMN_PATTERN.match(value):
+            raise ValueError(f"'{value}' is not a valid column name; use letters, digits and underscores")
+        return value
+
+
+class Feature(Frozen):
+    """One declared output column of a feature set."""
+
+    name: str
+    type: TypeName
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _feature_name(cls, value: str) -> str:
+        if not COLUMN_PATTERN.match(value):
+            raise ValueError(f"'{value}' is not a valid feature name; use letters, digits and underscores")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags_as_strings(cls, value: Any) -> Any:
+        return tags_as_strings(value)
+
+
+def tags_as_strings(value: Any) -> Any:
+    """Tags are string to string; YAML turns ``pii: false`` into a bool, so stringify scalars."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"'{value}' is not a valid {what} name; use letters, digits, '_' and '-'")
+    return value
