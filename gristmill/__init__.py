@@ -1,1 +1,78 @@
-"""Gristmill: a self-hostable feature store."""
+"""Gristmill: a self-hostable feature store.
+
+>>> import gristmill as gm
+>>> store = gm.FeatureStore.init("my-store")                 # doctest: +SKIP
+
+The public API is the names in ``__all__``; they are imported lazily so ``import gristmill`` stays fast
+(DuckDB, pandas, SQLAlchemy and the rest load on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "FeatureStore": "gristmill.store",
+    "ApplyPlan": "gristmill.store",
+    "Entity": "gristmill.spec.entity",
+    "FeatureSet": "gristmill.spec.featureset",
+    "FeatureSetSpec": "gristmill.spec.featureset_spec",
+    "FeatureRetrievalSpec": "gristmill.spec.retrieval_spec",
+    "Feature": "gristmill.spec.common",
+    "Column": "gristmill.spec.common",
+    "Duration": "gristmill.spec.duration",
+    "FeatureType": "gristmill.spec.types",
+    "DuckDBEngine": "gristmill.compute.duckdb_engine",
+    "FeatureFrame": "gristmill.compute.result",
+    "RetrievalResult": "gristmill.compute.result",
+    "GristmillError": "gristmill.errors",
+    "SpecError": "gristmill.errors",
+    "ConfigError": "gristmill.errors",
+    "RegistryError": "gristmill.errors",
+    "NotFoundError": "gristmill.errors",
+    "ImmutableError": "gristmill.errors",
+    "RetrievalError": "gristmill.errors",
+    "SourceError": "gristmill.errors",
+    "TransformationError": "gristmill.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from gristmill.compute.duckdb_engine import DuckDBEngine
+    from gristmill.compute.result import FeatureFrame, RetrievalResult
+    from gristmill.errors import (
+        ConfigError,
+        GristmillError,
+        ImmutableError,
+        NotFoundError,
+        RegistryError,
+        RetrievalError,
+        SourceError,
+        SpecError,
+        TransformationError,
+    )
+    from gristmill.spec.common import Column, Feature
+    from gristmill.spec.duration import Duration
+    from gristmill.spec.entity import Entity
+    from gristmill.spec.featureset import FeatureSet
+    from gristmill.spec.featureset_spec import FeatureSetSpec
+    from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
+    from gristmill.spec.types import FeatureType
+    from gristmill.store import ApplyPlan, FeatureStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gristmill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,246 @@
+"""The embedded engine: DuckDB in-process. It spills to disk past its memory limit, so retrievals larger
+than memory finish instead of crashing."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gristmill.compute.engine import AggregationMode, FeatureSetRequest, to_utc_naive
+from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, probe_view
+from gristmill.compute.pit import OBS_TIME, ROW, JoinPlan, deduplicated_sql, known_at_sql, point_in_time_sql
+from gristmill.compute.result import FeatureFrame, RetrievalResult
+from gristmill.compute.schema import sql_family
+from gristmill.compute.sources import ORDER, SourceError, list_files, to_arrow_table, unique_name
+from gristmill.compute.sqltext import cols, lit, q
+from gristmill.errors import RetrievalError
+from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
+
+if TYPE_CHECKING:
+    import duckdb
+
+log = logging.getLogger("gristmill.compute")
+
+
+class DuckDBEngine:
+    """Computes feature sets and point-in-time joins with DuckDB.
+
+    >>> engine = DuckDBEngine(memory_limit="4GB")   # doctest: +SKIP
+    """
+
+    name = "duckdb"
+
+    def __init__(self, *, memory_limit: str | None = None, threads: int | None = None,
+                 temp_directory: str | Path | None = None) -> None:
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self.temp_directory = str(temp_directory) if temp_directory else None
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A fresh connection with UTC session time and the configured limits."""
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        if self.memory_limit:
+            con.execute(f"SET memory_limit = {lit(self.memory_limit)}")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        temp = self.temp_directory or str(Path(tempfile.gettempdir()) / "gristmill-spill")
+        con.execute(f"SET temp_directory = {lit(temp)}")
+        return con
+
+    # -- computing ---------------------------------------------------------------------------------
+    def compute(self, spec: FeatureSetSpec, start: datetime | str | None, end: datetime | str | None,
+                *, label: str = "feature set") -> FeatureFrame:
+        """Compute ``spec`` over ``[start, end)``: index columns, timestamp, [create_timestamp], features."""
+        lo = to_utc_naive(start, name="start") if start is not None else None
+        hi = to_utc_naive(end, name="end") if end is not None else None
+        if lo is not None and hi is not None and lo >= hi:
+            raise RetrievalError(f"start ({lo}) must be before end ({hi}); the window is [start, end)")
+        con = self.connect()
+        view = compute_view(con, spec, lo, hi, label=label)
+        ts = q(view.timestamp)
+        shown = [*view.keys, view.timestamp, *([CREATE_TIMESTAMP] if view.has_create_timestamp else []),
+                 *view.features]
+        select = ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in (view.timestamp, CREATE_TIMESTAMP)
+                           else q(c) for c in shown)
+        sql = f"SELECT {select} FROM {view.name} ORDER BY {cols(view.keys)}, {ts}, {q(ORDER)}"
+        return FeatureFrame(con, sql, description=f"{label} over [{lo}, {hi})")
+
+    # -- retrieval -----------------------------------------------------------------------------------
+    def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,
+                 as_known_at: bool = False, aggregation_mode: str = "per_event") -> RetrievalResult:
+        """Point-in-time join of ``requests`` onto ``observations`` (SPEC §3)."""
+        try:
+            mode = AggregationMode(aggregation_mode)
+        except ValueError:
+            raise RetrievalError(f"aggregation_mode '{aggregation_mode}' is unknown; use one of: "
+                                 f"{', '.join(m.value for m in AggregationMode)}") from None
+        if mode == AggregationMode.AS_OF_OBSERVATION and as_known_at:
+            raise RetrievalError("as_known_at=True cannot be combined with aggregation_mode="
+                                 "'as_of_observation'; use one of them")
+        if not requests:
+            raise RetrievalError("features: the list is empty; name at least one feature as "
+                                 "'feature_set:version:feature'")
+        con = self.connect()
+        raw, columns, types = _register_observations(con, observations)
+        if timestamp_column not in types:
+            raise RetrievalError(f"timestamp_column '{timestamp_column}' is not a column of the observations "
+                                 f"(columns: {', '.join(columns)}); pass the name of the observation time column")
+        missing = {r.label: [k for k in r.spec.index_column_names if k not in types] for r in requests}
+        missing = {label: keys for label, keys in missing.items() if keys}
+        if missing:
+            detail = "; ".join(f"{label} needs {', '.join(keys)}" for label, keys in missing.items())
+            raise RetrievalError(f"observations lack index column(s): {detail} "
+                                 f"(observation columns: {', '.join(columns)})")
+        requests = _rename_clashes(requests, columns)
+        obs_time = _time_expression(q(timestamp_column), types[timestamp_column], timestamp_column)
+        key_casts: dict[tuple[str, str], str] = {}
+        extra = []
+        for request in requests:
+            for column in request.spec.index_columns:
+                if (column.name, column.type.sql) in key_casts:
+                    continue
+                if types[column.name].upper() == column.type.sql:
+                    key_casts[(column.name, column.type.sql)] = q(column.name)
+                else:
+                    alias = f"__gm_key_{len(key_casts)}"
+                    extra.append(f"TRY_CAST({q(column.name)} AS {column.type.sql}) AS {alias}")
+                    key_casts[(column.name, column.type.sql)] = alias
+        obs = unique_name("obs")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {obs} AS SELECT *, {obs_time} AS {OBS_TIME}"
+                    f"{''.join(', ' + e for e in extra)} FROM {raw}")
+        low, high = con.execute(f"SELECT min({OBS_TIME}), max({OBS_TIME}) FROM {obs}").fetchone()
+        plans: list[JoinPlan] = []
+        right_sides: list[str] = []
+        for request in requests:
+            spec = request.spec
+            obs_keys = [key_casts[(c.name, c.type.sql)] for c in spec.index_columns]
+            delay = spec.source_delay
+            lookback = spec.temporal_join_lookback.timedelta if spec.temporal_join_lookback else None
+            features = [f for f, _ in request.outputs]
+            if mode == AggregationMode.AS_OF_OBSERVATION and spec.window_expressions is not None:
+                probes = unique_name("probes")
+                key_select = ", ".join(f"{k} AS {q(c.name)}" for k, c in zip(obs_keys, spec.index_columns,
+                                                                             strict=True))
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {probes} AS SELECT {key_select}, "
+                            f"{OBS_TIME} - INTERVAL '{int(delay.total_seconds())} seconds' AS __gm_probe_ts "
+                            f"FROM {obs} WHERE {OBS_TIME} IS NOT NULL")
+                view = probe_view(con, spec, probes, label=request.label)
+                plan = JoinPlan(view, obs_keys, list(request.outputs), delay, None, exact_time=True)
+                plans.append(plan)
+                right_sides.append(deduplicated_sql(view, features))
+                continue
+            start, end = _feature_window(low, high, delay, lookback)
+            view = compute_view(con, spec, start, end, label=request.label)
+            plan = JoinPlan(view, obs_keys, list(request.outputs), delay, lookback, as_known_at=as_known_at)
+            plans.append(plan)
+            right_sides.append(known_at_sql(plan, obs) if as_known_at else deduplicated_sql(view, features))
+        output_order = [name for r in requests for _, name in r.outputs]
+        sql = point_in_time_sql(obs, columns, plans, right_sides, _request_order(requests, output_order))
+        labels = ", ".join(r.label for r in requests)
+        return RetrievalResult(con, sql, description=f"point-in-time retrieval of {labels}")
+
+
+def _rename_clashes(requests: list[FeatureSetRequest], columns: list[str]) -> list[FeatureSetRequest]:
+    """A feature whose output name is already an observation column gets the suffix ``_1`` (``_2``...)."""
+    taken = set(columns)
+    renamed = []
+    for request in requests:
+        outputs = []
+        for feature, name in request.outputs:
+            final, n = name, 0
+            while final in taken:
+                n += 1
+                final = f"{name}_{n}"
+            if final != name:
+                log.warning("feature %s of %s is output as %s: an observation column is named %s",
+                            feature, request.label, final, name)
+            taken.add(final)
+            outputs.append((feature, final))
+        renamed.append(FeatureSetRequest(request.label, request.spec, tuple(outputs), request.position))
+    return renamed
+
+
+def _request_order(requests: list[FeatureSetRequest], names: list[str]) -> list[str]:
+    """Output names sorted by the position of each feature in the user's request."""
+    positions = {name: pos for r in requests for (_, name), pos in zip(r.outputs, r.position, strict=True)}
+    return sorted(names, key=lambda name: positions[name])
+
+
+def _feature_window(low: datetime | None, high: datetime | None, delay: timedelta,
+                    lookback: timedelta | None) -> tuple[datetime | None, datetime]:
+    """The feature rows any observation can reach: ``[min(t) - lookback, max(t) - delay]``."""
+    if low is None or high is None:
+        epoch = datetime(1970, 1, 1)
+        return epoch, epoch
+    if lookback == timedelta(0):
+        return low, high + ONE_MICROSECOND
+    end = high - delay + ONE_MICROSECOND
+    start = low - lookback if lookback is not None else None
+    if start is not None and start > end:
+        start = end
+    return start, end
+
+
+def _time_expression(column: str, sql_type: str, name: str) -> str:
+    family = sql_family(sql_type)
+    upper = sql_type.upper()
+    if upper == "TIMESTAMP":
+        return column
+    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
+        return f"timezone('UTC', {column})"
+    if family in ("datetime", "string"):
+        return f"CAST({column} AS TIMESTAMP)"
+    raise RetrievalError(f"timestamp_column '{name}' has type {sql_type}; it must hold timestamps, dates or "
+                         "ISO time strings")
+
+
+def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any
+                           ) -> tuple[str, list[str], dict[str, str]]:
+    """Register observations with a ``__gm_row`` column holding their original order."""
+    import numpy as np
+    import pyarrow as pa
+
+    raw = unique_name("obs_raw")
+    if isinstance(observations, str | Path):
+        path = str(observations)
+        kind = SourceType.CSV if path.lower().endswith(".csv") else SourceType.PARQUET
+        try:
+            files = list_files(path, None, kind, con)
+        except SourceError as exc:
+            raise RetrievalError(f"observations: {exc}") from None
+        file_list = "[" + ", ".join(lit(f) for f in files) + "]"
+        if kind == SourceType.CSV:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list})")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ROW} FROM {raw}_t")
+        else:
+            mapping = ", ".join(f"({lit(f)}, {i})" for i, f in enumerate(files))
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_files AS SELECT * FROM (VALUES {mapping}) "
+                        "v(__gm_file, __gm_file_index)")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (filename, file_row_number, "
+                        f"__gm_file, __gm_file_index), (__gm_file_index::BIGINT << 40) + file_row_number AS {ROW} "
+                        f"FROM read_parquet({file_list}, filename=true, file_row_number=true) "
+                        f"JOIN {raw}_files ON filename = __gm_file")
+    else:
+        try:
+            table = to_arrow_table(observations, what="observations")
+        except Exception as exc:
+            raise RetrievalError(f"observations: expected a pandas/Polars DataFrame, an Arrow table or a "
+                                 f"Parquet/CSV path, got {type(observations).__name__}") from exc
+        if ROW in table.column_names:
+            table = table.drop_columns([ROW])
+        table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        con.register(raw, table)
+    described = con.execute(f"DESCRIBE SELECT * FROM {raw}").fetchall()
+    columns = [r[0] for r in described if r[0] != ROW]
+    types = {r[0]: r[1] for r in described}
+    reserved = [c for c in columns if c.startswith("__gm_")]
+    if reserved:
+        raise RetrievalError(f"observations: column(s) {', '.join(reserved)} use the reserved prefix __gm_; "
+                             "rename them")
+    return raw, columns, types

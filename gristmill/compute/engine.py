@@ -1,0 +1,74 @@
+"""The engine interface: what every compute engine (DuckDB now, Spark later) offers, and the request
+objects passed to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gristmill.errors import RetrievalError
+
+if TYPE_CHECKING:
+    from gristmill.compute.result import FeatureFrame, RetrievalResult
+    from gristmill.spec.featureset_spec import FeatureSetSpec
+
+
+class AggregationMode(StrEnum):
+    """How DSL window features are evaluated in retrieval."""
+
+    PER_EVENT = "per_event"                  # value of the latest event row (materialized = computed)
+    AS_OF_OBSERVATION = "as_of_observation"  # window ending exactly at the observation time minus delay
+
+
+@dataclass(frozen=True)
+class FeatureSetRequest:
+    """The features wanted from one feature set version, with their output column names."""
+
+    label: str                             # e.g. "transactions:1"
+    spec: FeatureSetSpec
+    outputs: tuple[tuple[str, str], ...]   # (feature name, output column name)
+    position: tuple[int, ...] = ()         # index of each output in the user's request (column order)
+
+    def __post_init__(self) -> None:
+        if not self.position:
+            object.__setattr__(self, "position", tuple(range(len(self.outputs))))
+
+
+class Engine(Protocol):
+    """A compute engine: computes feature sets and answers point-in-time retrievals."""
+
+    name: str
+
+    def compute(self, spec: FeatureSetSpec, start: datetime | str | None, end: datetime | str | None,
+                *, label: str = ...) -> FeatureFrame: ...
+
+    def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,
+                 as_known_at: bool = False, aggregation_mode: str = "per_event") -> RetrievalResult: ...
+
+
+def default_engine() -> Engine:
+    from gristmill.compute.duckdb_engine import DuckDBEngine
+
+    return DuckDBEngine()
+
+
+def to_utc_naive(value: datetime | str | Any, *, name: str) -> datetime:
+    """Parse a time argument (datetime, ISO string, pandas Timestamp); naive values are UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise RetrievalError(f"{name}: '{value}' is not an ISO date or time (e.g. 2024-01-01 or "
+                                 "2024-01-01T06:00:00)") from None
+    elif hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()
+    elif not isinstance(value, datetime):
+        if hasattr(value, "year") and hasattr(value, "month"):  # a date
+            value = datetime(value.year, value.month, value.day)
+        else:
+            raise RetrievalError(f"{name}: expected a datetime or ISO string, got {type(value).__name__}")
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value

@@ -1,0 +1,242 @@
+"""Computing a feature set over a feature window (SPEC §3), as a DuckDB view.
+
+The view has the index columns, the timestamp column, ``create_timestamp`` when the spec produces one,
+the declared features (cast to their declared types) and ``__gm_order`` (source order, the tie-breaker
+of last resort)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from gristmill.compute.aggregations import aggregation_sql
+from gristmill.compute.schema import accepts, cast_expression, sql_family
+from gristmill.compute.sources import ORDER, SourceReader, load_user_class, to_arrow_table, unique_name, with_order
+from gristmill.compute.sqltext import cols, interval, q, ts_lit
+from gristmill.errors import TransformationError
+from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
+
+if TYPE_CHECKING:
+    import duckdb
+
+log = logging.getLogger("gristmill.compute")
+
+MARKER = "__gm_marker"
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ComputedView:
+    """A view of computed feature rows and what it holds."""
+
+    name: str
+    keys: list[str]
+    timestamp: str
+    features: list[str]
+    has_create_timestamp: bool
+
+    @property
+    def order_key(self) -> str:
+        """SQL of the tie rule ordering: greater = wins (create_timestamp, then source order)."""
+        parts = []
+        if self.has_create_timestamp:
+            parts.append(f"coalesce({q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')")
+        parts.append(q(ORDER))
+        return f"({', '.join(parts)})" if len(parts) > 1 else parts[0]
+
+
+def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: datetime | None,
+                 end: datetime | None, *, label: str = "feature set") -> ComputedView:
+    """Compute ``spec`` over ``[start, end)`` (``None`` = open end) and return the resulting view."""
+    expressions = spec.window_expressions
+    lookback = spec.source_lookback.timedelta if spec.source_lookback else timedelta(0)
+    if expressions is not None:
+        lookback = max(lookback, spec.max_window)
+    read_start = start - lookback if start is not None else None
+    log.debug("computing %s over [%s, %s), reading source from %s", label, start, end, read_start)
+    source = SourceReader(con, spec).read(read_start, end)
+    transformation = spec.feature_transformation
+    if expressions is not None:
+        transformed = _window_view(con, spec, source, expressions)
+    elif transformation and transformation.transformation_sql:
+        transformed = _sql_view(con, spec, source, transformation.transformation_sql, label)
+    elif transformation and transformation.transformation_code:
+        transformed = _code_view(con, spec, source, label)
+    else:
+        transformed = source
+    return _checked_view(con, spec, transformed, start, end, label)
+
+
+def _window_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str,
+                 expressions: list[WindowExpression], *, marker: str | None = None) -> str:
+    """Per-event window aggregation: for each row r of key k, agg over rows of k with
+    ``r.ts - window <= ts <= r.ts`` (both bounds inclusive, equal timestamps included)."""
+    keys = spec.index_column_names
+    ts = spec.timestamp_column
+    names = _columns(con, source)
+    has_create = CREATE_TIMESTAMP in names
+    order_parts = [q(ts)]
+    if has_create:
+        order_parts.append(f"coalesce({q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')")
+    order_parts.append(q(ORDER))
+    order = f"({', '.join(order_parts)})"
+    windows: dict[timedelta, str] = {}
+    select = []
+    for expression in expressions:
+        if expression.source_column is not None and expression.source_column not in names:
+            raise TransformationError(
+                f"transformation_expressions: {expression.feature_name}: source_column "
+                f"'{expression.source_column}' not in the source (columns: {', '.join(names)})")
+        length = expression.window.timedelta
+        window_name = windows.setdefault(length, f"w{len(windows)}")
+        sql = aggregation_sql(expression.aggregation,
+                              x=q(expression.source_column) if expression.source_column else None,
+                              marker=marker or "1", order=order)
+        select.append(f"{sql} OVER {window_name} AS {q(expression.feature_name)}")
+    partition = f"PARTITION BY {cols(keys)} " if keys else ""
+    window_sql = ", ".join(
+        f"{name} AS ({partition}ORDER BY {q(ts)} RANGE BETWEEN {interval(length)} PRECEDING AND CURRENT ROW)"
+        for length, name in windows.items())
+    carry = [*keys, ts, *([CREATE_TIMESTAMP] if has_create else []), ORDER, *([MARKER] if marker else [])]
+    view = unique_name("dsl")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {cols(carry)}, {', '.join(select)} "
+                f"FROM {source} WINDOW {window_sql}")
+    return view
+
+
+def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str, *, label: str) -> ComputedView:
+    """As-of-observation aggregation: DSL windows ending exactly at each probe time.
+
+    ``probes`` is a view with the index columns and ``__gm_probe_ts``; the result has one row per
+    distinct probe, with the timestamp column set to the probe time. Probe rows join the event stream
+    with NULL values and a NULL marker, so they only mark where a window ends."""
+    expressions = spec.window_expressions or []
+    keys = spec.index_column_names
+    ts = spec.timestamp_column
+    low, high = con.execute(f"SELECT min(__gm_probe_ts), max(__gm_probe_ts) FROM {probes}").fetchone()
+    if low is None:
+        low = high = datetime(1970, 1, 1)
+    source = SourceReader(con, spec).read(low - spec.max_window, high + ONE_MICROSECOND)
+    union = unique_name("probe_union")
+    key_types = {c.name: c.type.sql for c in spec.index_columns}
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {union} AS "
+        f"SELECT *, 1 AS {MARKER} FROM {source} UNION ALL BY NAME "
+        f"SELECT DISTINCT {', '.join(f'CAST({q(k)} AS {key_types[k]}) AS {q(k)}' for k in keys)}, "
+        f"__gm_probe_ts AS {q(ts)}, CAST(NULL AS BIGINT) AS {MARKER}, -1::BIGINT AS {ORDER} FROM {probes}")
+    windowed = _window_view(con, spec, union, expressions, marker=MARKER)
+    only_probes = unique_name("probes_out")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {only_probes} AS SELECT * EXCLUDE ({MARKER}) FROM {windowed} "
+                f"WHERE {MARKER} IS NULL")
+    return _checked_view(con, spec, only_probes, None, None, label)
+
+
+def _sql_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str, sql: str, label: str) -> str:
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise TransformationError(f"{label}: transformation_sql does not parse: {exc}") from None
+
+    def _rename(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table) and node.name.lower() == "source" and not node.args.get("db"):
+            alias = node.alias or "source"
+            return exp.to_table(source).as_(alias)
+        return node
+
+    rewritten = tree.transform(_rename).sql(dialect="duckdb")
+    view = unique_name("sqlt")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {view}_t AS {rewritten}")
+    except Exception as exc:
+        raise TransformationError(f"{label}: transformation_sql failed: {exc}") from None
+    names = _columns(con, f"{view}_t")
+    order = "" if ORDER in names else f", rowid::BIGINT AS {q(ORDER)}"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{order} FROM {view}_t")
+    return view
+
+
+def _code_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str, label: str) -> str:
+    transformation = spec.feature_transformation
+    assert transformation is not None and transformation.transformation_code is not None
+    code = transformation.transformation_code
+    cls = load_user_class(spec.folder, code.path, code.transformer_class, what=f"{label}: transformation_code")
+    frame = con.execute(f"SELECT * EXCLUDE ({q(ORDER)}) FROM {source} ORDER BY {q(ORDER)}").df()
+    try:
+        output = cls().transform(frame)
+    except Exception as exc:
+        raise TransformationError(f"{label}: {code.transformer_class}.transform failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    table = with_order(to_arrow_table(output, what=f"{code.transformer_class}.transform"))
+    view = unique_name("code")
+    con.register(f"{view}_arrow", table)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {view} AS SELECT * FROM {view}_arrow")
+    con.unregister(f"{view}_arrow")
+    return view
+
+
+def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+
+
+def _checked_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, relation: str, start: datetime | None,
+                  end: datetime | None, label: str) -> ComputedView:
+    """Select the declared columns with their declared types, and keep rows with ``start <= ts < end``."""
+    types = {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
+    ts = spec.timestamp_column
+    problems = []
+    select = []
+    for column in spec.index_columns:
+        if column.name not in types:
+            problems.append(f"index column '{column.name}' is missing")
+        elif not accepts(column.type, types[column.name]):
+            problems.append(f"index column '{column.name}' is {types[column.name]}, declared {column.type.value}")
+        else:
+            select.append(f"{cast_expression(q(column.name), column.type, types[column.name])} AS {q(column.name)}")
+    if ts not in types:
+        problems.append(f"timestamp column '{ts}' is missing")
+    elif sql_family(types[ts]) not in ("datetime", "string"):
+        problems.append(f"timestamp column '{ts}' is {types[ts]}, expected a timestamp")
+    else:
+        select.append(_timestamp_cast(q(ts), types[ts]) + f" AS {q(ts)}")
+    has_create = CREATE_TIMESTAMP in types
+    if has_create:
+        select.append(_timestamp_cast(q(CREATE_TIMESTAMP), types[CREATE_TIMESTAMP]) + f" AS {q(CREATE_TIMESTAMP)}")
+    for feature in spec.features:
+        if feature.name not in types:
+            problems.append(f"feature '{feature.name}' is missing")
+        elif not accepts(feature.type, types[feature.name]):
+            problems.append(f"feature '{feature.name}' is {types[feature.name]}, declared {feature.type.value} "
+                            "(change the declared type or cast in the transformation)")
+        else:
+            select.append(f"{cast_expression(q(feature.name), feature.type, types[feature.name])} "
+                          f"AS {q(feature.name)}")
+    if problems:
+        available = ", ".join(n for n in types if n != ORDER)
+        raise TransformationError(f"{label}: output does not match the declared schema: "
+                                  f"{'; '.join(problems)} (output columns: {available})")
+    select.append(q(ORDER) if ORDER in types else f"CAST(NULL AS BIGINT) AS {q(ORDER)}")
+    conditions = []
+    if start is not None:
+        conditions.append(f"{q(ts)} >= {ts_lit(start)}")
+    if end is not None:
+        conditions.append(f"{q(ts)} < {ts_lit(end)}")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    view = unique_name("fs")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM (SELECT {', '.join(select)} "
+                f"FROM {relation}){where}")
+    return ComputedView(name=view, keys=spec.index_column_names, timestamp=ts, features=spec.feature_names,
+                        has_create_timestamp=has_create)
+
+
+def _timestamp_cast(column: str, sql_type: str) -> str:
+    upper = sql_type.upper()
+    if upper == "TIMESTAMP":
+        return column
+    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
+        return f"timezone('UTC', {column})"
+    return f"CAST({column} AS TIMESTAMP)"

@@ -1,0 +1,93 @@
+"""Results of computations and retrievals: lazy DuckDB queries that convert to pandas, Arrow, Polars and
+Parquet. Converting runs the query; writing Parquet streams from the engine without a Python copy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gristmill.compute.sqltext import lit
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+
+log = logging.getLogger("gristmill.compute")
+
+
+def arrow_table(relation: Any) -> pa.Table:
+    """Fetch a DuckDB relation as an Arrow table (``to_arrow_table`` on DuckDB >= 1.4, ``arrow`` before)."""
+    fetch = getattr(relation, "to_arrow_table", None)
+    return fetch() if fetch is not None else relation.arrow()
+
+
+class QueryResult:
+    """A query bound to the engine connection that holds its inputs."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sql: str, *, description: str) -> None:
+        self._con = con
+        self._sql = sql
+        self._description = description
+        self._table: pa.Table | None = None
+
+    @property
+    def sql(self) -> str:
+        return self._sql
+
+    def to_arrow(self) -> pa.Table:
+        """The rows as an Arrow table (timestamps as UTC ``timestamp[us]``)."""
+        if self._table is None:
+            started = time.perf_counter()
+            self._table = arrow_table(self._con.sql(self._sql))
+            log.info("%s: %d rows in %.2f s", self._description, self._table.num_rows,
+                     time.perf_counter() - started)
+        return self._table
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> Any:
+        try:
+            import polars as pl
+        except ImportError as exc:
+            raise ImportError("to_polars() needs Polars: pip install 'gristmill[polars]'") from exc
+        return pl.from_arrow(self.to_arrow())
+
+    def to_parquet(self, path: str | Path) -> Path:
+        """Write the rows to one Parquet file, streaming from the engine; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        if self._table is not None:
+            import pyarrow.parquet as pq
+
+            pq.write_table(self._table, path)
+        else:
+            self._con.execute(f"COPY ({self._sql}) TO {lit(str(path))} (FORMAT parquet)")
+        log.info("%s: wrote %s in %.2f s", self._description, path, time.perf_counter() - started)
+        return path
+
+    def __len__(self) -> int:
+        if self._table is not None:
+            return self._table.num_rows
+        return int(self._con.execute(f"SELECT count(*) FROM ({self._sql})").fetchone()[0])
+
+    @property
+    def columns(self) -> list[str]:
+        if self._table is not None:
+            return list(self._table.column_names)
+        return [row[0] for row in self._con.execute(f"DESCRIBE {self._sql}").fetchall()]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._description}>"
+
+
+class FeatureFrame(QueryResult):
+    """Computed feature rows of one feature set over a window: index columns, timestamp, features."""
+
+
+class RetrievalResult(QueryResult):
+    """Point-in-time correct training data: observation columns, then the requested features."""

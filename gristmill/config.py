@@ -1,0 +1,74 @@
+"""``featurestore.yaml``: where a store keeps its registry, offline and online data, and which engine
+it computes with. Every default is embedded (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gristmill.errors import ConfigError
+from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
+
+CONFIG_FILE_NAME = "featurestore.yaml"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RegistryConfig(_Config):
+    url: str = "sqlite:///registry.db"   # relative SQLite paths resolve against the store folder
+    db_schema: str | None = Field(default=None, alias="schema")
+
+
+class OfflineStoreConfig(_Config):
+    uri: str = "offline"                 # a folder (relative to the store) or an object-storage URI
+
+
+class OnlineStoreConfig(_Config):
+    type: Literal["sqlite", "redis"] = "sqlite"
+    path: str = "online.db"
+    url: str | None = None
+
+
+class EngineConfig(_Config):
+    type: Literal["duckdb"] = "duckdb"
+    memory_limit: str | None = None
+    threads: int | None = None
+
+
+class StoreConfig(_Config):
+    """The contents of ``featurestore.yaml``."""
+
+    name: str = "default"
+    registry: RegistryConfig = RegistryConfig()
+    offline_store: OfflineStoreConfig = OfflineStoreConfig()
+    online_store: OnlineStoreConfig = OnlineStoreConfig()
+    engine: EngineConfig = EngineConfig()
+
+    @classmethod
+    def load(cls, folder: Path) -> StoreConfig:
+        path = folder / CONFIG_FILE_NAME
+        if not path.exists():
+            raise ConfigError(f"{folder}: not a feature store (no {CONFIG_FILE_NAME}); create one with "
+                              f"`gristmill init {folder}` or gm.FeatureStore.init(path)")
+        return validate(cls, read_yaml(path), str(path))
+
+    def dump(self, folder: Path) -> Path:
+        path = folder / CONFIG_FILE_NAME
+        write_yaml(path, self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return path
+
+    def registry_url(self, folder: Path) -> str:
+        """The registry URL with a relative SQLite path resolved against the store folder."""
+        url = self.registry.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url != "sqlite:///:memory:":
+            return prefix + str((folder / url[len(prefix):]).resolve())
+        return url
+
+    def offline_uri(self, folder: Path) -> str:
+        uri = self.offline_store.uri
+        return uri if "://" in uri else str((folder / uri).resolve())

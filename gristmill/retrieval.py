@@ -1,0 +1,107 @@
+"""Turning a user's feature list (``"fs:1:f"`` strings, a retrieval spec, or references) into engine
+requests: one per feature set version, with output column names and request order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gristmill.compute.engine import FeatureSetRequest
+from gristmill.errors import NotFoundError, RetrievalError
+from gristmill.spec.featureset_spec import FeatureSetSpec
+from gristmill.spec.retrieval_spec import FeatureReference, FeatureRetrievalSpec
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """A parsed ``[store/]feature_set:version:feature`` reference."""
+
+    store: str | None
+    feature_set: str
+    version: str
+    feature: str
+    output_name: str | None = None
+
+    @property
+    def text(self) -> str:
+        prefix = f"{self.store}/" if self.store else ""
+        return f"{prefix}{self.feature_set}:{self.version}:{self.feature}"
+
+
+def parse_reference(text: str) -> FeatureRef:
+    """Parse ``"transactions:1:amount_7d_sum"`` (optionally ``"store/transactions:1:..."``)."""
+    if not isinstance(text, str):
+        raise RetrievalError(f"features: {text!r} is not a string; write 'feature_set:version:feature'")
+    store, _, rest = text.strip().rpartition("/")
+    parts = rest.split(":")
+    if len(parts) != 3 or not all(parts):
+        raise RetrievalError(f"features: '{text}' must look like 'feature_set:version:feature', "
+                             "e.g. 'transactions:1:amount_7d_sum'")
+    return FeatureRef(store or None, parts[0], parts[1], parts[2])
+
+
+def references(features: Any) -> list[FeatureRef]:
+    """Accept a list of strings or FeatureReference objects, a FeatureRetrievalSpec, or a path to one."""
+    if isinstance(features, str | Path) and (Path(features).is_dir() or str(features).endswith((".yaml", ".yml"))):
+        features = FeatureRetrievalSpec.load(features)
+    if isinstance(features, str):
+        features = [features]
+    if isinstance(features, FeatureRetrievalSpec):
+        features = features.features
+    if not isinstance(features, Iterable):
+        raise RetrievalError(f"features: expected a list of 'feature_set:version:feature' strings, got "
+                             f"{type(features).__name__}")
+    refs = []
+    for item in features:
+        if isinstance(item, FeatureReference):
+            name, version = item.feature_set.split(":")
+            refs.append(FeatureRef(None, name, version, item.feature_name, item.output_name))
+        elif isinstance(item, FeatureRef):
+            refs.append(item)
+        else:
+            refs.append(parse_reference(item))
+    if not refs:
+        raise RetrievalError("features: the list is empty; name at least one feature as "
+                             "'feature_set:version:feature'")
+    return refs
+
+
+def plan_requests(refs: list[FeatureRef], resolve: Callable[[str, str], FeatureSetSpec], *,
+                  full_feature_names: bool = False, store_name: str | None = None) -> list[FeatureSetRequest]:
+    """Group references by feature set version (keeping request order) and name the output columns.
+
+    Two outputs with the same name are an error unless renamed (``output_name``) or prefixed
+    (``full_feature_names=True`` gives ``feature_set__version__feature``)."""
+    specs: dict[tuple[str, str], FeatureSetSpec] = {}
+    grouped: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+    names: dict[str, list[str]] = {}
+    for position, ref in enumerate(refs):
+        if ref.store and store_name and ref.store != store_name:
+            raise RetrievalError(f"features: '{ref.text}' names store '{ref.store}', but this store is "
+                                 f"'{store_name}'; retrieve from that store or drop the prefix")
+        key = (ref.feature_set, ref.version)
+        if key not in specs:
+            specs[key] = resolve(ref.feature_set, ref.version)
+        spec = specs[key]
+        if spec.feature(ref.feature) is None:
+            raise NotFoundError(f"features: feature set {ref.feature_set}:{ref.version} has no feature "
+                                f"'{ref.feature}' (features: {', '.join(spec.feature_names)})")
+        if ref.output_name:
+            output = ref.output_name
+        elif full_feature_names:
+            output = f"{ref.feature_set}__{ref.version}__{ref.feature}"
+        else:
+            output = ref.feature
+        names.setdefault(output, []).append(ref.text)
+        grouped.setdefault(key, []).append((position, ref.feature, output))
+    clashes = {name: texts for name, texts in names.items() if len(texts) > 1}
+    if clashes:
+        detail = "; ".join(f"'{name}' from {', '.join(texts)}" for name, texts in clashes.items())
+        raise RetrievalError(f"features: two requested features would get the same column name: {detail}; "
+                             "give an output_name or pass full_feature_names=True")
+    return [FeatureSetRequest(label=f"{name}:{version}", spec=specs[(name, version)],
+                              outputs=tuple((feature, output) for _, feature, output in items),
+                              position=tuple(position for position, _, _ in items))
+            for (name, version), items in grouped.items()]

@@ -1,0 +1,326 @@
+"""``FeatureStore``: the one object the SDK, the CLI and (later) the server use."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gristmill.config import CONFIG_FILE_NAME, EngineConfig, RegistryConfig, StoreConfig
+from gristmill.errors import ConfigError, GristmillError, ImmutableError, NotFoundError, SpecError
+from gristmill.retrieval import plan_requests, references
+from gristmill.spec.entity import Entity
+from gristmill.spec.featureset import FeatureSet
+from gristmill.spec.featureset_spec import FeatureSetSpec
+from gristmill.spec.yaml_io import read_yaml
+from gristmill.compute.sources import is_uri, resolve_local
+
+if TYPE_CHECKING:
+    from gristmill.compute.engine import Engine
+    from gristmill.compute.result import FeatureFrame, RetrievalResult
+    from gristmill.registry.registry import Registry
+
+log = logging.getLogger("gristmill")
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """What ``apply`` did (or refused) for one YAML file."""
+
+    kind: str            # "entity" | "feature set"
+    ref: str             # name:version
+    action: str          # "created" | "unchanged" | "updated" | "refused" | "invalid"
+    file: str
+    detail: str = ""
+
+
+@dataclass
+class ApplyPlan:
+    """The outcome of ``FeatureStore.apply``: one item per entity and feature set file found."""
+
+    items: list[PlanItem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(item.action not in ("refused", "invalid") for item in self.items)
+
+    def count(self, action: str) -> int:
+        return sum(1 for item in self.items if item.action == action)
+
+    def __str__(self) -> str:
+        lines = [f"{item.action:>9}  {item.kind} {item.ref}" + (f"  ({item.detail})" if item.detail else "")
+                 for item in self.items]
+        summary = ", ".join(f"{self.count(a)} {a}" for a in ("created", "updated", "unchanged", "refused",
+                                                              "invalid") if self.count(a))
+        return "\n".join([*lines, summary or "nothing to apply"])
+
+
+class FeatureStore:
+    """A feature store on a local folder: registry, offline store, online store and engine.
+
+    >>> store = FeatureStore.init("my-store")            # doctest: +SKIP
+    >>> store.apply("featuresets/")                        # doctest: +SKIP
+    >>> store.get_offline_features(["transactions:1:amount_7d_sum"], observations, "ts")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path = ".", *, registry_schema: str | None = None) -> None:
+        self.path = Path(path).resolve()
+        self.config = StoreConfig.load(self.path)
+        self._registry_schema = registry_schema or self.config.registry.db_schema
+        self._registry: Registry | None = None
+        self._engine: Engine | None = None
+
+    @classmethod
+    def init(cls, path: str | Path, *, name: str | None = None, registry_url: str | None = None,
+             registry_schema: str | None = None, offline_store_uri: str | None = None,
+             memory_limit: str | None = None, exist_ok: bool = True) -> FeatureStore:
+        """Create a store in ``path`` (a ``featurestore.yaml`` plus embedded defaults) and open it."""
+        folder = Path(path).resolve()
+        config_file = folder / CONFIG_FILE_NAME
+        if config_file.exists():
+            if not exist_ok:
+                raise ConfigError(f"{folder}: a feature store already exists here; open it with "
+                                  "gm.FeatureStore(path)")
+            return cls(folder, registry_schema=registry_schema)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = StoreConfig(
+            name=name or folder.name or "default",
+            registry=RegistryConfig(url=registry_url or "sqlite:///registry.db", schema=registry_schema),
+            offline_store=StoreConfig().offline_store.model_copy(
+                update={"uri": offline_store_uri} if offline_store_uri else {}),
+            engine=EngineConfig(memory_limit=memory_limit),
+        )
+        config.dump(folder)
+        store = cls(folder)
+        store.registry  # noqa: B018 - creates the registry tables now, so errors show at init
+        log.info("created feature store %s in %s", config.name, folder)
+        return store
+
+    # -- parts ----------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from gristmill.registry.registry import Registry
+
+            self._registry = Registry(self.config.registry_url(self.path), schema=self._registry_schema)
+        return self._registry
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from gristmill.compute.duckdb_engine import DuckDBEngine
+
+            cfg = self.config.engine
+            self._engine = DuckDBEngine(memory_limit=cfg.memory_limit, threads=cfg.threads,
+                                        temp_directory=self.path / ".spill")
+        return self._engine
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore(name={self.name!r}, path={str(self.path)!r})"
+
+    # -- apply ----------------------------------------------------------------------------------------
+    def apply(self, folder: str | Path) -> ApplyPlan:
+        """Register every entity and feature set YAML under ``folder``; idempotent.
+
+        Entity files have ``index_columns`` and no ``source``; feature set files have ``specification``.
+        Returns the plan: per file created / unchanged / updated / refused (immutable change) / invalid."""
+        root = Path(folder)
+        if not root.exists():
+            raise SpecError(f"{root}: folder not found; pass the folder holding your entity and feature set YAML")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml")
+                                                     and p.is_file() and ".gristmill" not in p.parts)
+        plan = ApplyPlan()
+        entities: list[Path] = []
+        feature_sets: list[Path] = []
+        for path in files:
+            if path.name == CONFIG_FILE_NAME:
+                continue
+            try:
+                data = read_yaml(path)
+            except SpecError as exc:
+                plan.items.append(PlanItem("file", path.name, "invalid", str(path), str(exc)))
+                continue
+            if "specification" in data:
+                feature_sets.append(path)
+            elif "index_columns" in data and "source" not in data:
+                entities.append(path)
+            else:
+                plan.skipped.append(str(path))
+        for path in entities:
+            plan.items.append(self._apply_one(path, "entity"))
+        for path in feature_sets:
+            plan.items.append(self._apply_one(path, "feature set"))
+        return plan
+
+    def _apply_one(self, path: Path, kind: str) -> PlanItem:
+        ref = path.stem
+        try:
+            if kind == "entity":
+                entity = Entity.load(path)
+                ref = entity.ref
+                action = self.register_entity(entity)
+            else:
+                feature_set = FeatureSet.load(path)
+                ref = feature_set.ref
+                action = self.register_feature_set(feature_set)
+        except ImmutableError as exc:
+            return PlanItem(kind, ref, "refused", str(path), str(exc))
+        except GristmillError as exc:
+            return PlanItem(kind, ref, "invalid", str(path), str(exc))
+        return PlanItem(kind, ref, action, str(path))
+
+    # -- entities -------------------------------------------------------------------------------------
+    def register_entity(self, entity: Entity) -> str:
+        """Register an entity version; returns "created", "unchanged" or "updated"."""
+        return self.registry.put_entity(entity)
+
+    def get_entity(self, name: str, version: str | int) -> Entity:
+        return self.registry.get_entity(name, str(version))
+
+    def list_entities(self, *, include_archived: bool = False) -> list[Entity]:
+        return self.registry.list_entities(include_archived=include_archived)
+
+    def archive_entity(self, name: str, version: str | int) -> None:
+        self.registry.archive_entity(name, str(version))
+
+    def restore_entity(self, name: str, version: str | int) -> None:
+        self.registry.restore_entity(name, str(version))
+
+    # -- feature sets ---------------------------------------------------------------------------------
+    def register_feature_set(self, feature_set: FeatureSet) -> str:
+        """Register a feature set version (asset + spec + code snapshot); "created"/"unchanged"/"updated".
+
+        A registered version is immutable except description, tags, stage and materialization settings."""
+        spec = feature_set.spec
+        self._check_entities(feature_set, spec)
+        stored = _portable_spec(spec)
+        code_files = {str(p.relative_to(spec.folder)): p.read_text(encoding="utf-8")
+                      for p in spec._code_files()} if spec.folder else {}
+        return self.registry.put_feature_set(
+            feature_set, spec=stored.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
+            code_files=code_files, content_hash=stored.content_hash())
+
+    def _check_entities(self, feature_set: FeatureSet, spec: FeatureSetSpec) -> None:
+        declared = {c.name: c.type for c in spec.index_columns}
+        covered: dict[str, Any] = {}
+        for ref in feature_set.entities:
+            name, version = ref.split(":")
+            try:
+                entity = self.registry.get_entity(name, version)
+            except NotFoundError as exc:
+                raise SpecError(f"feature set {feature_set.ref}: entities: {exc}; register the entity first "
+                                "(put its YAML in the applied folder)") from None
+            covered.update({c.name: c.type for c in entity.index_columns})
+        if feature_set.entities and covered != declared:
+            raise SpecError(f"feature set {feature_set.ref}: index_columns "
+                            f"{_columns_text(declared)} do not match its entities' index columns "
+                            f"{_columns_text(covered)}; make them equal (names and types)")
+
+    def get_feature_set(self, name: str, version: str | int | None = None) -> FeatureSet:
+        """A registered feature set with its spec loaded (``version=None``: the latest)."""
+        record = self.registry.get_feature_set(name, None if version is None else str(version))
+        folder = self._spec_folder(record)
+        spec = FeatureSetSpec.from_dict(record.spec, folder=folder,
+                                        source_name=f"registered spec of {record.asset.ref}")
+        return record.asset.with_spec(spec)
+
+    def _spec_folder(self, record: Any) -> Path | None:
+        if not record.code_files:
+            return Path(record.spec_folder) if record.spec_folder else None
+        folder = self.path / ".gristmill" / "specs" / record.asset.name / record.asset.version
+        marker = folder / ".content_hash"
+        if not marker.exists() or marker.read_text() != record.content_hash:
+            if folder.exists():
+                shutil.rmtree(folder)
+            for relative, text in record.code_files.items():
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+            marker.write_text(record.content_hash)
+        return folder
+
+    def list_feature_sets(self, *, name: str | None = None, include_archived: bool = False) -> list[FeatureSet]:
+        return [r.asset for r in self.registry.list_feature_sets(name=name, include_archived=include_archived)]
+
+    def update_feature_set(self, name: str, version: str | int, *, description: Any = _UNSET, tags: Any = _UNSET,
+                           stage: Any = _UNSET, materialization_settings: Any = _UNSET) -> FeatureSet:
+        """Change the mutable fields of a registered version."""
+        changes = {k: v for k, v in (("description", description), ("tags", tags), ("stage", stage),
+                                     ("materialization_settings", materialization_settings)) if v is not _UNSET}
+        self.registry.update_feature_set(name, str(version), **changes)
+        return self.get_feature_set(name, version)
+
+    def archive_feature_set(self, name: str, version: str | int) -> None:
+        self.registry.archive_feature_set(name, str(version))
+
+    def restore_feature_set(self, name: str, version: str | int) -> None:
+        self.registry.restore_feature_set(name, str(version))
+
+    def list_features(self, *, feature_set: str | None = None, include_archived: bool = False) -> list[Any]:
+        return self.registry.list_features(feature_set=feature_set, include_archived=include_archived)
+
+    def search_features(self, query: str, *, limit: int = 100) -> list[Any]:
+        """Features whose name, description or tags (or their feature set's) match every term."""
+        return self.registry.search_features(query, limit=limit)
+
+    # -- computing and retrieval ----------------------------------------------------------------------
+    def preview(self, name: str, version: str | int, start: datetime | str, end: datetime | str) -> FeatureFrame:
+        """Compute a registered feature set over ``[start, end)`` without storing anything."""
+        feature_set = self.get_feature_set(name, version)
+        return self.engine.compute(feature_set.spec, start, end, label=feature_set.ref)
+
+    def get_offline_features(self, features: Any, observations: Any, timestamp_column: str, *,
+                             full_feature_names: bool = False, as_known_at: bool = False,
+                             aggregation_mode: str = "per_event") -> RetrievalResult:
+        """Point-in-time correct training data (SPEC §3).
+
+        ``features``: ``["transactions:1:amount_7d_sum", ...]``, a FeatureRetrievalSpec or its path.
+        ``observations``: pandas / Polars / Arrow table, or a Parquet / CSV path. Returns a result with
+        ``to_pandas()``, ``to_arrow()``, ``to_polars()`` and ``to_parquet(path)``: every observation
+        column in order, then the features in request order; no observation row dropped or reordered.
+
+        >>> store.get_offline_features(["transactions:1:amount_7d_sum"], obs, "ts").to_pandas()  # doctest: +SKIP
+        """
+        requests = plan_requests(references(features), self._resolve_spec, full_feature_names=full_feature_names,
+                                 store_name=self.name)
+        return self.engine.retrieve(requests, observations, timestamp_column, as_known_at=as_known_at,
+                                    aggregation_mode=aggregation_mode)
+
+    def _resolve_spec(self, name: str, version: str) -> FeatureSetSpec:
+        return self.get_feature_set(name, version).spec
+
+
+def _portable_spec(spec: FeatureSetSpec) -> FeatureSetSpec:
+    """The spec as registered: a relative local source path made absolute, so it does not depend on
+    where the spec folder is when the feature set is computed later."""
+    path = spec.source.path
+    if path is None or is_uri(path) or spec.folder is None or spec.source.type.value == "featureset":
+        return spec
+    absolute = str(resolve_local(path, spec.folder))
+    source = spec.source.model_copy(update={"path": absolute})
+    return spec.model_copy(update={"source": source}).with_folder(spec.folder)
+
+
+def _columns_text(columns: dict[str, Any]) -> str:
+    return "[" + ", ".join(f"{name}: {getattr(t, 'value', t)}" for name, t in columns.items()) + "]"
