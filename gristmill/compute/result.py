@@ -47,7 +47,14 @@ class QueryResult:
         return self._table
 
     def to_pandas(self) -> pd.DataFrame:
-        return self.to_arrow().to_pandas()
+        """The rows as pandas; integer and boolean columns use nullable dtypes so 64-bit values and nulls
+        survive (a null in a float64 column would round large integers)."""
+        import pandas as pd
+        import pyarrow as pa
+
+        mapping = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+                   pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+        return self.to_arrow().to_pandas(types_mapper=mapping.get)
 
     def to_polars(self) -> Any:
         try:

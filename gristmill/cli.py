@@ -1,0 +1,277 @@
+"""The ``gristmill`` command line: a thin door onto ``FeatureStore``.
+
+User mistakes print one line ``error: ...`` and exit with code 2; nothing prints a traceback unless
+``GRISTMILL_DEBUG=1`` is set."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(name="gristmill", help="Gristmill feature store.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+StoreOption = Annotated[Path, typer.Option("--store", "-s", help="Feature store folder (has featurestore.yaml).",
+                                           envvar="GRISTMILL_STORE")]
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    logging.basicConfig(level=os.environ.get("GRISTMILL_LOG", "WARNING").upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn Gristmill errors into one clean line and exit code 2."""
+    from gristmill.errors import GristmillError
+
+    try:
+        yield
+    except GristmillError as exc:
+        if os.environ.get("GRISTMILL_DEBUG"):
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _open(store: Path) -> Any:
+    from gristmill.store import FeatureStore
+
+    return FeatureStore(store)
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    from gristmill.errors import SpecError
+
+    name, _, version = ref.partition(":")
+    if not name:
+        raise SpecError(f"'{ref}' must look like NAME or NAME:VERSION")
+    return name, version or None
+
+
+def _with_progress(description: str, work: Callable[[], T], progress: Callable[[], float] | None = None) -> T:
+    """Run ``work`` while showing a live progress line (DuckDB's query progress when available)."""
+    if not console.is_terminal:
+        return work()
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = work()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(description, total=100)
+        thread.start()
+        while thread.is_alive():
+            if progress is not None:
+                value = progress()
+                if value >= 0:
+                    bar.update(task, completed=value)
+            time.sleep(0.1)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Folder to create the store in.")] = Path("."),
+         name: Annotated[str | None, typer.Option(help="Store name (default: folder name).")] = None,
+         registry_url: Annotated[str | None, typer.Option(help="Registry URL (default: SQLite in the folder); "
+                                                                "e.g. postgresql+psycopg://user@host/db")] = None,
+         offline_store: Annotated[str | None, typer.Option(help="Offline store folder or URI.")] = None) -> None:
+    """Create a feature store (embedded defaults: SQLite registry, Delta offline store, DuckDB engine)."""
+    from gristmill.store import FeatureStore
+
+    with _user_errors():
+        store = FeatureStore.init(path, name=name, registry_url=registry_url, offline_store_uri=offline_store)
+        console.print(f"feature store [bold]{store.name}[/bold] ready in {store.path}")
+
+
+@app.command()
+def apply(folder: Annotated[Path, typer.Argument(help="Folder with entity and feature set YAML files.")],
+          store: StoreOption = Path(".")) -> None:
+    """Register every entity and feature set found under FOLDER (idempotent; prints the plan)."""
+    with _user_errors():
+        plan = _open(store).apply(folder)
+        colours = {"created": "green", "updated": "yellow", "unchanged": "dim", "refused": "red", "invalid": "red"}
+        for item in plan.items:
+            colour = colours.get(item.action, "white")
+            console.print(f"[{colour}]{item.action:>9}[/{colour}]  {item.kind} {item.ref}", highlight=False)
+            if item.detail:
+                console.print(f"           {item.detail}", highlight=False, soft_wrap=True)
+        console.print(str(plan).splitlines()[-1])
+        if not plan.ok:
+            raise typer.Exit(1)
+
+
+@app.command("list")
+def list_(what: Annotated[str, typer.Argument(help="featuresets | entities | features")] = "featuresets",
+          store: StoreOption = Path("."),
+          all_: Annotated[bool, typer.Option("--all", help="Include archived versions.")] = False,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List feature sets, entities or features."""
+    with _user_errors():
+        s = _open(store)
+        kind = what.lower().replace("-", "").replace("_", "")
+        if kind in ("featuresets", "featureset", "fs"):
+            rows = [{"name": f.name, "version": f.version, "stage": f.stage.value,
+                     "entities": ", ".join(f.entities), "description": f.description or ""}
+                    for f in s.list_feature_sets(include_archived=all_)]
+        elif kind in ("entities", "entity"):
+            rows = [{"name": e.name, "version": e.version,
+                     "index_columns": ", ".join(f"{c.name}: {c.type.value}" for c in e.index_columns),
+                     "description": e.description or ""} for e in s.list_entities(include_archived=all_)]
+        elif kind in ("features", "feature"):
+            rows = [_feature_row(f) for f in s.list_features(include_archived=all_)]
+        else:
+            from gristmill.errors import SpecError
+
+            raise SpecError(f"list: unknown kind '{what}'; use featuresets, entities or features")
+        _print_rows(rows, as_json)
+
+
+def _feature_row(info: Any) -> dict[str, Any]:
+    return {"feature": f"{info.feature_set}:{info.version}:{info.name}", "type": str(info.type),
+            "description": info.description or "", "tags": ", ".join(f"{k}={v}" for k, v in info.tags.items())}
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    if not rows:
+        console.print("(none)")
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature set (or entity with --entity).")],
+         store: StoreOption = Path("."),
+         entity: Annotated[bool, typer.Option("--entity", help="Show an entity.")] = False) -> None:
+    """Show a feature set (or entity) as YAML, with its specification."""
+    import yaml
+
+    with _user_errors():
+        s = _open(store)
+        name, version = _split_ref(ref)
+        if entity:
+            data = s.get_entity(name, version or "1").to_dict()
+        else:
+            feature_set = s.get_feature_set(name, version)
+            data = {**feature_set.to_dict(), "spec": feature_set.spec.to_dict()}
+        console.print(yaml.safe_dump(data, sort_keys=False), highlight=False)
+
+
+@app.command()
+def search(query: Annotated[str, typer.Argument(help="Words to find in feature names, descriptions, tags.")],
+           store: StoreOption = Path("."),
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Search features by name, description and tags."""
+    with _user_errors():
+        _print_rows([_feature_row(f) for f in _open(store).search_features(query)], as_json)
+
+
+@app.command()
+def preview(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
+            start: Annotated[str, typer.Option(help="Window start (inclusive), ISO time.")],
+            end: Annotated[str, typer.Option(help="Window end (exclusive), ISO time.")],
+            store: StoreOption = Path("."),
+            limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
+            output: Annotated[Path | None, typer.Option(help="Also write all rows to this Parquet file.")] = None
+            ) -> None:
+    """Compute a feature set over [START, END) and print the first rows."""
+    with _user_errors():
+        s = _open(store)
+        name, version = _split_ref(ref)
+        frame = _with_progress(f"computing {ref}", lambda: s.preview(name, version, start, end).to_arrow())
+        console.print(f"{frame.num_rows} rows, columns: {', '.join(frame.column_names)}")
+        console.print(frame.slice(0, limit).to_pandas().to_string(index=False), highlight=False)
+        if output:
+            import pyarrow.parquet as pq
+
+            output.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(frame, output)
+            console.print(f"wrote {output}")
+
+
+@app.command()
+def retrieve(observations: Annotated[Path, typer.Option(help="Observation rows: Parquet or CSV file.")],
+             timestamp_column: Annotated[str, typer.Option(help="Observation time column.")],
+             output: Annotated[Path, typer.Option(help="Parquet file to write.")],
+             spec: Annotated[Path | None, typer.Option(help="feature_retrieval_spec.yaml or its folder.")] = None,
+             features: Annotated[str | None, typer.Option(help="Comma-separated fs:version:feature list.")] = None,
+             store: StoreOption = Path("."),
+             full_feature_names: Annotated[bool, typer.Option(help="Prefix columns with fs__version__.")] = False,
+             as_known_at: Annotated[bool, typer.Option(help="Only rows created by observation time.")] = False,
+             aggregation_mode: Annotated[str, typer.Option(help="per_event | as_of_observation")] = "per_event",
+             ) -> None:
+    """The feature retrieval component: point-in-time training data to OUTPUT, plus a copy of the spec."""
+    from gristmill.errors import RetrievalError
+    from gristmill.spec.retrieval_spec import RETRIEVAL_SPEC_FILE_NAME, FeatureRetrievalSpec
+
+    with _user_errors():
+        if (spec is None) == (features is None):
+            raise RetrievalError("give exactly one of --spec FILE and --features a:1:x,b:1:y")
+        if not observations.exists():
+            raise RetrievalError(f"--observations: {observations} not found")
+        retrieval_spec = (FeatureRetrievalSpec.load(spec) if spec is not None else
+                          FeatureRetrievalSpec.from_features([f.strip() for f in (features or "").split(",")
+                                                              if f.strip()]))
+        s = _open(store)
+        started = time.perf_counter()
+        result = s.get_offline_features(retrieval_spec, str(observations), timestamp_column,
+                                        full_feature_names=full_feature_names, as_known_at=as_known_at,
+                                        aggregation_mode=aggregation_mode)
+        con = result._con
+        _with_progress("retrieving features", lambda: result.to_parquet(output), progress=con.query_progress)
+        copy = retrieval_spec.dump(output.parent / RETRIEVAL_SPEC_FILE_NAME)
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(output).metadata.num_rows
+        console.print(f"wrote {rows} rows to {output} in {time.perf_counter() - started:.1f} s; spec copied to {copy}")
+
+
+@app.command()
+def demo(path: Annotated[Path, typer.Argument(help="Folder for the demo store and data.")] = Path("gristmill-demo"),
+         rows: Annotated[int, typer.Option(help="Number of sample transactions.")] = 300_000) -> None:
+    """Build an example store from generated data and write a point-in-time training set."""
+    from gristmill.demo import run_demo
+
+    with _user_errors():
+        run_demo(path, rows=rows, echo=lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
