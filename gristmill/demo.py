@@ -38,12 +38,18 @@ source_lookback: {days: 30, hours: 0, minutes: 0}
 temporal_join_lookback: {days: 30, hours: 0, minutes: 0}
 feature_transformation:
   transformation_expressions:
-    - {transformation_type: window, feature_name: amount_7d_sum, source_column: amount, aggregation: sum, window: {days: 7}}
-    - {transformation_type: window, feature_name: amount_7d_avg, source_column: amount, aggregation: avg, window: {days: 7}}
-    - {transformation_type: window, feature_name: txn_7d_count, aggregation: count, window: {days: 7}}
-    - {transformation_type: window, feature_name: amount_30d_sum, source_column: amount, aggregation: sum, window: {days: 30}}
-    - {transformation_type: window, feature_name: amount_30d_max, source_column: amount, aggregation: max, window: {days: 30}}
-    - {transformation_type: window, feature_name: txn_30d_count, aggregation: count, window: {days: 30}}
+    - {transformation_type: window,
+       feature_name: amount_7d_sum, source_column: amount, aggregation: sum, window: {days: 7}}
+    - {transformation_type: window,
+       feature_name: amount_7d_avg, source_column: amount, aggregation: avg, window: {days: 7}}
+    - {transformation_type: window,
+       feature_name: txn_7d_count, aggregation: count, window: {days: 7}}
+    - {transformation_type: window,
+       feature_name: amount_30d_sum, source_column: amount, aggregation: sum, window: {days: 30}}
+    - {transformation_type: window,
+       feature_name: amount_30d_max, source_column: amount, aggregation: max, window: {days: 30}}
+    - {transformation_type: window,
+       feature_name: txn_30d_count, aggregation: count, window: {days: 30}}
 features:
   - {name: amount_7d_sum, type: double, description: Total spend over the last 7 days}
   - {name: amount_7d_avg, type: double, description: Mean transaction amount over the last 7 days}

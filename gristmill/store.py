@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gristmill.compute.sources import is_uri, resolve_local
 from gristmill.config import CONFIG_FILE_NAME, EngineConfig, RegistryConfig, StoreConfig
 from gristmill.errors import ConfigError, GristmillError, ImmutableError, NotFoundError, SpecError
 from gristmill.retrieval import plan_requests, references
@@ -16,7 +17,6 @@ from gristmill.spec.entity import Entity
 from gristmill.spec.featureset import FeatureSet
 from gristmill.spec.featureset_spec import FeatureSetSpec
 from gristmill.spec.yaml_io import read_yaml
-from gristmill.compute.sources import is_uri, resolve_local
 
 if TYPE_CHECKING:
     from gristmill.compute.engine import Engine

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.engine import AggregationMode, FeatureSetRequest, to_utc_naive
 from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, probe_view
-from gristmill.compute.pit import OBS_TIME, ROW, JoinPlan, deduplicated_sql, known_at_sql, point_in_time_sql
+from gristmill.compute.pit import OBS_TIME, ROW, JoinPlan, asof_side_sql, known_at_sql, point_in_time_sql
 from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import ORDER, SourceError, list_files, to_arrow_table, unique_name
@@ -133,13 +133,13 @@ class DuckDBEngine:
                 view = probe_view(con, spec, probes, label=request.label)
                 plan = JoinPlan(view, obs_keys, list(request.outputs), delay, None, exact_time=True)
                 plans.append(plan)
-                right_sides.append(deduplicated_sql(view, features))
+                right_sides.append(asof_side_sql(view, features))
                 continue
             start, end = _feature_window(low, high, delay, lookback)
             view = compute_view(con, spec, start, end, label=request.label)
             plan = JoinPlan(view, obs_keys, list(request.outputs), delay, lookback, as_known_at=as_known_at)
             plans.append(plan)
-            right_sides.append(known_at_sql(plan, obs) if as_known_at else deduplicated_sql(view, features))
+            right_sides.append(known_at_sql(plan, obs) if as_known_at else asof_side_sql(view, features))
         output_order = [name for r in requests for _, name in r.outputs]
         sql = point_in_time_sql(obs, columns, plans, right_sides, _request_order(requests, output_order))
         labels = ", ".join(r.label for r in requests)
@@ -218,6 +218,9 @@ def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any
         if kind == SourceType.CSV:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list})")
             con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ROW} FROM {raw}_t")
+        elif len(files) == 1:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (file_row_number), "
+                        f"file_row_number AS {ROW} FROM read_parquet({file_list}, file_row_number=true)")
         else:
             mapping = ", ".join(f"({lit(f)}, {i})" for i, f in enumerate(files))
             con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_files AS SELECT * FROM (VALUES {mapping}) "

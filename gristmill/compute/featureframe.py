@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 
 from gristmill.compute.aggregations import aggregation_sql
 from gristmill.compute.schema import accepts, cast_expression, sql_family
-from gristmill.compute.sources import ORDER, SourceReader, load_user_class, to_arrow_table, unique_name, with_order
+from gristmill.compute.sources import (
+    ORDER,
+    SourceReader,
+    load_user_class,
+    to_arrow_table,
+    unique_name,
+    with_order,
+)
 from gristmill.compute.sqltext import cols, interval, q, ts_lit
 from gristmill.errors import TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression

@@ -34,16 +34,26 @@ class JoinPlan:
     exact_time: bool = False       # as-of-observation probes: join on the probe time exactly
 
 
-def deduplicated_sql(view: ComputedView, features: list[str]) -> str:
-    """One row per (key, ts): the tie-rule winner. Rows with a null key can never match and are dropped."""
-    keys = view.keys
-    not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys) or "TRUE"
-    packed = ", ".join(f"{q(f)} := {q(f)}" for f in features)
-    winner = f"arg_max(struct_pack({packed}), {view.order_key})" if features else "NULL"
-    unpack = ", ".join(f"__gm_w.{q(f)} AS {q(f)}" for f in features)
-    return (f"SELECT {cols(keys)}, {q(view.timestamp)}{', ' + unpack if unpack else ''} FROM ("
-            f"SELECT {cols(keys)}, {q(view.timestamp)}, {winner} AS __gm_w FROM {view.name} "
-            f"WHERE {not_null} GROUP BY ALL)")
+SORT_KEY = "__gm_sort"
+LATEST_BOUND = "{'t': %s, 'c': 'infinity'::TIMESTAMP, 'o': 9223372036854775807::BIGINT}"
+
+
+def sort_key_sql(view: ComputedView, prefix: str = "") -> str:
+    """The tie-rule ordering of a feature row as one comparable struct: (ts, create_timestamp, source order).
+    An ASOF join on it picks, among rows at or before a time, the latest one and, on equal times, the
+    tie-rule winner — no separate de-duplication pass needed."""
+    create = (f"coalesce({prefix}{q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')" if view.has_create_timestamp
+              else "TIMESTAMP '0001-01-01'")
+    return (f"{{'t': {prefix}{q(view.timestamp)}, 'c': {create}, "
+            f"'o': coalesce({prefix}{q(ORDER)}, 0::BIGINT)}}")
+
+
+def asof_side_sql(view: ComputedView, features: list[str]) -> str:
+    """The right side of the point-in-time ASOF join. Rows with a null key can never match: dropped."""
+    not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in view.keys) or "TRUE"
+    feature_cols = "".join(f", {q(f)}" for f in features)
+    return (f"SELECT {cols(view.keys)}, {q(view.timestamp)}, {sort_key_sql(view)} AS {SORT_KEY}{feature_cols} "
+            f"FROM {view.name} WHERE {not_null}")
 
 
 def known_at_sql(plan: JoinPlan, observations: str) -> str:
@@ -80,17 +90,26 @@ def point_in_time_sql(observations: str, observation_columns: list[str], plans: 
         if plan.as_known_at:
             joins.append(f"LEFT JOIN ({right}) {alias} ON {alias}.{ROW} = o.{ROW}")
             value = {f: f"{alias}.__gm_w.{q(f)}" for f, _ in plan.outputs}
-        elif plan.exact_time:
-            time_match = f"{ts} = o.{OBS_TIME} - {interval(plan.delay)}"
-            joins.append(f"LEFT JOIN ({right}) {alias} ON {' AND '.join([*key_match, time_match])}")
-        elif plan.lookback == timedelta(0):
-            joins.append(f"LEFT JOIN ({right}) {alias} ON {' AND '.join([*key_match, f'{ts} = o.{OBS_TIME}'])}")
         else:
-            upper = f"o.{OBS_TIME} - {interval(plan.delay)} >= {ts}" if plan.delay else f"o.{OBS_TIME} >= {ts}"
-            joins.append(f"ASOF LEFT JOIN ({right}) {alias} ON {' AND '.join([*key_match, upper])}")
-            if plan.lookback is not None:
-                lower = f"{ts} >= o.{OBS_TIME} - {interval(plan.lookback)}"
-                value = {f: f"CASE WHEN {lower} THEN {expr} END" for f, expr in value.items()}
+            # exact-time join (lookback 0: delay ignored; as-of-observation probes: at t - delay),
+            # otherwise the latest row at or before t - delay, kept if within the lookback.
+            if plan.exact_time:
+                target = f"o.{OBS_TIME} - {interval(plan.delay)}"
+            elif plan.lookback == timedelta(0):
+                target = f"o.{OBS_TIME}"
+            else:
+                target = f"o.{OBS_TIME} - {interval(plan.delay)}" if plan.delay else f"o.{OBS_TIME}"
+            bound = LATEST_BOUND % target
+            joins.append(f"ASOF LEFT JOIN ({right}) {alias} ON "
+                         f"{' AND '.join([*key_match, f'{bound} >= {alias}.{SORT_KEY}'])}")
+            if plan.exact_time or plan.lookback == timedelta(0):
+                keep = f"{ts} = {target}"
+            elif plan.lookback is not None:
+                keep = f"{ts} >= o.{OBS_TIME} - {interval(plan.lookback)}"
+            else:
+                keep = None
+            if keep is not None:
+                value = {f: f"CASE WHEN {keep} THEN {expr} END" for f, expr in value.items()}
         for feature, out in plan.outputs:
             selected[out] = f"{value[feature]} AS {q(out)}"
     ordered = [f"o.{q(c)}" for c in observation_columns] + [selected[name] for name in output_order]

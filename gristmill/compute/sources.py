@@ -52,7 +52,7 @@ def list_files(path: str, folder: Path | None, source_type: SourceType, con: duc
         if con is not None:
             con.register_filesystem(fs)
         protocol = path.split("://", 1)[0]
-        pattern = path if any(c in path for c in "*?[") else path
+        pattern = path
         if not any(c in path for c in "*?[") and fs.isdir(path):
             pattern = path.rstrip("/") + f"/**/*.{suffix}"
         found = sorted(fs.glob(pattern)) if any(c in pattern for c in "*?[") else [path]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from gristmill.spec.common import Column, Frozen, StageName, Stage, Version, check_name, tags_as_strings
+from gristmill.spec.common import Column, Frozen, Stage, StageName, Version, check_name, tags_as_strings
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
 

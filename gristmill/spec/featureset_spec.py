@@ -91,10 +91,9 @@ class Source(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Source:
-        if self.type in (SourceType.PARQUET, SourceType.CSV, SourceType.DELTA, SourceType.FEATURESET):
-            if not self.path:
-                raise ValueError(f"source.path is required for a {self.type.value} source; "
-                                 "give a file, glob, folder or URI")
+        if self.type in (SourceType.PARQUET, SourceType.CSV, SourceType.DELTA, SourceType.FEATURESET) and not self.path:
+            raise ValueError(f"source.path is required for a {self.type.value} source; "
+                             "give a file, glob, folder or URI")
         if self.type == SourceType.CUSTOM and self.source_process_code is None:
             raise ValueError("a custom source needs source_process_code: {path, process_class}")
         if self.type != SourceType.FEATURESET and self.timestamp_column is None:
