@@ -34,7 +34,8 @@ def _postgres_available() -> bool:
 @pytest.fixture(scope="session")
 def postgres_ready() -> None:
     if not _postgres_available():
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+        # Not a skip: CI and every dev machine run PostgreSQL; a missing server must fail loudly.
+        pytest.fail(f"PostgreSQL not reachable at {POSTGRES_URL}; start it (see .ci/run)")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
