@@ -60,9 +60,12 @@ def known_at_sql(plan: JoinPlan, observations: str) -> str:
     """Per observation row, the winning feature row among those known (created) by time t."""
     view = plan.view
     on = [f"o.{okey} = f.{q(k)}" for k, okey in zip(view.keys, plan.obs_keys, strict=True)]
-    on.append(f"f.{q(view.timestamp)} <= o.{OBS_TIME} - {interval(plan.delay)}")
-    if plan.lookback is not None:
-        on.append(f"f.{q(view.timestamp)} >= o.{OBS_TIME} - {interval(plan.lookback)}")
+    if plan.lookback == timedelta(0):
+        on.append(f"f.{q(view.timestamp)} = o.{OBS_TIME}")  # exact-time join: delay ignored
+    else:
+        on.append(f"f.{q(view.timestamp)} <= o.{OBS_TIME} - {interval(plan.delay)}")
+        if plan.lookback is not None:
+            on.append(f"f.{q(view.timestamp)} >= o.{OBS_TIME} - {interval(plan.lookback)}")
     if view.has_create_timestamp:
         on.append(f"(f.{q(CREATE_TIMESTAMP)} IS NULL OR f.{q(CREATE_TIMESTAMP)} <= o.{OBS_TIME})")
     names = [f for f, _ in plan.outputs]
