@@ -35,7 +35,9 @@ class JoinPlan:
 
 
 SORT_KEY = "__gm_sort"
-LATEST_BOUND = "{'t': %s, 'c': 'infinity'::TIMESTAMP, 'o': 9223372036854775807::BIGINT}"
+# Greatest sort key at time t; NULL (never matching) when t is NULL, as a struct with a NULL field is not.
+LATEST_BOUND = ("(CASE WHEN {t} IS NOT NULL THEN "
+                "{{'t': {t}, 'c': 'infinity'::TIMESTAMP, 'o': 9223372036854775807::BIGINT}} END)")
 
 
 def sort_key_sql(view: ComputedView, prefix: str = "") -> str:
@@ -102,7 +104,7 @@ def point_in_time_sql(observations: str, observation_columns: list[str], plans: 
                 target = f"o.{OBS_TIME}"
             else:
                 target = f"o.{OBS_TIME} - {interval(plan.delay)}" if plan.delay else f"o.{OBS_TIME}"
-            bound = LATEST_BOUND % target
+            bound = LATEST_BOUND.format(t=target)
             joins.append(f"ASOF LEFT JOIN ({right}) {alias} ON "
                          f"{' AND '.join([*key_match, f'{bound} >= {alias}.{SORT_KEY}'])}")
             if plan.exact_time or plan.lookback == timedelta(0):
