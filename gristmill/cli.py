@@ -191,7 +191,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature se
         else:
             feature_set = s.get_feature_set(name, version)
             data = {**feature_set.to_dict(), "spec": feature_set.spec.to_dict()}
-        console.print(yaml.safe_dump(data, sort_keys=False), highlight=False)
+        typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000), nl=False)
 
 
 @app.command()

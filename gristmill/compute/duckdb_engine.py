@@ -114,7 +114,7 @@ class DuckDBEngine:
         obs = unique_name("obs")
         con.execute(f"CREATE OR REPLACE TEMP VIEW {obs} AS SELECT *, {obs_time} AS {OBS_TIME}"
                     f"{''.join(', ' + e for e in extra)} FROM {raw}")
-        low, high = con.execute(f"SELECT min({OBS_TIME}), max({OBS_TIME}) FROM {obs}").fetchone()
+        low, high = con.execute(f"SELECT min({OBS_TIME}), max({OBS_TIME}) FROM {obs}").fetchall()[0]
         plans: list[JoinPlan] = []
         right_sides: list[str] = []
         for request in requests:
@@ -211,9 +211,9 @@ def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any
         path = str(observations)
         kind = SourceType.CSV if path.lower().endswith(".csv") else SourceType.PARQUET
         try:
-            files = list_files(path, None, kind, con)
+            files = list_files(path, None, kind, con, what="observations")
         except SourceError as exc:
-            raise RetrievalError(f"observations: {exc}") from None
+            raise RetrievalError(str(exc)) from None
         file_list = "[" + ", ".join(lit(f) for f in files) + "]"
         if kind == SourceType.CSV:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list})")

@@ -122,7 +122,7 @@ def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str
     expressions = spec.window_expressions or []
     keys = spec.index_column_names
     ts = spec.timestamp_column
-    low, high = con.execute(f"SELECT min(__gm_probe_ts), max(__gm_probe_ts) FROM {probes}").fetchone()
+    low, high = con.execute(f"SELECT min(__gm_probe_ts), max(__gm_probe_ts) FROM {probes}").fetchall()[0]
     if low is None:
         low = high = datetime(1970, 1, 1)
     source = SourceReader(con, spec).read(low - spec.max_window, high + ONE_MICROSECOND)

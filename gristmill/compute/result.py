@@ -80,7 +80,7 @@ class QueryResult:
     def __len__(self) -> int:
         if self._table is not None:
             return self._table.num_rows
-        return int(self._con.execute(f"SELECT count(*) FROM ({self._sql})").fetchone()[0])
+        return int(self._con.execute(f"SELECT count(*) FROM ({self._sql})").fetchall()[0][0])
 
     @property
     def columns(self) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import itertools
+import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -40,11 +41,11 @@ def resolve_local(path: str, folder: Path | None) -> Path:
     candidate = Path(path).expanduser()
     if not candidate.is_absolute():
         candidate = (folder or Path.cwd()) / candidate
-    return candidate
+    return Path(os.path.normpath(candidate))
 
 
-def list_files(path: str, folder: Path | None, source_type: SourceType, con: duckdb.DuckDBPyConnection | None
-               ) -> list[str]:
+def list_files(path: str, folder: Path | None, source_type: SourceType, con: duckdb.DuckDBPyConnection | None,
+               *, what: str = "source.path") -> list[str]:
     """Expand a file, folder or glob (local or fsspec URI) into a sorted list of files."""
     suffix = _DEFAULT_SUFFIX.get(source_type, "*")
     if is_uri(path):
@@ -67,8 +68,9 @@ def list_files(path: str, folder: Path | None, source_type: SourceType, con: duc
             files = [str(local)] if local.exists() else []
     if not files:
         where = f" (resolved to {resolve_local(path, folder)})" if not is_uri(path) else ""
-        raise SourceError(f"source.path '{path}'{where} matches no {suffix} files; check the path "
-                          "(relative paths are relative to the spec folder)")
+        relative_to = "the spec folder" if folder is not None else "the current directory"
+        raise SourceError(f"{what} '{path}'{where} matches no {suffix} files; check the path "
+                          f"(relative paths are relative to {relative_to})")
     return files
 
 
