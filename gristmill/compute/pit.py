@@ -41,6 +41,14 @@ LATEST_BOUND = ("(CASE WHEN {t} IS NOT NULL THEN "
 
 
 def sort_key_sql(view: ComputedView, prefix: str = "") -> str:
+    """The ASOF ordering key of a feature row: the tie-rule struct, or just the timestamp where rows at
+    equal (key, ts) carry equal features anyway (cheaper to sort)."""
+    if view.ties_are_equal:
+        return f"{prefix}{q(view.timestamp)}"
+    return _tie_rule_struct(view, prefix)
+
+
+def _tie_rule_struct(view: ComputedView, prefix: str) -> str:
     """The tie-rule ordering of a feature row as one comparable struct: (ts, create_timestamp, source order).
     An ASOF join on it picks, among rows at or before a time, the latest one and, on equal times, the
     tie-rule winner — no separate de-duplication pass needed."""
@@ -104,7 +112,7 @@ def point_in_time_sql(observations: str, observation_columns: list[str], plans: 
                 target = f"o.{OBS_TIME}"
             else:
                 target = f"o.{OBS_TIME} - {interval(plan.delay)}" if plan.delay else f"o.{OBS_TIME}"
-            bound = LATEST_BOUND.format(t=target)
+            bound = target if view.ties_are_equal else LATEST_BOUND.format(t=target)
             joins.append(f"ASOF LEFT JOIN ({right}) {alias} ON "
                          f"{' AND '.join([*key_match, f'{bound} >= {alias}.{SORT_KEY}'])}")
             if plan.exact_time or plan.lookback == timedelta(0):
