@@ -1,0 +1,1 @@
+"""Offline store: materialized feature rows per feature set version, for training-data retrieval."""

@@ -1,0 +1,68 @@
+"""The online store interface: the latest feature values per entity key, for low-latency lookups.
+
+Every implementation (SQLite, Redis, in-memory) is held to one conformance suite
+(``tests/stores/test_online_conformance.py``). Semantics (SPEC §3 "Materialization"):
+
+- per key keep the newest row: a write never replaces a newer event time; on equal event time the
+  greater ``create_timestamp`` wins (equal both: the later write wins);
+- a row expires at ``ts + ttl`` (``ttl`` = the feature set's ``temporal_join_lookback``; ``None`` = never);
+  rows already expired at ``now`` are not written; reads at ``now`` return nulls for expired rows;
+- reads return one row per requested key, in request order; unknown or expired keys give nulls;
+- every type round-trips exactly (64-bit integers included); null feature values stay null.
+
+``now`` is passed explicitly (an injectable clock), so expiry is testable with fixed times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gristmill.spec.types import FeatureType
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class OnlineTable:
+    """Identifies one feature set version's online data and describes its columns."""
+
+    store: str                                   # feature store name
+    feature_set: str
+    version: str
+    materialization_version: int                 # changes when online materialization is re-enabled
+    keys: tuple[tuple[str, FeatureType], ...]    # index columns (name, type), in order
+    features: tuple[tuple[str, FeatureType], ...]
+    ttl: timedelta | None                        # temporal_join_lookback; None = never expires
+
+    @property
+    def key_names(self) -> list[str]:
+        return [name for name, _ in self.keys]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name for name, _ in self.features]
+
+
+class OnlineStore(Protocol):
+    """Latest feature values per entity key."""
+
+    def write(self, table: OnlineTable, rows: pa.Table, *, now: datetime) -> int:
+        """Upsert ``rows`` (key columns, ``timestamp`` and ``create_timestamp`` as UTC timestamp[us],
+        feature columns) under the rules above; returns how many rows were written (not skipped as
+        expired or older)."""
+        ...
+
+    def read(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]], *, now: datetime
+             ) -> list[dict[str, Any] | None]:
+        """For each key tuple (in order), the feature values as a dict, or None (unknown/expired)."""
+        ...
+
+    def drop(self, table: OnlineTable) -> None:
+        """Delete every row of ``table`` (all its keys)."""
+        ...
+
+    def close(self) -> None: ...
