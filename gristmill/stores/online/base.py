@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gristmill.spec.types import FeatureType
 
+EVENT_TIMESTAMP = "event_timestamp"
+CREATE_TIMESTAMP = "create_timestamp"
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -51,7 +54,7 @@ class OnlineStore(Protocol):
     """Latest feature values per entity key."""
 
     def write(self, table: OnlineTable, rows: pa.Table, *, now: datetime) -> int:
-        """Upsert ``rows`` (key columns, ``timestamp`` and ``create_timestamp`` as UTC timestamp[us],
+        """Upsert ``rows`` (key columns, ``event_timestamp`` and ``create_timestamp`` as timestamp[us] UTC,
         feature columns) under the rules above; returns how many rows were written (not skipped as
         expired or older)."""
         ...
