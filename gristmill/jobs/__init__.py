@@ -1,0 +1,1 @@
+"""Materialization: data intervals, backfill planning, schedules and the job runner."""

@@ -1,0 +1,124 @@
+"""Materializing one feature window ``[start, end)`` of one feature set version into the offline store
+and/or the online store (SPEC §3 "Materialization"): compute, de-duplicate (key, ts) by the tie rule,
+stamp ``create_timestamp`` when absent, then write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from gristmill.compute.featureframe import ComputedView, compute_view
+from gristmill.compute.sources import ORDER, unique_name
+from gristmill.compute.sqltext import cols, q, ts_lit
+from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
+from gristmill.stores.online.base import EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+    from gristmill.compute.duckdb_engine import DuckDBEngine
+    from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
+    from gristmill.stores.online.base import OnlineStore, OnlineTable
+
+log = logging.getLogger("gristmill.jobs")
+
+
+@dataclass(frozen=True)
+class MaterializationResult:
+    rows_read: int
+    rows_written: int
+    bytes_written: int
+    cpu_seconds: float
+
+
+def deduplicated_rows(con: duckdb.DuckDBPyConnection, view: ComputedView, *, stamp: datetime) -> str:
+    """One row per (key, ts), chosen by the tie rule, with ``create_timestamp`` stamped where absent."""
+    order = []
+    if view.has_create_timestamp:
+        order.append(f"coalesce({q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01') DESC")
+    order.append(f"{q(ORDER)} DESC")
+    create = (f"coalesce({q(CREATE_TIMESTAMP)}, {ts_lit(stamp)})" if view.has_create_timestamp
+              else ts_lit(stamp))
+    name = unique_name("dedup")
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {cols(view.keys)}, {q(view.timestamp)}, "
+        f"{create} AS {q(CREATE_TIMESTAMP)}{''.join(', ' + q(f) for f in view.features)} FROM {view.name} "
+        f"QUALIFY row_number() OVER (PARTITION BY {cols(view.keys)}, {q(view.timestamp)} "
+        f"ORDER BY {', '.join(order)}) = 1")
+    return name
+
+
+def latest_per_key_sql(relation: str, keys: list[str], timestamp: str, features: list[str]) -> str:
+    """The newest row per key (keys with a null part are never looked up, so they are left out)."""
+    not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys)
+    return (f"SELECT {cols(keys)}, {q(timestamp)} AS {EVENT_TIMESTAMP}, {q(CREATE_TIMESTAMP)}"
+            f"{''.join(', ' + q(f) for f in features)} FROM {relation} WHERE {not_null} "
+            f"QUALIFY row_number() OVER (PARTITION BY {cols(keys)} ORDER BY {q(timestamp)} DESC, "
+            f"{q(CREATE_TIMESTAMP)} DESC) = 1")
+
+
+def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: datetime, end: datetime, *,
+                       now: datetime, label: str,
+                       offline: tuple[DeltaOfflineStore, OfflineTable] | None = None,
+                       online: tuple[OnlineStore, OnlineTable] | None = None,
+                       online_from_offline: bool = False) -> MaterializationResult:
+    """Compute ``[start, end)`` and write it to the given stores.
+
+    With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
+    instead of being recomputed from source."""
+    cpu_started = time.process_time()
+    con = engine.connect()
+    try:
+        bytes_written = 0
+        rows_written = 0
+        if online_from_offline and offline is not None and online is not None:
+            offline_store, offline_table = offline
+            relation = offline_store.register(con, offline_table, [(start, end)], schema=_empty_schema(con, spec))
+            rows_read = _count(con, relation)
+        else:
+            view = compute_view(con, spec, start, end, label=label)
+            relation = deduplicated_rows(con, view, stamp=now)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {relation}_t AS SELECT * FROM {relation}")
+            relation = f"{relation}_t"
+            rows_read = _count(con, relation)
+            if offline is not None:
+                offline_store, offline_table = offline
+                stats = offline_store.write_window(offline_table, _arrow(con, f"SELECT * FROM {relation}"),
+                                                   start, end)
+                bytes_written += stats.bytes
+                rows_written += stats.rows
+        if online is not None:
+            online_store, online_table = online
+            rows = _arrow(con, latest_per_key_sql(relation, spec.index_column_names, spec.timestamp_column,
+                                                  spec.feature_names))
+            rows_written += online_store.write(online_table, rows, now=now)
+            bytes_written += rows.nbytes
+        return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
+                                     cpu_seconds=time.process_time() - cpu_started)
+    finally:
+        con.close()
+
+
+def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0])
+
+
+def _arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    from gristmill.compute.result import arrow_table
+
+    return arrow_table(con.sql(sql))
+
+
+def _empty_schema(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec) -> pa.Schema:
+    """The schema of materialized rows (naive UTC timestamps), from a computation over an empty window."""
+    epoch = datetime(1970, 1, 1)
+    view = compute_view(con, spec, epoch, epoch, label="schema")
+    create = f"CAST(NULL AS TIMESTAMP) AS {q(CREATE_TIMESTAMP)}"
+    sql = (f"SELECT {cols(view.keys)}, {q(view.timestamp)}, "
+           f"{q(CREATE_TIMESTAMP) if view.has_create_timestamp else create}"
+           f"{''.join(', ' + q(f) for f in view.features)} FROM {view.name} LIMIT 0")
+    return _arrow(con, sql).schema

@@ -1,0 +1,185 @@
+"""The offline store: one Delta Lake table per feature set version and materialization version,
+partitioned by event day, on a local folder or object storage.
+
+Writing a window ``[s, e)`` replaces every stored row with ``s <= ts < e`` in one Delta commit (a
+predicate overwrite): rows outside the window are untouched, and readers see the old or the new window,
+never half of it (the commit is atomic; a killed writer leaves only unreferenced files)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from gristmill.compute.sources import is_uri, unique_name
+from gristmill.compute.sqltext import cols, lit, q
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+log = logging.getLogger("gristmill.stores")
+
+DAY_COLUMN = "_event_day"
+CREATE_TIMESTAMP = "create_timestamp"
+
+
+@dataclass(frozen=True)
+class OfflineTable:
+    """One feature set version's materialized rows and their columns."""
+
+    feature_set: str
+    version: str
+    materialization_version: int
+    keys: tuple[str, ...]
+    timestamp: str
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    rows: int
+    bytes: int
+    table_version: int
+
+
+class DeltaOfflineStore:
+    """Materialized feature rows in Delta Lake tables under ``root`` (a folder or an object-storage URI)."""
+
+    def __init__(self, root: str, *, storage_options: dict[str, str] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.storage_options = storage_options
+
+    def table_uri(self, table: OfflineTable) -> str:
+        return f"{self.root}/{table.feature_set}/v{table.version}/m{table.materialization_version}"
+
+    def exists(self, table: OfflineTable) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.table_uri(table), storage_options=self.storage_options)
+
+    def write_window(self, table: OfflineTable, rows: pa.Table | pa.RecordBatchReader, start: datetime,
+                     end: datetime) -> WriteStats:
+        """Atomically replace the rows of ``[start, end)`` with ``rows`` (which must lie in the window).
+
+        ``rows`` has the key columns, the timestamp column, ``create_timestamp`` and the features."""
+        import pyarrow as pa
+        from deltalake import DeltaTable, write_deltalake
+
+        data = rows.read_all() if isinstance(rows, pa.RecordBatchReader) else rows
+        data = _with_day(_as_utc(data, [table.timestamp, CREATE_TIMESTAMP]), table.timestamp)
+        uri = self.table_uri(table)
+        first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
+        predicate = (f"{DAY_COLUMN} >= '{first_day.isoformat()}' AND {DAY_COLUMN} <= '{last_day.isoformat()}' "
+                     f"AND {_delta_identifier(table.timestamp)} >= '{_iso(start)}' "
+                     f"AND {_delta_identifier(table.timestamp)} < '{_iso(end)}'")
+        exists = DeltaTable.is_deltatable(uri, storage_options=self.storage_options)
+        write_deltalake(uri, data, partition_by=[DAY_COLUMN], mode="overwrite" if exists else "append",
+                        predicate=predicate if exists else None, storage_options=self.storage_options)
+        written = DeltaTable(uri, storage_options=self.storage_options)
+        added = _bytes_added(written)
+        log.info("offline store: wrote %d rows of [%s, %s) to %s (version %d)", data.num_rows, start, end, uri,
+                 written.version())
+        return WriteStats(rows=data.num_rows, bytes=added, table_version=written.version())
+
+    def register(self, con: duckdb.DuckDBPyConnection, table: OfflineTable,
+                 windows: list[tuple[datetime, datetime]], *, schema: pa.Schema) -> str:
+        """A DuckDB view of the stored rows whose timestamp lies in one of ``windows`` (one snapshot)."""
+        import pyarrow as pa
+        from deltalake import DeltaTable
+
+        view = unique_name("offline")
+        wanted = [*table.keys, table.timestamp, CREATE_TIMESTAMP, *table.features]
+        uri = self.table_uri(table)
+        files: list[str] = []
+        delta: Any = None
+        if windows and DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            delta = DeltaTable(uri, storage_options=self.storage_options)
+            days = {(s.date(), (e - timedelta(microseconds=1)).date()) for s, e in windows}
+            files = [f for f in delta.file_uris() if _file_day_in(f, days)]
+        if files and not is_uri(uri):
+            source = f"read_parquet([{', '.join(lit(f) for f in files)}])"
+        elif files:
+            dataset = delta.to_pyarrow_dataset()
+            source = unique_name("offline_ds")
+            con.register(source, dataset)
+        else:
+            empty = pa.Table.from_batches([], schema=schema)
+            source = unique_name("offline_empty")
+            con.register(source, empty)
+        ts = q(table.timestamp)
+        condition = " OR ".join(f"({ts} >= TIMESTAMP '{_naive(s)}' AND {ts} < TIMESTAMP '{_naive(e)}')"
+                                for s, e in windows) or "FALSE"
+        select = ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in (table.timestamp, CREATE_TIMESTAMP)
+                           else q(c) for c in wanted)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {select} FROM {source} WHERE {condition}"
+                    if files else f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {cols(wanted)} FROM {source} "
+                    "WHERE FALSE")
+        return view
+
+    def read(self, table: OfflineTable) -> pa.Table:
+        """Every stored row (for inspection and tests), sorted by key and time."""
+        import pyarrow as pa
+        from deltalake import DeltaTable
+
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            return pa.table({})
+        data = DeltaTable(uri, storage_options=self.storage_options).to_pyarrow_table()
+        data = data.drop_columns([DAY_COLUMN]) if DAY_COLUMN in data.column_names else data
+        return data.sort_by([(k, "ascending") for k in [*table.keys, table.timestamp]])
+
+
+def _delta_identifier(name: str) -> str:
+    return name if name.isidentifier() and name.islower() else f'"{name}"'
+
+
+def _iso(value: datetime) -> str:
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _naive(value: datetime) -> str:
+    return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _as_utc(data: pa.Table, columns: list[str]) -> pa.Table:
+    """Delta's TIMESTAMP is UTC-adjusted: store timestamps as ``timestamp[us, UTC]``."""
+    import pyarrow as pa
+
+    for name in columns:
+        if name not in data.column_names:
+            continue
+        index = data.column_names.index(name)
+        data = data.set_column(index, name, data.column(name).cast(pa.timestamp("us", tz="UTC")))
+    return data
+
+
+def _with_day(data: pa.Table, timestamp: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    day = pc.cast(data.column(timestamp), pa.date32()) if data.num_rows else pa.array([], pa.date32())
+    return data.append_column(DAY_COLUMN, day)
+
+
+def _bytes_added(table: Any) -> int:
+    """Bytes of the files the last commit added (what this write cost in storage)."""
+    try:
+        history = table.history(1)[0]
+        metrics = history.get("operationMetrics", {})
+        return int(metrics.get("num_added_bytes", metrics.get("numOutputBytes", 0)) or 0)
+    except Exception:  # metrics are informative only; never fail a write over them
+        return 0
+
+
+def _file_day_in(uri: str, windows: set[tuple[Any, Any]]) -> bool:
+    marker = f"{DAY_COLUMN}="
+    if marker not in uri:
+        return True
+    day = datetime.fromisoformat(uri.split(marker, 1)[1].split("/", 1)[0]).date()
+    return any(first <= day <= last for first, last in windows)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,101 @@
+"""The Delta offline store: window replacement in one commit, rows outside untouched, readers never see
+half a window (also when the writer is killed mid-write)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
+
+TABLE = OfflineTable(feature_set="txn", version="1", materialization_version=1, keys=("acct",), timestamp="ts",
+                     features=("f",))
+
+
+def _rows(*rows: tuple[str, datetime, float]) -> pa.Table:
+    return pa.table({"acct": [r[0] for r in rows], "ts": pa.array([r[1] for r in rows], pa.timestamp("us")),
+                     "create_timestamp": pa.array([datetime(2024, 2, 1)] * len(rows), pa.timestamp("us")),
+                     "f": [r[2] for r in rows]})
+
+
+def _stored(store: DeltaOfflineStore) -> list[tuple[str, str, float]]:
+    table = store.read(TABLE).to_pylist()
+    return [(r["acct"], r["ts"].strftime("%m-%d %H:%M"), r["f"]) for r in table]
+
+
+def test_window_replacement_scenario_16(tmp_path: Path) -> None:
+    store = DeltaOfflineStore(str(tmp_path / "offline"))
+    store.write_window(TABLE, _rows(("A", datetime(2024, 1, 1, 10), 1.0), ("A", datetime(2024, 1, 2, 10), 2.0),
+                                    ("A", datetime(2024, 1, 3, 10), 3.0)), datetime(2024, 1, 1), datetime(2024, 1, 4))
+    stats = store.write_window(TABLE, _rows(("A", datetime(2024, 1, 2, 12), 22.0)), datetime(2024, 1, 2),
+                               datetime(2024, 1, 3))
+    assert stats.rows == 1 and stats.table_version == 1
+    assert _stored(store) == [("A", "01-01 10:00", 1.0), ("A", "01-02 12:00", 22.0), ("A", "01-03 10:00", 3.0)]
+
+
+def test_window_boundaries_inside_a_day_partition(tmp_path: Path) -> None:
+    store = DeltaOfflineStore(str(tmp_path / "offline"))
+    day = [("A", datetime(2024, 1, 1, h), float(h)) for h in (0, 6, 12, 18)]
+    store.write_window(TABLE, _rows(*day), datetime(2024, 1, 1), datetime(2024, 1, 2))
+    store.write_window(TABLE, _rows(("A", datetime(2024, 1, 1, 7), 7.0)), datetime(2024, 1, 1, 6),
+                       datetime(2024, 1, 1, 12))
+    assert [f for _, _, f in _stored(store)] == [0.0, 7.0, 12.0, 18.0]
+
+
+def test_empty_window_deletes_rows_removed_at_the_source(tmp_path: Path) -> None:
+    store = DeltaOfflineStore(str(tmp_path / "offline"))
+    store.write_window(TABLE, _rows(("A", datetime(2024, 1, 1, 10), 1.0), ("B", datetime(2024, 1, 2, 10), 2.0)),
+                       datetime(2024, 1, 1), datetime(2024, 1, 3))
+    store.write_window(TABLE, _rows(), datetime(2024, 1, 2), datetime(2024, 1, 3))
+    assert _stored(store) == [("A", "01-01 10:00", 1.0)]
+
+
+def test_register_reads_only_the_given_windows(tmp_path: Path) -> None:
+    store = DeltaOfflineStore(str(tmp_path / "offline"))
+    rows = _rows(*[("A", datetime(2024, 1, d, 10), float(d)) for d in range(1, 6)])
+    store.write_window(TABLE, rows, datetime(2024, 1, 1), datetime(2024, 1, 6))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    view = store.register(con, TABLE, [(datetime(2024, 1, 2), datetime(2024, 1, 3)),
+                                       (datetime(2024, 1, 4, 10), datetime(2024, 1, 6))], schema=rows.schema)
+    got = con.execute(f"SELECT f, ts FROM {view} ORDER BY ts").fetchall()
+    assert got == [(2.0, datetime(2024, 1, 2, 10)), (4.0, datetime(2024, 1, 4, 10)), (5.0, datetime(2024, 1, 5, 10))]
+    empty = store.register(con, TABLE, [], schema=rows.schema)
+    assert con.execute(f"SELECT count(*) FROM {empty}").fetchall() == [(0,)]
+
+
+def test_killed_writer_leaves_the_table_as_before(tmp_path: Path) -> None:
+    """A writer killed in the middle of a large write commits nothing: readers see the previous table."""
+    root = str(tmp_path / "offline")
+    store = DeltaOfflineStore(root)
+    store.write_window(TABLE, _rows(("A", datetime(2024, 1, 1, 10), 1.0)), datetime(2024, 1, 1), datetime(2024, 1, 2))
+    before = _stored(store)
+    script = textwrap.dedent(f"""
+        import sys
+        from datetime import datetime, timedelta
+        import numpy as np, pyarrow as pa
+        from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
+        table = OfflineTable("txn", "1", 1, ("acct",), "ts", ("f",))
+        n = 3_000_000
+        ts = np.datetime64("2024-01-01") + (np.arange(n) % 86_400_000_000).astype("timedelta64[us]")
+        rows = pa.table({{"acct": pa.array(np.arange(n).astype(str)), "ts": pa.array(ts),
+                         "create_timestamp": pa.array(ts), "f": np.arange(n, dtype=float)}})
+        print("writing", flush=True)
+        DeltaOfflineStore({root!r}).write_window(table, rows, datetime(2024, 1, 1), datetime(2024, 1, 2))
+        print("done", flush=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "writing"
+    import time
+
+    time.sleep(0.5)  # let the writer start producing files, then kill it before it can commit
+    process.kill()
+    process.wait()
+    assert _stored(store) == before
