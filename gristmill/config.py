@@ -29,8 +29,9 @@ class OfflineStoreConfig(_Config):
 
 class OnlineStoreConfig(_Config):
     type: Literal["sqlite", "redis"] = "sqlite"
-    path: str = "online.db"
-    url: str | None = None
+    path: str = "online.db"              # SQLite file, relative to the store folder
+    url: str | None = None               # Redis URL, e.g. redis://127.0.0.1:6379/0
+    prefix: str = "gristmill"            # Redis key prefix (one per store sharing a server)
 
 
 class EngineConfig(_Config):

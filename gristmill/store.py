@@ -4,28 +4,37 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
-from datetime import datetime
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gristmill.compute.engine import FeatureSetRequest, MaterializedData, to_utc_naive
 from gristmill.compute.sources import is_uri, resolve_local
-from gristmill.config import CONFIG_FILE_NAME, EngineConfig, RegistryConfig, StoreConfig
-from gristmill.errors import ConfigError, GristmillError, ImmutableError, NotFoundError, SpecError
+from gristmill.config import CONFIG_FILE_NAME, EngineConfig, OnlineStoreConfig, RegistryConfig, StoreConfig
+from gristmill.errors import ConfigError, GristmillError, ImmutableError, NotFoundError, RetrievalError, SpecError
+from gristmill.jobs.intervals import DataStatus
+from gristmill.materialization import Materializer
 from gristmill.retrieval import plan_requests, references
 from gristmill.spec.entity import Entity
 from gristmill.spec.featureset import FeatureSet
 from gristmill.spec.featureset_spec import FeatureSetSpec
 from gristmill.spec.yaml_io import read_yaml
+from gristmill.stores.offline.delta import DeltaOfflineStore
+from gristmill.stores.online.base import OnlineStore, OnlineTable
 
 if TYPE_CHECKING:
     from gristmill.compute.engine import Engine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
     from gristmill.registry.registry import Registry
+    from gristmill.serving import OnlineResult
 
 log = logging.getLogger("gristmill")
 
 _UNSET: Any = object()
+_ONLINE_TABLE_TTL = 5.0  # seconds an online table's materialization version is cached
 
 
 @dataclass(frozen=True)
@@ -69,17 +78,26 @@ class FeatureStore:
     >>> store.get_offline_features(["transactions:1:amount_7d_sum"], observations, "ts")  # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path = ".", *, registry_schema: str | None = None) -> None:
+    def __init__(self, path: str | Path = ".", *, registry_schema: str | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.path = Path(path).resolve()
         self.config = StoreConfig.load(self.path)
         self._registry_schema = registry_schema or self.config.registry.db_schema
         self._registry: Registry | None = None
         self._engine: Engine | None = None
+        self._offline_store: DeltaOfflineStore | None = None
+        self._online_store: OnlineStore | None = None
+        self._materializer: Materializer | None = None
+        self._clock = clock or _utc_now
+        self._spec_cache: dict[tuple[str, str], FeatureSet] = {}
+        self._online_tables: dict[tuple[str, str], tuple[float, OnlineTable]] = {}
 
     @classmethod
     def init(cls, path: str | Path, *, name: str | None = None, registry_url: str | None = None,
              registry_schema: str | None = None, offline_store_uri: str | None = None,
-             memory_limit: str | None = None, exist_ok: bool = True) -> FeatureStore:
+             online_store: str | None = None, online_prefix: str | None = None,
+             memory_limit: str | None = None, exist_ok: bool = True,
+             clock: Callable[[], datetime] | None = None) -> FeatureStore:
         """Create a store in ``path`` (a ``featurestore.yaml`` plus embedded defaults) and open it."""
         folder = Path(path).resolve()
         config_file = folder / CONFIG_FILE_NAME
@@ -87,17 +105,18 @@ class FeatureStore:
             if not exist_ok:
                 raise ConfigError(f"{folder}: a feature store already exists here; open it with "
                                   "gm.FeatureStore(path)")
-            return cls(folder, registry_schema=registry_schema)
+            return cls(folder, registry_schema=registry_schema, clock=clock)
         folder.mkdir(parents=True, exist_ok=True)
         config = StoreConfig(
             name=name or folder.name or "default",
             registry=RegistryConfig(url=registry_url or "sqlite:///registry.db", schema=registry_schema),
             offline_store=StoreConfig().offline_store.model_copy(
                 update={"uri": offline_store_uri} if offline_store_uri else {}),
+            online_store=_online_config(online_store, online_prefix),
             engine=EngineConfig(memory_limit=memory_limit),
         )
         config.dump(folder)
-        store = cls(folder)
+        store = cls(folder, clock=clock)
         store.registry  # noqa: B018 - creates the registry tables now, so errors show at init
         log.info("created feature store %s in %s", config.name, folder)
         return store
@@ -125,7 +144,40 @@ class FeatureStore:
                                         temp_directory=self.path / ".spill")
         return self._engine
 
+    @property
+    def offline_store(self) -> DeltaOfflineStore:
+        if self._offline_store is None:
+            self._offline_store = DeltaOfflineStore(self.config.offline_uri(self.path))
+        return self._offline_store
+
+    @property
+    def online_store(self) -> OnlineStore:
+        if self._online_store is None:
+            cfg = self.config.online_store
+            if cfg.type == "redis":
+                from gristmill.stores.online.redis import RedisOnlineStore
+
+                self._online_store = RedisOnlineStore(cfg.url or "redis://127.0.0.1:6379/0", prefix=cfg.prefix)
+            else:
+                from gristmill.stores.online.sqlite import SQLiteOnlineStore
+
+                self._online_store = SQLiteOnlineStore(self.path / cfg.path)
+        return self._online_store
+
+    @property
+    def materializer(self) -> Materializer:
+        if self._materializer is None:
+            self._materializer = Materializer(self)
+        return self._materializer
+
+    def now(self) -> datetime:
+        """The store's clock (UTC, naive); injectable for tests of expiry."""
+        return to_utc_naive(self._clock(), name="clock")
+
     def close(self) -> None:
+        if self._online_store is not None:
+            self._online_store.close()
+            self._online_store = None
         if self._registry is not None:
             self._registry.close()
             self._registry = None
@@ -217,9 +269,11 @@ class FeatureStore:
         stored = _portable_spec(spec)
         code_files = {str(p.relative_to(spec.folder)): p.read_text(encoding="utf-8")
                       for p in spec._code_files()} if spec.folder else {}
-        return self.registry.put_feature_set(
+        action = self.registry.put_feature_set(
             feature_set, spec=stored.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
             code_files=code_files, content_hash=stored.content_hash())
+        self.materializer.sync_settings(feature_set)
+        return action
 
     def _check_entities(self, feature_set: FeatureSet, spec: FeatureSetSpec) -> None:
         declared = {c.name: c.type for c in spec.index_columns}
@@ -269,7 +323,10 @@ class FeatureStore:
         changes = {k: v for k, v in (("description", description), ("tags", tags), ("stage", stage),
                                      ("materialization_settings", materialization_settings)) if v is not _UNSET}
         self.registry.update_feature_set(name, str(version), **changes)
-        return self.get_feature_set(name, version)
+        updated = self.get_feature_set(name, version)
+        self.materializer.sync_settings(updated)
+        self._online_tables.pop((name, str(version)), None)
+        return updated
 
     def archive_feature_set(self, name: str, version: str | int) -> None:
         self.registry.archive_feature_set(name, str(version))
@@ -292,23 +349,123 @@ class FeatureStore:
 
     def get_offline_features(self, features: Any, observations: Any, timestamp_column: str, *,
                              full_feature_names: bool = False, as_known_at: bool = False,
-                             aggregation_mode: str = "per_event") -> RetrievalResult:
+                             aggregation_mode: str = "per_event", materialized_only: bool = False,
+                             from_source: bool = False) -> RetrievalResult:
         """Point-in-time correct training data (SPEC §3).
 
         ``features``: ``["transactions:1:amount_7d_sum", ...]``, a FeatureRetrievalSpec or its path.
         ``observations``: pandas / Polars / Arrow table, or a Parquet / CSV path. Returns a result with
         ``to_pandas()``, ``to_arrow()``, ``to_polars()`` and ``to_parquet(path)``: every observation
         column in order, then the features in request order; no observation row dropped or reordered.
+        Materialized offline data is read where its interval is Complete and the rest is computed from
+        source (same answers); ``materialized_only=True`` refuses to compute, ``from_source=True`` ignores
+        materialized data. ``as_known_at`` always computes from source (materialized rows keep one row per
+        key and time, so they cannot answer what was known earlier).
 
         >>> store.get_offline_features(["transactions:1:amount_7d_sum"], obs, "ts").to_pandas()  # doctest: +SKIP
         """
         requests = plan_requests(references(features), self._resolve_spec, full_feature_names=full_feature_names,
                                  store_name=self.name)
+        if not from_source:
+            requests = [self._with_materialized(r, strict=materialized_only) for r in requests]
         return self.engine.retrieve(requests, observations, timestamp_column, as_known_at=as_known_at,
                                     aggregation_mode=aggregation_mode)
 
+    def _with_materialized(self, request: FeatureSetRequest, *, strict: bool) -> FeatureSetRequest:
+        name, version = request.label.split(":")
+        state = self.materializer.records.state(name, version, "offline")
+        complete = tuple((i.start, i.end) for i in state.timeline.intervals(include_none=False)
+                         if i.status == DataStatus.COMPLETE)
+        if not complete and not strict:
+            return request
+        table = self.materializer.offline_table(self._cached_feature_set(name, version),
+                                                state.materialization_version)
+        materialized = MaterializedData(store=self.offline_store, table=table, complete=complete, strict=strict)
+        return replace(request, materialized=materialized)
+
+    def _cached_feature_set(self, name: str, version: str) -> FeatureSet:
+        """Registered versions are immutable in what they compute, so their specs are cached."""
+        key = (name, version)
+        if key not in self._spec_cache:
+            self._spec_cache[key] = self.get_feature_set(name, version)
+        return self._spec_cache[key]
+
     def _resolve_spec(self, name: str, version: str) -> FeatureSetSpec:
-        return self.get_feature_set(name, version).spec
+        return self._cached_feature_set(name, version).spec
+
+    # -- materialization --------------------------------------------------------------------------------
+    def backfill(self, name: str, version: str | int, *, start: datetime | str | None = None,
+                 end: datetime | str | None = None, data_status: Sequence[str] | None = None,
+                 job_id: str | None = None, stores: Sequence[str] | None = None,
+                 on_job: Callable[..., None] | None = None) -> list[Any]:
+        """Materialize a feature set version: one job per matching data interval in ``[start, end)``.
+
+        ``data_status`` picks intervals by status (``["Incomplete", "None"]``...); ``job_id`` retries a failed
+        job's window. Jobs run in this process; returns their records (Completed or Failed, with metrics).
+
+        >>> store.backfill("transactions", 1, start="2025-01-01", end="2025-02-01")   # doctest: +SKIP
+        """
+        feature_set = self._cached_feature_set(name, str(version))
+        return self.materializer.backfill(feature_set, start=start, end=end, data_status=data_status,
+                                          job_id=job_id, stores=stores, on_job=on_job)
+
+    def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
+        """The data status timeline of each store (offline, online) of a feature set version."""
+        return self.materializer.intervals(self._cached_feature_set(name, str(version)))
+
+    def list_jobs(self, *, feature_set: str | None = None, version: str | int | None = None,
+                  status: str | None = None, limit: int = 100) -> list[Any]:
+        return self.materializer.records.list_jobs(feature_set=feature_set, version=version, status=status,
+                                                   limit=limit)
+
+    def get_job(self, job_id: str) -> Any:
+        return self.materializer.records.get_job(job_id)
+
+    def cost(self, *, by: str = "feature_set", feature_set: str | None = None) -> list[Any]:
+        """Compute seconds, rows and bytes per job, feature set or store."""
+        return self.materializer.records.cost_summary(by=by, feature_set=feature_set)  # type: ignore[arg-type]
+
+    # -- online -----------------------------------------------------------------------------------------
+    def get_online_features(self, features: Any, observations: Any, *,
+                            full_feature_names: bool = False) -> OnlineResult:
+        """The latest feature values for the keys in ``observations`` (dict of columns, list of row dicts or a
+        DataFrame). Output: observation columns, then features; unknown or expired keys give nulls.
+
+        >>> store.get_online_features(["transactions:1:amount_7d_sum"], {"account_id": ["A1"]})  # doctest: +SKIP
+        """
+        from gristmill.serving import lookup
+
+        requests = plan_requests(references(features), self._resolve_spec, full_feature_names=full_feature_names,
+                                 store_name=self.name)
+        tables = [self._online_table(*r.label.split(":")) for r in requests]
+        return lookup(requests, tables, self.online_store, observations, now=self.now())
+
+    def _online_table(self, name: str, version: str) -> OnlineTable:
+        """The online table of a version; its materialization version is re-read every few seconds."""
+        cached = self._online_tables.get((name, version))
+        if cached is not None and time.monotonic() - cached[0] < _ONLINE_TABLE_TTL:
+            return cached[1]
+        feature_set = self._cached_feature_set(name, version)
+        state = self.materializer.records.state(name, version, "online")
+        if not state.enabled:
+            raise RetrievalError(f"{name}:{version} is not materialized online; set "
+                                 "materialization_settings.online_enabled: true and backfill it")
+        table = self.materializer.online_table(feature_set, state.materialization_version)
+        self._online_tables[(name, version)] = (time.monotonic(), table)
+        return table
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _online_config(online_store: str | None, prefix: str | None) -> OnlineStoreConfig:
+    """``None``/"sqlite" -> the embedded SQLite file; a ``redis://`` URL -> Redis."""
+    if online_store is None or online_store == "sqlite":
+        return OnlineStoreConfig()
+    if online_store.startswith(("redis://", "rediss://", "unix://")):
+        return OnlineStoreConfig(type="redis", url=online_store, prefix=prefix or "gristmill")
+    raise ConfigError(f"online_store: '{online_store}' is not 'sqlite' or a redis:// URL")
 
 
 def _portable_spec(spec: FeatureSetSpec) -> FeatureSetSpec:

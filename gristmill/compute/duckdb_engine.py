@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.engine import AggregationMode, FeatureSetRequest, to_utc_naive
-from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, probe_view
+from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, materialized_view, probe_view
 from gristmill.compute.pit import OBS_TIME, ROW, JoinPlan, asof_side_sql, known_at_sql, point_in_time_sql
 from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
@@ -136,7 +136,10 @@ class DuckDBEngine:
                 right_sides.append(asof_side_sql(view, features))
                 continue
             start, end = _feature_window(low, high, delay, lookback)
-            view = compute_view(con, spec, start, end, label=request.label)
+            if request.materialized is not None and not as_known_at:
+                view = materialized_view(con, spec, request.materialized, start, end, label=request.label)
+            else:
+                view = compute_view(con, spec, start, end, label=request.label)
             plan = JoinPlan(view, obs_keys, list(request.outputs), delay, lookback, as_known_at=as_known_at)
             plans.append(plan)
             right_sides.append(known_at_sql(plan, obs) if as_known_at else asof_side_sql(view, features))
@@ -162,7 +165,8 @@ def _rename_clashes(requests: list[FeatureSetRequest], columns: list[str]) -> li
                             feature, request.label, final, name)
             taken.add(final)
             outputs.append((feature, final))
-        renamed.append(FeatureSetRequest(request.label, request.spec, tuple(outputs), request.position))
+        renamed.append(FeatureSetRequest(request.label, request.spec, tuple(outputs), request.position,
+                                         request.materialized))
     return renamed
 
 

@@ -30,10 +30,21 @@ class FeatureSetRequest:
     spec: FeatureSetSpec
     outputs: tuple[tuple[str, str], ...]   # (feature name, output column name)
     position: tuple[int, ...] = ()         # index of each output in the user's request (column order)
+    materialized: MaterializedData | None = None  # offline data to read where its interval is Complete
 
     def __post_init__(self) -> None:
         if not self.position:
             object.__setattr__(self, "position", tuple(range(len(self.outputs))))
+
+
+@dataclass(frozen=True)
+class MaterializedData:
+    """Where a feature set version's materialized offline rows are, and which windows are Complete."""
+
+    store: Any                                   # DeltaOfflineStore
+    table: Any                                   # OfflineTable
+    complete: tuple[tuple[datetime, datetime], ...]
+    strict: bool = False                         # refuse to compute from source outside Complete windows
 
 
 class Engine(Protocol):

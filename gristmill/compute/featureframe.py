@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from gristmill.compute.aggregations import aggregation_sql
+from gristmill.compute.result import arrow_table
 from gristmill.compute.schema import accepts, cast_expression, sql_family
 from gristmill.compute.sources import (
     ORDER,
@@ -22,11 +23,14 @@ from gristmill.compute.sources import (
     with_order,
 )
 from gristmill.compute.sqltext import cols, interval, q, ts_lit
-from gristmill.errors import TransformationError
+from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
+
+    from gristmill.compute.engine import MaterializedData
 
 log = logging.getLogger("gristmill.compute")
 
@@ -77,6 +81,56 @@ def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: da
     else:
         transformed = source
     return _checked_view(con, spec, transformed, start, end, label, ties_are_equal=expressions is not None)
+
+
+def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, materialized: MaterializedData,
+                      start: datetime | None, end: datetime, *, label: str) -> ComputedView:
+    """Feature rows of ``[start, end)``: read from the offline store where the window is Complete, computed
+    from source elsewhere. Materialized rows are already de-duplicated by the tie rule, so both halves
+    give the same point-in-time answers."""
+    low = start or datetime.min
+    complete = [(max(s, low), min(e, end)) for s, e in materialized.complete if s < end and e > low]
+    if not complete:
+        if materialized.strict:
+            raise RetrievalError(f"{label}: no Complete offline data in [{start}, {end}) and strict retrieval "
+                                 "refuses to compute from source; backfill the window first")
+        return compute_view(con, spec, start, end, label=label)
+    gaps: list[tuple[datetime | None, datetime]] = []
+    cursor: datetime | None = start
+    for s, e in sorted(complete):
+        if cursor is None or cursor < s:
+            gaps.append((cursor, s))
+        cursor = e
+    if cursor is not None and cursor < end:
+        gaps.append((cursor, end))
+    if gaps and materialized.strict:
+        shown = ", ".join(f"[{s or '-inf'}, {e})" for s, e in gaps)
+        raise RetrievalError(f"{label}: windows {shown} are not Complete in the offline store and strict "
+                             "retrieval refuses to compute from source; backfill them first")
+    epoch = datetime(1970, 1, 1)
+    shape = compute_view(con, spec, epoch, epoch, label=label)
+    columns = [*shape.keys, shape.timestamp, *([CREATE_TIMESTAMP] if shape.has_create_timestamp else []),
+               *shape.features]
+    schema = arrow_table(con.sql(f"SELECT {cols(columns)} FROM {shape.name} LIMIT 0")).schema
+    stored = materialized.store.register(con, materialized.table, complete, schema=_with_create(schema))
+    parts = [f"SELECT {cols(columns)}, 0::BIGINT AS {q(ORDER)} FROM {stored}"]
+    for s, e in gaps:
+        part = compute_view(con, spec, s, e, label=label)
+        parts.append(f"SELECT {cols(columns)}, {q(ORDER)} FROM {part.name}")
+    view = unique_name("fs_mat")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(parts)}")
+    log.info("%s: reading %d Complete window(s) from the offline store, computing %d gap(s) from source",
+             label, len(complete), len(gaps))
+    return ComputedView(name=view, keys=shape.keys, timestamp=shape.timestamp, features=shape.features,
+                        has_create_timestamp=shape.has_create_timestamp, ties_are_equal=shape.ties_are_equal)
+
+
+def _with_create(schema: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
+    if CREATE_TIMESTAMP in schema.names:
+        return schema
+    return schema.append(pa.field(CREATE_TIMESTAMP, pa.timestamp("us")))
 
 
 def _window_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str,

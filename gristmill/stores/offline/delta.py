@@ -75,10 +75,11 @@ class DeltaOfflineStore:
                      f"AND {_delta_identifier(table.timestamp)} >= '{_iso(start)}' "
                      f"AND {_delta_identifier(table.timestamp)} < '{_iso(end)}'")
         exists = DeltaTable.is_deltatable(uri, storage_options=self.storage_options)
+        before = _file_sizes(DeltaTable(uri, storage_options=self.storage_options)) if exists else {}
         write_deltalake(uri, data, partition_by=[DAY_COLUMN], mode="overwrite" if exists else "append",
                         predicate=predicate if exists else None, storage_options=self.storage_options)
         written = DeltaTable(uri, storage_options=self.storage_options)
-        added = _bytes_added(written)
+        added = sum(size for path, size in _file_sizes(written).items() if path not in before)
         log.info("offline store: wrote %d rows of [%s, %s) to %s (version %d)", data.num_rows, start, end, uri,
                  written.version())
         return WriteStats(rows=data.num_rows, bytes=added, table_version=written.version())
@@ -163,14 +164,12 @@ def _with_day(data: pa.Table, timestamp: str) -> pa.Table:
     return data.append_column(DAY_COLUMN, day)
 
 
-def _bytes_added(table: Any) -> int:
-    """Bytes of the files the last commit added (what this write cost in storage)."""
-    try:
-        history = table.history(1)[0]
-        metrics = history.get("operationMetrics", {})
-        return int(metrics.get("num_added_bytes", metrics.get("numOutputBytes", 0)) or 0)
-    except Exception:  # metrics are informative only; never fail a write over them
-        return 0
+def _file_sizes(table: Any) -> dict[str, int]:
+    """Size in bytes of every file of the table's current version (to report what a write added)."""
+    import pyarrow as pa
+
+    columns = pa.table(table.get_add_actions(flatten=True)).to_pydict()
+    return dict(zip(columns.get("path", []), columns.get("size_bytes", []), strict=True))
 
 
 def _file_day_in(uri: str, windows: set[tuple[Any, Any]]) -> bool:

@@ -1,0 +1,163 @@
+"""Materialization for a ``FeatureStore``: keeping per-store state in step with a feature set's
+materialization settings, and running backfill jobs (SPEC §3 "Materialization", "Backfill").
+
+A backfill plans one job per matching data interval (``plan_backfill``), records each job in the
+registry (its window turns ``Pending``), runs it in-process, and records the outcome: ``Complete`` with
+rows, bytes and CPU seconds, or ``Incomplete`` with the error. Offline writes are one Delta commit, so a
+failed job leaves nothing half-written there; online writes are idempotent compare-and-set upserts, so a
+retry repairs whatever a failed one wrote."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from gristmill.compute.engine import to_utc_naive
+from gristmill.errors import GristmillError
+from gristmill.jobs.backfill import BackfillError, plan_backfill
+from gristmill.jobs.intervals import DataInterval, DataStatus
+from gristmill.jobs.materialize import materialize_window
+from gristmill.spec.featureset import FeatureSet, MaterializationSettings
+from gristmill.stores.offline.delta import OfflineTable
+from gristmill.stores.online.base import OnlineTable
+
+if TYPE_CHECKING:
+    from gristmill.registry.materialization import JobRecord, MaterializationRecords
+    from gristmill.store import FeatureStore
+
+log = logging.getLogger("gristmill.jobs")
+
+STORES = ("offline", "online")
+
+
+class Materializer:
+    """Runs and records materialization for one store."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        from gristmill.registry.materialization import MaterializationRecords
+
+        self.store = store
+        self.records: MaterializationRecords = MaterializationRecords(store.registry)
+
+    # -- tables -----------------------------------------------------------------------------------------
+    def offline_table(self, feature_set: FeatureSet, materialization_version: int | None = None) -> OfflineTable:
+        spec = feature_set.spec
+        version = materialization_version or self.records.state(feature_set.name, feature_set.version,
+                                                                "offline").materialization_version
+        return OfflineTable(feature_set=feature_set.name, version=feature_set.version,
+                            materialization_version=version, keys=tuple(spec.index_column_names),
+                            timestamp=spec.timestamp_column, features=tuple(spec.feature_names))
+
+    def online_table(self, feature_set: FeatureSet, materialization_version: int | None = None) -> OnlineTable:
+        spec = feature_set.spec
+        version = materialization_version or self.records.state(feature_set.name, feature_set.version,
+                                                                "online").materialization_version
+        return OnlineTable(store=self.store.name, feature_set=feature_set.name, version=feature_set.version,
+                           materialization_version=version,
+                           keys=tuple((c.name, c.type) for c in spec.index_columns),
+                           features=tuple((f.name, f.type) for f in spec.features),
+                           ttl=spec.temporal_join_lookback.timedelta if spec.temporal_join_lookback else None)
+
+    # -- settings ---------------------------------------------------------------------------------------
+    def sync_settings(self, feature_set: FeatureSet) -> None:
+        """Enable/disable stores as the feature set's materialization settings say. Disabling resets the
+        store's intervals; re-enabling starts a new materialization version (old data is not used again)."""
+        settings = feature_set.materialization_settings or MaterializationSettings()
+        for kind, wanted in (("offline", settings.offline_enabled), ("online", settings.online_enabled)):
+            state = self.records.state(feature_set.name, feature_set.version, kind)
+            if state.enabled == wanted:
+                continue
+            if not wanted and kind == "online" and state.enabled:
+                self.store.online_store.drop(self.online_table(feature_set, state.materialization_version))
+            self.records.set_enabled(feature_set.name, feature_set.version, kind, wanted)
+            log.info("%s: %s materialization %s", feature_set.ref, kind, "enabled" if wanted else "disabled")
+
+    def enabled_stores(self, feature_set: FeatureSet) -> list[str]:
+        return [kind for kind in STORES
+                if self.records.state(feature_set.name, feature_set.version, kind).enabled]
+
+    def intervals(self, feature_set: FeatureSet) -> dict[str, list[DataInterval]]:
+        return {kind: self.records.timeline(feature_set.name, feature_set.version, kind).intervals()
+                for kind in STORES}
+
+    # -- backfill ---------------------------------------------------------------------------------------
+    def backfill(self, feature_set: FeatureSet, *, start: Any = None, end: Any = None,
+                 data_status: Sequence[str | DataStatus] | None = None, job_id: str | None = None,
+                 stores: Sequence[str] | None = None,
+                 on_job: Callable[[JobRecord, int, int], None] | None = None) -> list[JobRecord]:
+        """Plan, record and run backfill jobs; returns the finished job records (Completed or Failed)."""
+        enabled = self.enabled_stores(feature_set)
+        if job_id is not None:
+            previous = self.records.get_job(job_id)
+            if previous.ref != feature_set.ref:
+                raise BackfillError(f"job {job_id} belongs to {previous.ref}, not {feature_set.ref}")
+            if not previous.status.finished or previous.status.value == "Completed":
+                raise BackfillError(f"job {job_id} is {previous.status.value}; only a failed or cancelled job's "
+                                    "window can be retried (re-running a Complete window: backfill with "
+                                    "--start/--end)")
+            windows = [(previous.start, previous.end)]
+            targets = [s for s in previous.stores if s in enabled]
+        else:
+            targets = list(stores) if stores else enabled
+            unknown = [s for s in targets if s not in STORES]
+            if unknown:
+                raise BackfillError(f"stores: unknown store(s) {', '.join(unknown)}; use offline and/or online")
+            disabled = [s for s in targets if s not in enabled]
+            if disabled or not targets:
+                raise BackfillError(f"{feature_set.ref}: {', '.join(disabled) or 'no'} store materialization is "
+                                    "enabled; set materialization_settings.offline_enabled / online_enabled "
+                                    "(and apply) first")
+            lo = to_utc_naive(start, name="start") if start is not None else None
+            hi = to_utc_naive(end, name="end") if end is not None else None
+            plan_store = "offline" if "offline" in targets else "online"
+            windows = plan_backfill(self.records.timeline(feature_set.name, feature_set.version, plan_store),
+                                    start=lo, end=hi, data_status=data_status)
+        if not targets:
+            raise BackfillError(f"{feature_set.ref}: none of the job's stores is enabled any more")
+        jobs = [self.records.create_job(feature_set.name, feature_set.version, start=s, end=e, stores=targets)
+                for s, e in windows]
+        log.info("%s: backfill of %d window(s) into %s", feature_set.ref, len(jobs), " + ".join(targets))
+        finished = []
+        for index, job in enumerate(jobs):
+            if on_job is not None:
+                on_job(job, index, len(jobs))
+            finished.append(self.run(feature_set, job))
+        if on_job is not None and finished:
+            on_job(finished[-1], len(jobs), len(jobs))
+        return finished
+
+    def run(self, feature_set: FeatureSet, job: JobRecord) -> JobRecord:
+        """Run one recorded job in this process."""
+        self.records.start_job(job.id)
+        cpu_started = time.process_time()
+        wall_started = time.perf_counter()
+        try:
+            offline = online = None
+            if "offline" in job.stores:
+                offline = (self.store.offline_store, self.offline_table(feature_set))
+            online_from_offline = False
+            if "online" in job.stores:
+                online = (self.store.online_store, self.online_table(feature_set))
+                offline_state = self.records.state(feature_set.name, feature_set.version, "offline")
+                if offline is None and offline_state.enabled and offline_state.timeline.covered(
+                        job.start, job.end, DataStatus.COMPLETE):
+                    offline = (self.store.offline_store, self.offline_table(feature_set))
+                    online_from_offline = True
+            result = materialize_window(self.store.engine, feature_set.spec, job.start, job.end,
+                                        now=self.store.now(), label=feature_set.ref, offline=offline,
+                                        online=online, online_from_offline=online_from_offline)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, GristmillError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s: job %s [%s, %s) failed: %s", feature_set.ref, job.id, job.start, job.end, message)
+            return self.records.fail_job(job.id, message, cpu_seconds=time.process_time() - cpu_started)
+        log.info("%s: job %s [%s, %s) completed: %d rows read, %d written in %.2f s", feature_set.ref, job.id,
+                 job.start, job.end, result.rows_read, result.rows_written, time.perf_counter() - wall_started)
+        return self.records.finish_job(job.id, rows_read=result.rows_read, rows_written=result.rows_written,
+                                       bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds)
+
+
+def parse_window_time(value: Any, name: str) -> datetime | None:
+    return to_utc_naive(value, name=name) if value is not None else None
