@@ -22,7 +22,8 @@ from rich.table import Table
 
 app = typer.Typer(name="gristmill", help="Gristmill feature store.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console()
+# Piped output is read by people and scripts alike: wide enough that tables do not fold.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True)
 
 T = TypeVar("T")
@@ -261,6 +262,137 @@ def retrieve(observations: Annotated[Path, typer.Option(help="Observation rows: 
 
         rows = pq.ParquetFile(output).metadata.num_rows
         console.print(f"wrote {rows} rows to {output} in {time.perf_counter() - started:.1f} s; spec copied to {copy}")
+
+
+def _require_version(ref: str) -> tuple[str, str]:
+    from gristmill.errors import SpecError
+
+    name, version = _split_ref(ref)
+    if version is None:
+        raise SpecError(f"'{ref}' needs a version: NAME:VERSION, e.g. {ref}:1")
+    return name, version
+
+
+def _job_row(job: Any) -> dict[str, Any]:
+    return {"id": job.id, "feature_set": job.ref, "window": f"[{job.start:%Y-%m-%d %H:%M}, {job.end:%Y-%m-%d %H:%M})",
+            "stores": "+".join(job.stores), "status": job.status.value, "rows_read": job.rows_read,
+            "rows_written": job.rows_written, "bytes_written": job.bytes_written,
+            "cpu_s": round(job.cpu_seconds or 0.0, 2), "error": job.error or ""}
+
+
+@app.command()
+def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
+             start: Annotated[str | None, typer.Option(help="Window start (inclusive), ISO time.")] = None,
+             end: Annotated[str | None, typer.Option(help="Window end (exclusive), ISO time.")] = None,
+             data_status: Annotated[list[str] | None, typer.Option(
+                 help="Only intervals with this status (repeatable): None, Incomplete, Complete.")] = None,
+             job_id: Annotated[str | None, typer.Option(help="Retry the window of this failed job.")] = None,
+             only: Annotated[str | None, typer.Option(help="Only this store: offline or online.")] = None,
+             store: StoreOption = Path(".")) -> None:
+    """Materialize a feature set: one job per matching data interval, run here, with a progress bar."""
+    with _user_errors():
+        s = _open(store)
+        name, version = _require_version(ref)
+        jobs: list[Any] = []
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console, transient=True) as bar:
+                task = bar.add_task(f"backfill {ref}", total=None)
+
+                def on_job(job: Any, done: int, total: int) -> None:
+                    bar.update(task, total=total, completed=done,
+                               description=f"backfill {ref} [{job.start}, {job.end})")
+
+                jobs = s.backfill(name, version, start=start, end=end, data_status=data_status, job_id=job_id,
+                                  stores=[only] if only else None, on_job=on_job)
+        else:
+            jobs = s.backfill(name, version, start=start, end=end, data_status=data_status, job_id=job_id,
+                              stores=[only] if only else None)
+        _print_rows([_job_row(j) for j in jobs], False)
+        failed = [j for j in jobs if j.status.value != "Completed"]
+        console.print(f"{len(jobs) - len(failed)} of {len(jobs)} job(s) completed")
+        if failed:
+            for job in failed:
+                err_console.print(f"[red]job {job.id} failed:[/red] {job.error}  (retry: gristmill backfill {ref} "
+                                  f"--job-id {job.id})", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+
+
+@app.command()
+def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = None,
+         feature_set: Annotated[str | None, typer.Option(help="NAME or NAME:VERSION.")] = None,
+         status: Annotated[str | None, typer.Option(help="Queued, Running, Completed, Failed, Cancelled.")] = None,
+         limit: Annotated[int, typer.Option(help="Most recent N jobs.")] = 50,
+         store: StoreOption = Path("."),
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List materialization jobs (newest first) or show one, with status and metrics."""
+    with _user_errors():
+        s = _open(store)
+        if job_id:
+            _print_rows([_job_row(s.get_job(job_id))], as_json)
+            return
+        name, version = _split_ref(feature_set) if feature_set else (None, None)
+        _print_rows([_job_row(j) for j in s.list_jobs(feature_set=name, version=version, status=status,
+                                                       limit=limit)], as_json)
+
+
+@app.command()
+def status(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
+           store: StoreOption = Path("."),
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The data interval timeline of a feature set version, per store."""
+    with _user_errors():
+        s = _open(store)
+        name, version = _require_version(ref)
+        rows = [{"store": kind, "start": str(i.start), "end": str(i.end), "status": i.status.value}
+                for kind, intervals in s.data_intervals(name, version).items() for i in intervals]
+        _print_rows(rows, as_json)
+
+
+@app.command()
+def cost(by: Annotated[str, typer.Option(help="job | feature_set | store")] = "feature_set",
+         feature_set: Annotated[str | None, typer.Option(help="Only this feature set (NAME).")] = None,
+         store: StoreOption = Path("."),
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Compute seconds, rows and bytes per job, feature set or store."""
+    from gristmill.errors import SpecError
+
+    with _user_errors():
+        if by not in ("job", "feature_set", "store"):
+            raise SpecError(f"--by: '{by}' is not one of job, feature_set, store")
+        rows = []
+        for row in _open(store).cost(by=by, feature_set=feature_set):
+            label = {"job": row.job_id, "feature_set": f"{row.feature_set}:{row.version}", "store": row.store}[by]
+            rows.append({by: label, "jobs": row.jobs, "cpu_seconds": round(row.cpu_seconds, 3),
+                         "rows_read": row.rows_read, "rows_written": row.rows_written,
+                         "bytes_written": row.bytes_written})
+        _print_rows(rows, as_json)
+
+
+online_app = typer.Typer(help="Online store lookups.", no_args_is_help=True)
+app.add_typer(online_app, name="online")
+
+
+@online_app.command("get")
+def online_get(features: Annotated[str, typer.Option(help="Comma-separated fs:version:feature list.")],
+               key: Annotated[list[str], typer.Option(help="Index column value: name=value (repeatable); "
+                                                           "several values: name=v1,v2")],
+               store: StoreOption = Path("."),
+               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Look up the latest feature values of one or more entity keys."""
+    from gristmill.errors import RetrievalError
+
+    with _user_errors():
+        columns: dict[str, list[str]] = {}
+        for item in key:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise RetrievalError(f"--key '{item}' must look like name=value")
+            columns[name] = value.split(",")
+        result = _open(store).get_online_features([f.strip() for f in features.split(",") if f.strip()], columns)
+        _print_rows(result.to_rows(), as_json)
 
 
 @app.command()
