@@ -42,7 +42,7 @@ class OnlineResult:
         arrays = {}
         for name, values in self._columns.items():
             kind = self._types.get(name)
-            arrays[name] = pa.array(values, type=_ARROW_TYPES[kind]()) if kind else pa.array(values)
+            arrays[name] = pa.array(values, type=kind.arrow_type()) if kind else pa.array(values)
         return pa.table(arrays)
 
     def to_pandas(self) -> pd.DataFrame:
@@ -61,26 +61,6 @@ class OnlineResult:
 
     def __repr__(self) -> str:
         return f"<OnlineResult {len(self)} rows: {', '.join(self._columns)}>"
-
-
-def _arrow_types() -> dict[FeatureType, Any]:
-    def factory(name: str) -> Any:
-        def build() -> Any:
-            import pyarrow as pa
-
-            return {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
-                    "float64": pa.float64(), "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"),
-                    "binary": pa.binary(), "vector": pa.list_(pa.float32())}[name]
-        return build
-
-    return {FeatureType.STRING: factory("string"), FeatureType.INTEGER: factory("int32"),
-            FeatureType.LONG: factory("int64"), FeatureType.FLOAT: factory("float32"),
-            FeatureType.DOUBLE: factory("float64"), FeatureType.BOOLEAN: factory("bool"),
-            FeatureType.DATETIME: factory("timestamp"), FeatureType.BINARY: factory("binary"),
-            FeatureType.FLOAT_VECTOR: factory("vector")}
-
-
-_ARROW_TYPES = _arrow_types()
 
 
 def observation_columns(observations: Any) -> dict[str, list[Any]]:

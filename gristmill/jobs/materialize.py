@@ -77,7 +77,7 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
         rows_written = 0
         if online_from_offline and offline is not None and online is not None:
             offline_store, offline_table = offline
-            relation = offline_store.register(con, offline_table, [(start, end)], schema=_empty_schema(con, spec))
+            relation = offline_store.register(con, offline_table, [(start, end)], schema=_declared_schema(spec))
             rows_read = _count(con, relation)
         else:
             view = compute_view(con, spec, start, end, label=label)
@@ -113,12 +113,11 @@ def _arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     return arrow_table(con.sql(sql))
 
 
-def _empty_schema(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec) -> pa.Schema:
-    """The schema of materialized rows (naive UTC timestamps), from a computation over an empty window."""
-    epoch = datetime(1970, 1, 1)
-    view = compute_view(con, spec, epoch, epoch, label="schema")
-    create = f"CAST(NULL AS TIMESTAMP) AS {q(CREATE_TIMESTAMP)}"
-    sql = (f"SELECT {cols(view.keys)}, {q(view.timestamp)}, "
-           f"{q(CREATE_TIMESTAMP) if view.has_create_timestamp else create}"
-           f"{''.join(', ' + q(f) for f in view.features)} FROM {view.name} LIMIT 0")
-    return _arrow(con, sql).schema
+def _declared_schema(spec: FeatureSetSpec) -> pa.Schema:
+    """The schema of materialized rows as declared (no source read: the source may be gone)."""
+    import pyarrow as pa
+
+    fields = [pa.field(c.name, c.type.arrow_type()) for c in spec.index_columns]
+    fields += [pa.field(spec.timestamp_column, pa.timestamp("us")), pa.field(CREATE_TIMESTAMP, pa.timestamp("us"))]
+    fields += [pa.field(f.name, f.type.arrow_type()) for f in spec.features]
+    return pa.schema(fields)

@@ -28,6 +28,17 @@ class FeatureType(StrEnum):
     def is_numeric(self) -> bool:
         return self in _NUMERIC
 
+    def arrow_type(self) -> Any:
+        """The Arrow type of values of this type (timestamps as UTC microseconds)."""
+        import pyarrow as pa
+
+        return {
+            FeatureType.STRING: pa.string(), FeatureType.INTEGER: pa.int32(), FeatureType.LONG: pa.int64(),
+            FeatureType.FLOAT: pa.float32(), FeatureType.DOUBLE: pa.float64(), FeatureType.BOOLEAN: pa.bool_(),
+            FeatureType.DATETIME: pa.timestamp("us", tz="UTC"), FeatureType.BINARY: pa.binary(),
+            FeatureType.FLOAT_VECTOR: pa.list_(pa.float32()),
+        }[self]
+
 
 _SQL_TYPES: dict[FeatureType, str] = {
     FeatureType.STRING: "VARCHAR",
