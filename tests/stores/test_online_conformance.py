@@ -1,0 +1,470 @@
+"""One conformance suite for every online store (SPEC §3 "Materialization", scenario 18).
+
+Each test runs against the in-memory reference, SQLite (a file in ``tmp_path``) and Redis (the server at
+``GRISTMILL_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a fresh key prefix that is
+deleted afterwards). A store that cannot meet a test gets an explicit marker here, not a silent skip.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from gristmill.errors import GristmillError, RetrievalError
+from gristmill.spec.types import FeatureType
+from gristmill.stores.online.base import CREATE_TIMESTAMP, EVENT_TIMESTAMP, OnlineStore, OnlineTable
+from gristmill.stores.online.encoding import (
+    CODECS,
+    OnlineStoreError,
+    encode_key,
+    encode_key_column,
+    normalize_key,
+)
+from gristmill.stores.online.memory import InMemoryOnlineStore
+from gristmill.stores.online.sqlite import SQLiteOnlineStore
+
+REDIS_URL = os.environ.get("GRISTMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+S, L, D = FeatureType.STRING, FeatureType.LONG, FeatureType.DOUBLE
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+NOW = utc("2024-01-10")
+
+
+def online_table(feature_set: str = "fs1", *, keys: tuple[tuple[str, FeatureType], ...] = (("acct", S),),
+                 features: tuple[tuple[str, FeatureType], ...] = (("amount", D),),
+                 ttl: timedelta | None = timedelta(days=2), materialization_version: int = 1) -> OnlineTable:
+    return OnlineTable(store="test", feature_set=feature_set, version="1",
+                       materialization_version=materialization_version, keys=keys, features=features, ttl=ttl)
+
+
+FS1 = online_table()
+
+
+def rows(table: OnlineTable, *records: tuple[Any, ...], created: str | list[str] = "2024-01-10") -> pa.Table:
+    """Rows ``(key parts..., event time, features...)``; ``created`` is one create time or one per row."""
+    nkeys = len(table.keys)
+    created_list = created if isinstance(created, list) else [created] * len(records)
+    columns: dict[str, pa.Array] = {}
+    for i, (name, kind) in enumerate(table.keys):
+        columns[name] = pa.array([r[i] for r in records], CODECS[kind].arrow_type)
+    columns[EVENT_TIMESTAMP] = pa.array([utc(r[nkeys]) for r in records], pa.timestamp("us", tz="UTC"))
+    columns[CREATE_TIMESTAMP] = pa.array([utc(c) for c in created_list], pa.timestamp("us", tz="UTC"))
+    for i, (name, kind) in enumerate(table.features):
+        columns[name] = pa.array([r[nkeys + 1 + i] for r in records], CODECS[kind].arrow_type)
+    return pa.table(columns)
+
+
+def amounts(store: OnlineStore, keys: list[str], *, now: datetime = NOW, table: OnlineTable = FS1) -> list[Any]:
+    return [None if hit is None else hit["amount"] for hit in store.read(table, [(k,) for k in keys], now=now)]
+
+
+# --- the stores ------------------------------------------------------------------------------------------
+
+
+def _redis_store() -> Iterator[OnlineStore]:
+    redis = pytest.importorskip("redis", reason="pip install 'gristmill[redis]' to test the Redis store")
+    from gristmill.stores.online.redis import RedisOnlineStore
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis server at {REDIS_URL}")
+    prefix = f"gristmill-test-{uuid.uuid4().hex[:12]}"
+    store = RedisOnlineStore(REDIS_URL, prefix=prefix)
+    try:
+        yield store
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(names), 1000):
+            client.unlink(*names[start:start + 1000])
+        client.close()
+        store.close()
+
+
+STORES: dict[str, Callable[[Path], Iterator[OnlineStore]]] = {
+    "memory": lambda tmp_path: iter([InMemoryOnlineStore()]),
+    "sqlite": lambda tmp_path: iter([SQLiteOnlineStore(tmp_path / "online.db")]),
+    "redis": lambda tmp_path: _redis_store(),
+}
+
+
+@pytest.fixture(params=list(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    made = STORES[request.param](tmp_path)
+    instance = next(made)
+    yield instance
+    instance.close()
+    next(made, None)                    # run the generator's cleanup
+
+
+# --- scenario 18 and the write rules ---------------------------------------------------------------------
+
+
+def test_scenario_18(store: OnlineStore) -> None:
+    written = store.write(FS1, rows(FS1, ("A", "2024-01-07", 3.0), ("A", "2024-01-09 12:00", 5.0),
+                                    ("B", "2024-01-07", 9.0)), now=NOW)
+    assert written == 1                                            # B expired, A's older row superseded
+    assert amounts(store, ["A", "B", "C"]) == [5.0, None, None]
+    assert amounts(store, ["B"], now=utc("2024-01-07 12:00")) == [None]     # B was never written
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-08", 4.0)), now=NOW) == 0
+    assert amounts(store, ["A"]) == [5.0]
+    assert amounts(store, ["A"], now=utc("2024-01-11 11:59:59")) == [5.0]
+    assert amounts(store, ["A"], now=utc("2024-01-11 12:00")) == [None]
+    assert amounts(store, ["A", "A"], now=utc("2024-01-11 12:00")) == [None, None]
+    assert amounts(store, ["A"], now=utc("2024-01-12")) == [None]
+
+
+def test_an_older_row_written_later_changes_nothing_even_when_it_is_not_expired(store: OnlineStore) -> None:
+    store.write(FS1, rows(FS1, ("A", "2024-01-09 12:00", 5.0)), now=NOW)
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09 11:00", 4.0)), now=NOW) == 0
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09 13:00", 6.0)), now=NOW) == 1
+    assert amounts(store, ["A"]) == [6.0]
+
+
+def test_long_values_round_trip(store: OnlineStore) -> None:
+    table = online_table(features=(("amount", L),))
+    store.write(table, rows(table, ("A", "2024-01-09", 3_000_000_000), ("B", "2024-01-09", 2**63 - 1),
+                            ("C", "2024-01-09", -(2**63 - 1))), now=NOW)
+    assert amounts(store, ["A", "B", "C"], table=table) == [3_000_000_000, 2**63 - 1, -(2**63 - 1)]
+
+
+@pytest.mark.parametrize(("first", "second", "expected"), [
+    ("2024-01-05", "2024-01-06", 2.0),       # greater create_timestamp wins
+    ("2024-01-06", "2024-01-05", 1.0),       # smaller create_timestamp loses
+    ("2024-01-06", "2024-01-06", 2.0),       # equal both: the later write wins
+])
+def test_equal_event_time_goes_to_the_greater_create_timestamp(store: OnlineStore, first: str, second: str,
+                                                               expected: float) -> None:
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 1.0), created=first), now=NOW)
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 2.0), created=second), now=NOW)
+    assert amounts(store, ["A"]) == [expected]
+
+
+@pytest.mark.parametrize(("batch", "created", "expected"), [
+    ([("A", "2024-01-09 10:00", 1.0), ("A", "2024-01-09 12:00", 2.0), ("A", "2024-01-09 11:00", 3.0)],
+     "2024-01-10", 2.0),
+    ([("A", "2024-01-09", 1.0), ("A", "2024-01-09", 2.0)], ["2024-01-06", "2024-01-05"], 1.0),
+    ([("A", "2024-01-09", 1.0), ("A", "2024-01-09", 2.0)], ["2024-01-05", "2024-01-06"], 2.0),
+    ([("A", "2024-01-09", 1.0), ("A", "2024-01-09", 2.0)], "2024-01-05", 2.0),   # equal both: the later row
+])
+def test_several_rows_of_one_key_in_a_batch_keep_the_newest(store: OnlineStore, batch: list[tuple[Any, ...]],
+                                                            created: str | list[str], expected: float) -> None:
+    assert store.write(FS1, rows(FS1, *batch, created=created), now=NOW) == 1
+    assert amounts(store, ["A"]) == [expected]
+
+
+def test_rows_without_create_timestamp_lose_ties_to_rows_with_one(store: OnlineStore) -> None:
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 1.0), created="2024-01-01"), now=NOW)
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 2.0)).drop_columns([CREATE_TIMESTAMP]), now=NOW)
+    assert amounts(store, ["A"]) == [1.0]
+
+
+def test_no_ttl_never_expires(store: OnlineStore) -> None:
+    table = online_table(ttl=None)
+    store.write(table, rows(table, ("A", "2001-01-01", 1.0)), now=NOW)
+    assert amounts(store, ["A"], table=table, now=utc("2100-01-01")) == [1.0]
+
+
+# --- values ----------------------------------------------------------------------------------------------
+
+ALL_TYPES = (("s", FeatureType.STRING), ("i", FeatureType.INTEGER), ("l", FeatureType.LONG),
+             ("f", FeatureType.FLOAT), ("d", FeatureType.DOUBLE), ("b", FeatureType.BOOLEAN),
+             ("t", FeatureType.DATETIME), ("x", FeatureType.BINARY), ("v", FeatureType.FLOAT_VECTOR))
+TYPED = online_table("typed", features=ALL_TYPES)
+F32_TENTH = float(np.float32(0.1))
+VALUES = {
+    "A": ("héllo ✓ 🎉", 2**31 - 1, 2**63 - 1, F32_TENTH, 0.1, True, utc("2024-01-09 01:02:03.456789"),
+          b"\x00\xff:%", [F32_TENTH, -1.5, float("inf")]),
+    "B": ("", -(2**31), -(2**63 - 1), float("-inf"), float("nan"), False, utc("1969-12-31 23:59:59.999999"),
+          b"", []),
+    "C": (None,) * 9,
+    "D": (":a%3A", 0, 3_000_000_000, -0.0, -0.0, None, None, None, [0.0]),
+    "E": ("x", None, None, 1e-45, 5e-324, None, utc("2262-04-12"), b"b", None),
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with nan equal to nan and -0.0 told apart from 0.0."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def test_every_type_round_trips_with_nulls(store: OnlineStore) -> None:
+    store.write(TYPED, rows(TYPED, *((k, "2024-01-09", *v) for k, v in VALUES.items())), now=NOW)
+    for found in (store.read(TYPED, [(k,)], now=NOW)[0] for k in VALUES), store.read(TYPED, [(k,) for k in VALUES],
+                                                                                      now=NOW):
+        for key, hit in zip(VALUES, found, strict=True):
+            assert hit is not None, key
+            assert list(hit) == [name for name, _ in ALL_TYPES]
+            for (name, _), want in zip(ALL_TYPES, VALUES[key], strict=True):
+                assert _same(hit[name], want), (key, name, hit[name], want)
+
+
+def test_fixed_width_types_read_together(store: OnlineStore) -> None:
+    fixed = tuple((name, kind) for name, kind in ALL_TYPES if CODECS[kind].width is not None)
+    table = online_table("fixed", features=fixed)
+    positions = [i for i, (_, kind) in enumerate(ALL_TYPES) if CODECS[kind].width is not None]
+    values = {"A": [VALUES["A"][i] for i in positions], "B": [VALUES["B"][i] for i in positions]}
+    store.write(table, rows(table, *((k, "2024-01-09", *v) for k, v in values.items())), now=NOW)
+    found = store.read(table, [("A",), ("B",)], now=NOW)
+    for key, hit in zip(values, found, strict=True):
+        assert hit is not None
+        assert all(_same(hit[name], want) for (name, _), want in zip(fixed, values[key], strict=True)), hit
+
+
+def test_a_feature_that_became_null_disappears(store: OnlineStore) -> None:
+    store.write(TYPED, rows(TYPED, ("A", "2024-01-09", *VALUES["A"])), now=NOW)
+    store.write(TYPED, rows(TYPED, ("A", "2024-01-09 01:00", *VALUES["C"])), now=NOW)
+    assert store.read(TYPED, [("A",)], now=NOW) == [dict.fromkeys((n for n, _ in ALL_TYPES), None)]
+
+
+def test_float32_and_int32_inputs_are_accepted(store: OnlineStore) -> None:
+    table = online_table(features=(("f", FeatureType.FLOAT), ("i", FeatureType.INTEGER)))
+    data = pa.table({"acct": ["A"], EVENT_TIMESTAMP: pa.array([datetime(2024, 1, 9)], pa.timestamp("us")),
+                     "f": pa.array([0.1], pa.float32()), "i": pa.array([7], pa.int32())})
+    store.write(table, data, now=NOW)
+    assert store.read(table, [("A",)], now=NOW) == [{"f": F32_TENTH, "i": 7}]
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+PAIR = online_table("pair", keys=(("k1", S), ("k2", S)))
+
+
+def test_composite_keys_never_collide(store: OnlineStore) -> None:
+    keys = [("ab", "c"), ("a", "bc"), ("a:b", "c"), ("a", "b:c"), ("a%3Ab", "c"), ("", "abc"), ("abc", "")]
+    store.write(PAIR, rows(PAIR, *((*k, "2024-01-09", float(i)) for i, k in enumerate(keys))), now=NOW)
+    assert [h["amount"] for h in store.read(PAIR, keys, now=NOW)] == [float(i) for i in range(len(keys))]
+    assert [store.read(PAIR, [k], now=NOW)[0]["amount"] for k in keys] == [float(i) for i in range(len(keys))]
+
+
+def test_mixed_type_composite_keys(store: OnlineStore) -> None:
+    table = online_table("mixed", keys=(("user", L), ("day", FeatureType.DATETIME), ("vip", FeatureType.BOOLEAN)))
+    day = utc("2024-01-01")
+    data = pa.table({"user": pa.array([1, 1, 12], pa.int64()),
+                     "day": pa.array([day, day, day], pa.timestamp("us", tz="UTC")),
+                     "vip": [True, False, True], EVENT_TIMESTAMP: pa.array([utc("2024-01-09")] * 3),
+                     "amount": [1.0, 2.0, 3.0]})
+    store.write(table, data, now=NOW)
+    found = store.read(table, [(1, day, False), (12, day, True), (1, day, True), (2, day, True)], now=NOW)
+    assert [None if h is None else h["amount"] for h in found] == [2.0, 3.0, 1.0, None]
+
+
+def test_many_keys_keep_request_order_with_unknown_and_null_keys(store: OnlineStore) -> None:
+    store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(50))), now=NOW)
+    wanted = ["k7", "nope", "k3", None, "k7", "k49", "k0", "other"]
+    found = store.read(FS1, [(k,) for k in wanted], now=NOW)
+    assert [None if h is None else h["amount"] for h in found] == [7.0, None, 3.0, None, 7.0, 49.0, 0.0, None]
+    assert store.read(FS1, [], now=NOW) == []
+    assert store.read(FS1, [(None,)], now=NOW) == [None]
+
+
+def test_a_key_of_the_wrong_type_is_a_clear_error(store: OnlineStore) -> None:
+    table = online_table("ints", keys=(("user", L),))
+    store.write(table, rows(table, (1, "2024-01-09", 1.0)), now=NOW)
+    with pytest.raises(RetrievalError, match="not a valid long"):
+        store.read(table, [("1",)], now=NOW)
+    with pytest.raises(RetrievalError, match="1 part"):
+        store.read(table, [(1, 2)], now=NOW)
+    assert store.read(table, [(np.int64(1),)], now=NOW)[0] == {"amount": 1.0}
+
+
+def test_rows_with_a_null_key_part_are_not_written(store: OnlineStore) -> None:
+    assert store.write(PAIR, rows(PAIR, ("a", None, "2024-01-09", 1.0), ("a", "b", "2024-01-09", 2.0)), now=NOW) == 1
+    assert [h["amount"] for h in store.read(PAIR, [("a", "b")], now=NOW)] == [2.0]
+
+
+def test_a_feature_set_without_index_columns_holds_one_row(store: OnlineStore) -> None:
+    table = online_table("global", keys=())
+    store.write(table, rows(table, ("2024-01-09", 1.0), ("2024-01-09 06:00", 2.0)), now=NOW)
+    assert store.read(table, [(), ()], now=NOW) == [{"amount": 2.0}, {"amount": 2.0}]
+
+
+# --- isolation, drop, volume -----------------------------------------------------------------------------
+
+
+def test_materialization_versions_and_feature_sets_are_isolated(store: OnlineStore) -> None:
+    v2 = online_table(materialization_version=2)
+    other = online_table("fs2")
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 1.0)), now=NOW)
+    store.write(v2, rows(v2, ("A", "2024-01-09", 2.0), ("B", "2024-01-09", 2.5)), now=NOW)
+    store.write(other, rows(other, ("A", "2024-01-08 12:00", 3.0)), now=NOW)  # older: must not be compared with fs1
+    assert amounts(store, ["A", "B"]) == [1.0, None]
+    assert amounts(store, ["A", "B"], table=v2) == [2.0, 2.5]
+    assert amounts(store, ["A", "B"], table=other) == [3.0, None]
+
+
+def test_drop_deletes_one_table(store: OnlineStore) -> None:
+    other = online_table("fs2")
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 1.0), ("B", "2024-01-09", 2.0)), now=NOW)
+    store.write(other, rows(other, ("A", "2024-01-09", 3.0)), now=NOW)
+    store.drop(FS1)
+    assert amounts(store, ["A", "B"]) == [None, None]
+    assert amounts(store, ["A"], table=other) == [3.0]
+    store.drop(FS1)                                                          # dropping twice is fine
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 1
+    assert amounts(store, ["A"]) == [4.0]
+
+
+def test_reading_or_dropping_a_table_never_written(store: OnlineStore) -> None:
+    store.drop(online_table("never"))
+    assert store.read(online_table("never"), [("A",), ("B",)], now=NOW) == [None, None]
+    assert store.read(online_table("never"), [("A",)], now=NOW) == [None]
+
+
+def test_large_batch(store: OnlineStore) -> None:
+    n = 20_000
+    table = online_table("large", keys=(("id", L), ("part", S)),
+                         features=(("a", D), ("b", L), ("c", S), ("v", FeatureType.FLOAT_VECTOR)))
+    ids = np.arange(n)
+    event = pa.array(np.datetime64("2024-01-09") + (ids % 3600).astype("timedelta64[s]"))
+    data = pa.table({"id": ids, "part": pa.array([f"p{i % 7}" for i in range(n)]),
+                     EVENT_TIMESTAMP: event.cast(pa.timestamp("us")), "a": ids * 0.5,
+                     "b": pa.array(ids * 1_000_003, mask=ids % 10 == 0), "c": [f"c{i}" for i in range(n)],
+                     "v": pa.array([[float(i), 1.0] for i in range(n)], pa.list_(pa.float32()))})
+    assert store.write(table, data, now=NOW) == n
+    found = store.read(table, [(int(i), f"p{i % 7}") for i in range(n)] + [(0, "p1")], now=NOW)
+    assert found[-1] is None
+    assert all(h is not None for h in found[:-1])
+    assert [h["a"] for h in found[:-1]] == (ids * 0.5).tolist()
+    assert [h["b"] for h in found[:-1]] == [None if i % 10 == 0 else i * 1_000_003 for i in range(n)]
+    assert [h["c"] for h in found[:-1]] == [f"c{i}" for i in range(n)]
+    assert found[12345]["v"] == [12345.0, 1.0]
+    # rewriting the same rows with equal event and create times replaces them, and is counted again
+    assert store.write(table, data, now=NOW) == n
+
+
+def test_threads_read_while_one_writes(store: OnlineStore) -> None:
+    store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", 1.0) for i in range(100))), now=NOW)
+
+    def read_many(_: int) -> set[Any]:
+        return {h["amount"] for _ in range(20) for h in store.read(FS1, [(f"k{i}",) for i in range(100)], now=NOW)}
+
+    with ThreadPoolExecutor(4) as pool:
+        readers = pool.map(read_many, range(4))
+        for hour in range(1, 6):
+            store.write(FS1, rows(FS1, *((f"k{i}", f"2024-01-09 0{hour}:00", float(hour + 1)) for i in range(100))),
+                        now=NOW)
+        seen = set().union(*readers)
+    assert seen <= {1.0, 2.0, 3.0, 4.0, 5.0, 6.0}
+    assert set(amounts(store, [f"k{i}" for i in range(100)])) == {6.0}
+
+
+# --- encoding (store independent) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kinds", "first", "second"), [
+    ((S, S), ("ab", "c"), ("a", "bc")),
+    ((S, S), ("a:b", "c"), ("a", "b:c")),
+    ((S, S), ("a%3Ab", "c"), ("a:b", "c")),
+    ((S,), ("1",), None),
+    ((L,), (1,), None),
+    ((FeatureType.BOOLEAN,), (True,), None),
+    ((S, L), ("1", 2), None),
+    ((L, S), (1, "2"), None),
+    ((FeatureType.BINARY,), (b"1",), None),
+])
+def test_key_encodings_are_distinct(kinds: tuple[FeatureType, ...], first: tuple[Any, ...],
+                                    second: tuple[Any, ...] | None) -> None:
+    encoded = encode_key(kinds, normalize_key(kinds, first))
+    others = {encode_key(k, normalize_key(k, v)) for k, v in [((S,), ("1",)), ((L,), (1,)),
+                                                            ((FeatureType.BOOLEAN,), (True,)), ((S, L), ("1", 2)),
+                                                            ((L, S), (1, "2")), ((FeatureType.BINARY,), (b"1",))]}
+    assert len(others) == 6
+    if second is not None:
+        assert encoded != encode_key(kinds, normalize_key(kinds, second))
+
+
+def test_vectorized_key_encoding_matches_the_scalar_one() -> None:
+    kinds = (S, L, FeatureType.DATETIME, FeatureType.BOOLEAN, FeatureType.BINARY)
+    keys = [("a:b%", -5, utc("1969-12-31 23:59:59.5"), True, b"\x00:"), ("", 2**63 - 1, utc("2024-01-01"), False, b"")]
+    columns = [pa.array([k[i] for k in keys], CODECS[kind].arrow_type) for i, kind in enumerate(kinds)]
+    vectorized = encode_key_column(kinds, columns, prefix="p:").to_pylist()
+    assert vectorized == ["p:" + encode_key(kinds, normalize_key(kinds, k)) for k in keys]
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    (FeatureType.LONG, 3_000_000_000), (FeatureType.DOUBLE, -0.0), (FeatureType.BOOLEAN, True),
+    (FeatureType.DATETIME, utc("2024-01-09 01:02:03.000004")), (FeatureType.STRING, "ü"),
+    (FeatureType.BINARY, b"\x00"), (FeatureType.FLOAT_VECTOR, [1.5, -2.0]),
+])
+def test_codec_bytes_round_trip(kind: FeatureType, value: Any) -> None:
+    codec = CODECS[kind]
+    assert _same(codec.from_bytes(codec.to_bytes(value)), value)
+
+
+# --- Redis only ------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_redis_connection_refused_is_a_clear_error() -> None:
+    pytest.importorskip("redis", reason="pip install 'gristmill[redis]' to test the Redis store")
+    from gristmill.stores.online.redis import RedisOnlineStore
+
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    store = RedisOnlineStore(url, prefix="unused")
+    with pytest.raises(OnlineStoreError, match=r"127\.0\.0\.1:\d+.*Is Redis running\?") as info:
+        store.read(FS1, [("A",)], now=NOW)
+    assert isinstance(info.value, GristmillError)
+    with pytest.raises(OnlineStoreError, match="Is Redis running"):
+        store.write(FS1, rows(FS1, ("A", "2024-01-09", 1.0)), now=NOW)
+    with pytest.raises(OnlineStoreError, match="Is Redis running"):
+        store.read(FS1, [("A",), ("B",)], now=NOW)
+    with pytest.raises(OnlineStoreError, match="Is Redis running"):
+        store.drop(FS1)
+
+
+def test_redis_url_password_is_not_shown() -> None:
+    pytest.importorskip("redis")
+    from gristmill.stores.online.redis import RedisOnlineStore
+
+    url = f"redis://user:secret@127.0.0.1:{_free_port()}/0"
+    with pytest.raises(OnlineStoreError) as info:
+        RedisOnlineStore(url).read(FS1, [("A",)], now=NOW)
+    assert "secret" not in str(info.value) and "***" in str(info.value)
+
+
+def test_redis_reloads_scripts_the_server_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server restart or SCRIPT FLUSH drops loaded scripts: writes and reads load them again (NOSCRIPT)."""
+    import hashlib
+
+    from gristmill.stores.online import redis as redis_store
+
+    def unseen(name: str) -> str:               # a script no server has seen, so its first call meets NOSCRIPT
+        script = getattr(redis_store, name) + f"-- {uuid.uuid4().hex}\n"
+        monkeypatch.setattr(redis_store, name, script)
+        return hashlib.sha1(script.encode()).hexdigest()
+
+    for store in _redis_store():
+        assert isinstance(store, redis_store.RedisOnlineStore)
+        store.rows_per_call = 2
+        store._write_sha = unseen("WRITE_SCRIPT")
+        store._scripts_loaded = True            # as if loaded before the server lost them
+        assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(5))), now=NOW) == 5
+        store._read_sha = unseen("READ_SCRIPT")
+        store._scripts_loaded = True
+        assert amounts(store, ["k0", "k4", "x"]) == [0.0, 4.0, None]
