@@ -13,16 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.schema import sql_family
+from gristmill.compute.schema import accepts, sql_family
 from gristmill.compute.sqltext import lit, q, ts_lit
 from gristmill.errors import SourceError, SpecError, TransformationError
 from gristmill.spec.featureset_spec import FeatureSetSpec, SourceType
+from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
 ORDER = "__gm_order"
+MAX_CHECKED_FILES = 500  # per-file schema checks (footer reads) up to this many files
 _counter = itertools.count()
 
 _DEFAULT_SUFFIX = {SourceType.PARQUET: "parquet", SourceType.CSV: "csv"}
@@ -184,6 +186,41 @@ class SourceReader:
                          f"(SELECT {replace} FROM {raw}) {where}")
         return view
 
+    def required_columns(self) -> dict[str, FeatureType | None]:
+        """Columns every source file must have (with the declared type where the source provides it as is)."""
+        spec = self.spec
+        required: dict[str, FeatureType | None] = {spec.timestamp_column: None}
+        transformation = spec.feature_transformation
+        if transformation is None:
+            required.update({c.name: c.type for c in spec.index_columns})
+            required.update({f.name: f.type for f in spec.features})
+        elif transformation.transformation_expressions is not None:
+            required.update({c.name: c.type for c in spec.index_columns})
+            required.update({e.source_column: None for e in transformation.transformation_expressions
+                             if e.source_column})
+        return required
+
+    def _check_files(self, files: list[str], reader: str) -> None:
+        """Name the file and column when a source file lacks a column or holds it with the wrong type —
+        a multi-file scan would otherwise fill the gap with nulls or blur the type."""
+        if len(files) > MAX_CHECKED_FILES:
+            return
+        required = self.required_columns()
+        for file in files:
+            try:
+                described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}({lit(file)})").fetchall()
+            except Exception as exc:
+                raise SourceError(f"source file {file}: cannot be read: {exc}") from None
+            types = {row[0]: row[1] for row in described}
+            missing = [name for name in required if name not in types]
+            if missing:
+                raise SourceError(f"source file {file}: column(s) {', '.join(missing)} missing (columns: "
+                                  f"{', '.join(types)}); fix the file or the spec")
+            for name, declared in required.items():
+                if declared is not None and not accepts(declared, types[name]):
+                    raise SourceError(f"source file {file}: column '{name}' is {types[name]}, declared "
+                                      f"{declared.value}; fix the file or the declared type")
+
     def _timestamp_expression(self, column: str, sql_type: str, what: str) -> str:
         fmt = self.spec.source.timestamp_column.format if self.spec.source.timestamp_column else None
         family = sql_family(sql_type)
@@ -203,6 +240,7 @@ class SourceReader:
     def _parquet(self) -> tuple[str, str]:
         path = self.spec.source.path or ""
         files = list_files(path, self.spec.folder, SourceType.PARQUET, self.con)
+        self._check_files(files, "read_parquet")
         file_list = "[" + ", ".join(lit(f) for f in files) + "]"
         raw = unique_name("raw")
         scan = f"read_parquet({file_list}, file_row_number=true, filename=true, union_by_name=true)"
@@ -228,6 +266,7 @@ class SourceReader:
     def _csv(self) -> tuple[str, str]:
         path = self.spec.source.path or ""
         files = list_files(path, self.spec.folder, SourceType.CSV, self.con)
+        self._check_files(files, "read_csv")
         file_list = "[" + ", ".join(lit(f) for f in files) + "]"
         raw = unique_name("raw")
         try:

@@ -104,17 +104,32 @@ def test_missing_files_name_the_path(tmp_path: Path) -> None:
 
 def test_missing_timestamp_column_is_named(tmp_path: Path) -> None:
     ROWS.rename(columns={"ts": "event_time"}).to_parquet(tmp_path / "rows.parquet")
-    with pytest.raises(SourceError, match=r"timestamp column 'ts' not found.*event_time"):
+    with pytest.raises(SourceError, match=r"rows\.parquet: column\(s\) ts missing \(columns: acct, event_time"):
         _spec(tmp_path, {"type": "parquet", "path": "rows.parquet"}).compute("2024-01-01", "2024-01-02")
 
 
 def test_missing_feature_column_is_named(tmp_path: Path) -> None:
     ROWS.drop(columns=["f1"]).to_parquet(tmp_path / "rows.parquet")
-    with pytest.raises(TransformationError, match="feature 'f1' is missing"):
+    with pytest.raises(SourceError, match=r"rows\.parquet: column\(s\) f1 missing"):
         _spec(tmp_path, {"type": "parquet", "path": "rows.parquet"}).compute("2024-01-01", "2024-01-02")
+
+
+def test_missing_column_in_one_of_several_files_is_named(tmp_path: Path) -> None:
+    ROWS.iloc[:2].to_parquet(tmp_path / "a.parquet")
+    ROWS.iloc[2:].drop(columns=["f1"]).to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet: column\(s\) f1 missing"):
+        _spec(tmp_path, {"type": "parquet", "path": "*.parquet"}).compute("2024-01-01", "2024-01-02")
+
+
+def test_sql_transformation_output_is_checked_against_declared_types(tmp_path: Path) -> None:
+    ROWS.to_parquet(tmp_path / "rows.parquet")
+    spec = _spec(tmp_path, {"type": "parquet", "path": "rows.parquet"},
+                 feature_transformation={"transformation_sql": "SELECT acct, ts, 'x' AS f1 FROM source"})
+    with pytest.raises(TransformationError, match="feature 'f1' is VARCHAR, declared double"):
+        spec.compute("2024-01-01", "2024-01-02")
 
 
 def test_wrong_feature_type_is_named(tmp_path: Path) -> None:
     ROWS.assign(f1=["x", "y", "z"]).to_parquet(tmp_path / "rows.parquet")
-    with pytest.raises(TransformationError, match="feature 'f1' is VARCHAR, declared double"):
+    with pytest.raises(SourceError, match=r"rows\.parquet: column 'f1' is VARCHAR, declared double"):
         _spec(tmp_path, {"type": "parquet", "path": "rows.parquet"}).compute("2024-01-01", "2024-01-02")
