@@ -325,11 +325,19 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
          feature_set: Annotated[str | None, typer.Option(help="NAME or NAME:VERSION.")] = None,
          status: Annotated[str | None, typer.Option(help="Queued, Running, Completed, Failed, Cancelled.")] = None,
          limit: Annotated[int, typer.Option(help="Most recent N jobs.")] = 50,
+         cancel: Annotated[bool, typer.Option("--cancel", help="Cancel JOB_ID (queued or running).")] = False,
          store: StoreOption = Path("."),
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List materialization jobs (newest first) or show one, with status and metrics."""
     with _user_errors():
         s = _open(store)
+        if cancel:
+            from gristmill.errors import SpecError
+
+            if not job_id:
+                raise SpecError("--cancel needs the JOB_ID to cancel")
+            _print_rows([_job_row(s.cancel_job(job_id))], as_json)
+            return
         if job_id:
             _print_rows([_job_row(s.get_job(job_id))], as_json)
             return

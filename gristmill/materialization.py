@@ -107,9 +107,10 @@ class Materializer:
                 raise BackfillError(f"stores: unknown store(s) {', '.join(unknown)}; use offline and/or online")
             disabled = [s for s in targets if s not in enabled]
             if disabled or not targets:
-                raise BackfillError(f"{feature_set.ref}: {', '.join(disabled) or 'no'} store materialization is "
-                                    "enabled; set materialization_settings.offline_enabled / online_enabled "
-                                    "(and apply) first")
+                what = f"{' and '.join(disabled)} materialization is not enabled" if disabled else \
+                    "no store materialization is enabled"
+                raise BackfillError(f"{feature_set.ref}: {what}; set materialization_settings.offline_enabled / "
+                                    "online_enabled (and apply) first")
             lo = to_utc_naive(start, name="start") if start is not None else None
             hi = to_utc_naive(end, name="end") if end is not None else None
             plan_store = "offline" if "offline" in targets else "online"
@@ -128,6 +129,16 @@ class Materializer:
         if on_job is not None and finished:
             on_job(finished[-1], len(jobs), len(jobs))
         return finished
+
+    def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobRecord:
+        """Mark a queued or running job Cancelled (e.g. its process died); its window turns Incomplete and
+        can be retried with ``backfill(..., job_id=...)``."""
+        from gristmill.registry.materialization import JobStatus
+
+        job = self.records.get_job(job_id)
+        if job.status.finished:
+            raise BackfillError(f"job {job_id} is already {job.status.value}; nothing to cancel")
+        return self.records.fail_job(job_id, reason, status=JobStatus.CANCELLED)
 
     def run(self, feature_set: FeatureSet, job: JobRecord) -> JobRecord:
         """Run one recorded job in this process."""
@@ -151,7 +162,8 @@ class Materializer:
                                         online=online, online_from_offline=online_from_offline)
         except Exception as exc:
             message = str(exc) if isinstance(exc, GristmillError) else f"{type(exc).__name__}: {exc}"
-            log.error("%s: job %s [%s, %s) failed: %s", feature_set.ref, job.id, job.start, job.end, message)
+            # the job record carries the error to the caller; the log line is for operators' files
+            log.info("%s: job %s [%s, %s) failed: %s", feature_set.ref, job.id, job.start, job.end, message)
             return self.records.fail_job(job.id, message, cpu_seconds=time.process_time() - cpu_started)
         log.info("%s: job %s [%s, %s) completed: %d rows read, %d written in %.2f s", feature_set.ref, job.id,
                  job.start, job.end, result.rows_read, result.rows_written, time.perf_counter() - wall_started)

@@ -421,6 +421,10 @@ class FeatureStore:
     def get_job(self, job_id: str) -> Any:
         return self.materializer.records.get_job(job_id)
 
+    def cancel_job(self, job_id: str, reason: str = "cancelled by user") -> Any:
+        """Cancel a queued or running job (e.g. one whose process was killed); its window turns Incomplete."""
+        return self.materializer.cancel(job_id, reason)
+
     def cost(self, *, by: str = "feature_set", feature_set: str | None = None) -> list[Any]:
         """Compute seconds, rows and bytes per job, feature set or store."""
         return self.materializer.records.cost_summary(by=by, feature_set=feature_set)  # type: ignore[arg-type]

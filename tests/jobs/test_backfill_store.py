@@ -142,3 +142,17 @@ def test_disabling_resets_intervals_and_reenabling_starts_a_new_materialization_
     observations = pd.DataFrame({"acct": ["A"], "ts": _ts("2024-01-03 12:00")})
     with pytest.raises(gm.RetrievalError, match="no Complete offline data"):
         store.get_offline_features(["fs1:1:f1"], observations, "ts", materialized_only=True)
+
+
+def test_a_job_left_running_can_be_cancelled_and_retried(tmp_path: Path) -> None:
+    store = _store(tmp_path, ROWS_16)
+    records = store.materializer.records
+    orphan = records.create_job("fs1", "1", start=datetime(2024, 1, 1), end=datetime(2024, 1, 4), stores=["offline"])
+    records.start_job(orphan.id)  # as if its process died here
+    assert store.backfill("fs1", 1, data_status=["Pending"]) == []  # Pending windows are skipped
+    cancelled = store.cancel_job(orphan.id)
+    assert cancelled.status.value == "Cancelled"
+    with pytest.raises(BackfillError, match="already Cancelled"):
+        store.cancel_job(orphan.id)
+    [retry] = store.backfill("fs1", 1, job_id=orphan.id)
+    assert retry.status.value == "Completed" and retry.rows_written == 3

@@ -384,7 +384,8 @@ class RedisOnlineStore:
         try:
             yield
         except self._errors as exc:
-            raise OnlineStoreError(f"cannot reach Redis at {_redacted(self.url)}: {exc}. Is Redis running?"
+            detail = str(exc).rstrip(".")
+            raise OnlineStoreError(f"cannot reach Redis at {_redacted(self.url)}: {detail}. Is Redis running?"
                                    ) from exc
 
     @contextmanager
