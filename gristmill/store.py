@@ -91,6 +91,7 @@ class FeatureStore:
         self._clock = clock or _utc_now
         self._spec_cache: dict[tuple[str, str], FeatureSet] = {}
         self._online_tables: dict[tuple[str, str], tuple[float, OnlineTable]] = {}
+        self._online_plans: dict[Any, tuple[float, list[FeatureSetRequest], list[OnlineTable]]] = {}
 
     @classmethod
     def init(cls, path: str | Path, *, name: str | None = None, registry_url: str | None = None,
@@ -326,6 +327,7 @@ class FeatureStore:
         updated = self.get_feature_set(name, version)
         self.materializer.sync_settings(updated)
         self._online_tables.pop((name, str(version)), None)
+        self._online_plans.clear()
         return updated
 
     def archive_feature_set(self, name: str, version: str | int) -> None:
@@ -439,9 +441,21 @@ class FeatureStore:
         """
         from gristmill.serving import lookup
 
-        requests = plan_requests(references(features), self._resolve_spec, full_feature_names=full_feature_names,
-                                 store_name=self.name)
-        tables = [self._online_table(*r.label.split(":")) for r in requests]
+        # The plan for a feature list is cached for a few seconds: parsing and resolving it costs more than
+        # the store round trip of a 1-key lookup.
+        cache_key = (tuple(features), full_feature_names) if isinstance(features, list | tuple) and all(
+            isinstance(f, str) for f in features) else None
+        cached = self._online_plans.get(cache_key) if cache_key is not None else None
+        if cached is not None and time.monotonic() - cached[0] < _ONLINE_TABLE_TTL:
+            requests, tables = cached[1], cached[2]
+        else:
+            requests = plan_requests(references(features), self._resolve_spec,
+                                     full_feature_names=full_feature_names, store_name=self.name)
+            tables = [self._online_table(*r.label.split(":")) for r in requests]
+            if cache_key is not None:
+                if len(self._online_plans) > 1_000:
+                    self._online_plans.clear()
+                self._online_plans[cache_key] = (time.monotonic(), requests, tables)
         return lookup(requests, tables, self.online_store, observations, now=self.now())
 
     def _online_table(self, name: str, version: str) -> OnlineTable:
