@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gristmill.jobs")
 
+BATCH_ROWS = 250_000  # rows per Arrow batch streamed from the engine to the offline store
+
 
 @dataclass(frozen=True)
 class MaterializationResult:
@@ -52,13 +54,25 @@ def deduplicated_rows(con: duckdb.DuckDBPyConnection, view: ComputedView, *, sta
     return name
 
 
-def latest_per_key_sql(relation: str, keys: list[str], timestamp: str, features: list[str]) -> str:
-    """The newest row per key (keys with a null part are never looked up, so they are left out)."""
-    not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys)
-    return (f"SELECT {cols(keys)}, {q(timestamp)} AS {EVENT_TIMESTAMP}, {q(CREATE_TIMESTAMP)}"
-            f"{''.join(', ' + q(f) for f in features)} FROM {relation} WHERE {not_null} "
-            f"QUALIFY row_number() OVER (PARTITION BY {cols(keys)} ORDER BY {q(timestamp)} DESC, "
-            f"{q(CREATE_TIMESTAMP)} DESC) = 1")
+def latest_per_key_sql(relation: str, keys: list[str], timestamp: str, features: list[str], *,
+                       alive_after: datetime | None, has_order: bool, has_create: bool = True) -> str:
+    """The newest row per key, by the tie rule (keys with a null part are never looked up, so they are left
+    out). Rows already expired (``ts <= alive_after``) are dropped first: they can never be written, and
+    filtering before the window function is ~20x cheaper than after it."""
+    conditions = [f"{q(k)} IS NOT NULL" for k in keys]
+    if alive_after is not None:
+        conditions.append(f"{q(timestamp)} > {ts_lit(alive_after)}")
+    order = [f"{q(timestamp)} DESC"]
+    if has_create:
+        order.append(f"{q(CREATE_TIMESTAMP)} DESC NULLS LAST")
+    if has_order:
+        order.append(f"{q(ORDER)} DESC")
+    create = q(CREATE_TIMESTAMP) if has_create else f"CAST(NULL AS TIMESTAMP) AS {q(CREATE_TIMESTAMP)}"
+    # sorted by key: B-tree friendly for SQLite, harmless elsewhere
+    return (f"SELECT {cols(keys)}, {q(timestamp)} AS {EVENT_TIMESTAMP}, {create}"
+            f"{''.join(', ' + q(f) for f in features)} FROM {relation} WHERE {' AND '.join(conditions)} "
+            f"QUALIFY row_number() OVER (PARTITION BY {cols(keys)} ORDER BY {', '.join(order)}) = 1 "
+            f"ORDER BY {cols(keys)}")
 
 
 def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: datetime, end: datetime, *,
@@ -75,9 +89,16 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
     try:
         bytes_written = 0
         rows_written = 0
+        has_order = False
+        has_create = True
         if online_from_offline and offline is not None and online is not None:
             offline_store, offline_table = offline
             relation = offline_store.register(con, offline_table, [(start, end)], schema=_declared_schema(spec))
+            rows_read = _count(con, relation)
+        elif offline is None:
+            # online only: no de-duplicated copy of the window is needed, just the newest row per key
+            view = compute_view(con, spec, start, end, label=label)
+            relation, has_order, has_create = view.name, True, view.has_create_timestamp
             rows_read = _count(con, relation)
         else:
             view = compute_view(con, spec, start, end, label=label)
@@ -87,14 +108,16 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
             rows_read = _count(con, relation)
             if offline is not None:
                 offline_store, offline_table = offline
-                stats = offline_store.write_window(offline_table, _arrow(con, f"SELECT * FROM {relation}"),
-                                                   start, end)
+                stream = _arrow_reader(con, f"SELECT * FROM {relation}")
+                stats = offline_store.write_window(offline_table, stream, start, end)
                 bytes_written += stats.bytes
                 rows_written += stats.rows
         if online is not None:
             online_store, online_table = online
+            ttl = online_table.ttl
             rows = _arrow(con, latest_per_key_sql(relation, spec.index_column_names, spec.timestamp_column,
-                                                  spec.feature_names))
+                                                  spec.feature_names, alive_after=now - ttl if ttl else None,
+                                                  has_order=has_order, has_create=has_create))
             rows_written += online_store.write(online_table, rows, now=now)
             bytes_written += rows.nbytes
         return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
@@ -105,6 +128,13 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
 
 def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
     return int(con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0])
+
+
+def _arrow_reader(con: duckdb.DuckDBPyConnection, sql: str) -> pa.RecordBatchReader:
+    """Stream a query's rows in batches (``to_arrow_reader`` on DuckDB >= 1.4, ``fetch_record_batch`` before)."""
+    relation = con.sql(sql)
+    reader = getattr(relation, "to_arrow_reader", None)
+    return reader(BATCH_ROWS) if reader is not None else relation.fetch_record_batch(BATCH_ROWS)
 
 
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:

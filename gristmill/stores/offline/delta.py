@@ -67,8 +67,9 @@ class DeltaOfflineStore:
         import pyarrow as pa
         from deltalake import DeltaTable, write_deltalake
 
-        data = rows.read_all() if isinstance(rows, pa.RecordBatchReader) else rows
-        data = _with_day(_as_utc(data, [table.timestamp, CREATE_TIMESTAMP]), table.timestamp)
+        reader = rows if isinstance(rows, pa.RecordBatchReader) else pa.RecordBatchReader.from_batches(
+            rows.schema, rows.to_batches())
+        data, counter = _prepared(reader, table.timestamp)
         uri = self.table_uri(table)
         first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
         predicate = (f"{DAY_COLUMN} >= '{first_day.isoformat()}' AND {DAY_COLUMN} <= '{last_day.isoformat()}' "
@@ -80,9 +81,9 @@ class DeltaOfflineStore:
                         predicate=predicate if exists else None, storage_options=self.storage_options)
         written = DeltaTable(uri, storage_options=self.storage_options)
         added = sum(size for path, size in _file_sizes(written).items() if path not in before)
-        log.info("offline store: wrote %d rows of [%s, %s) to %s (version %d)", data.num_rows, start, end, uri,
+        log.info("offline store: wrote %d rows of [%s, %s) to %s (version %d)", counter[0], start, end, uri,
                  written.version())
-        return WriteStats(rows=data.num_rows, bytes=added, table_version=written.version())
+        return WriteStats(rows=counter[0], bytes=added, table_version=written.version())
 
     def register(self, con: duckdb.DuckDBPyConnection, table: OfflineTable,
                  windows: list[tuple[datetime, datetime]], *, schema: pa.Schema) -> str:
@@ -144,24 +145,27 @@ def _naive(value: datetime) -> str:
     return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _as_utc(data: pa.Table, columns: list[str]) -> pa.Table:
-    """Delta's TIMESTAMP is UTC-adjusted: store timestamps as ``timestamp[us, UTC]``."""
-    import pyarrow as pa
-
-    for name in columns:
-        if name not in data.column_names:
-            continue
-        index = data.column_names.index(name)
-        data = data.set_column(index, name, data.column(name).cast(pa.timestamp("us", tz="UTC")))
-    return data
-
-
-def _with_day(data: pa.Table, timestamp: str) -> pa.Table:
+def _prepared(reader: pa.RecordBatchReader, timestamp: str) -> tuple[pa.RecordBatchReader, list[int]]:
+    """Stream ``reader`` with timestamps as ``timestamp[us, UTC]`` (Delta's TIMESTAMP is UTC-adjusted) and
+    the event-day partition column added, batch by batch (a whole window never sits in memory twice).
+    The returned list holds the number of rows streamed so far."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    day = pc.cast(data.column(timestamp), pa.date32()) if data.num_rows else pa.array([], pa.date32())
-    return data.append_column(DAY_COLUMN, day)
+    utc = pa.timestamp("us", tz="UTC")
+    fields = [pa.field(f.name, utc) if f.name in (timestamp, CREATE_TIMESTAMP) else f for f in reader.schema]
+    schema = pa.schema([*fields, pa.field(DAY_COLUMN, pa.date32())])
+    counter = [0]
+
+    def batches() -> Any:
+        for batch in reader:
+            columns = [column.cast(utc) if name in (timestamp, CREATE_TIMESTAMP) else column
+                       for name, column in zip(batch.schema.names, batch.columns, strict=True)]
+            day = pc.cast(columns[batch.schema.names.index(timestamp)], pa.date32())
+            counter[0] += batch.num_rows
+            yield pa.RecordBatch.from_arrays([*columns, day], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches()), counter
 
 
 def _file_sizes(table: Any) -> dict[str, int]:
