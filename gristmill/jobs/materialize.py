@@ -108,8 +108,7 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
             rows_read = _count(con, relation)
             if offline is not None:
                 offline_store, offline_table = offline
-                stream = _arrow_reader(con, f"SELECT * FROM {relation}")
-                stats = offline_store.write_window(offline_table, stream, start, end)
+                stats = offline_store.write_window_from(con, offline_table, relation, start, end)
                 bytes_written += stats.bytes
                 rows_written += stats.rows
         if online is not None:

@@ -99,3 +99,20 @@ def test_killed_writer_leaves_the_table_as_before(tmp_path: Path) -> None:
     process.kill()
     process.wait()
     assert _stored(store) == before
+
+
+def test_engine_written_window_keeps_rows_of_the_same_day_outside_it(tmp_path: Path) -> None:
+    """``write_window_from`` (DuckDB writes the files, one Delta commit swaps the day partitions in)."""
+    store = DeltaOfflineStore(str(tmp_path / "offline"))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("day_rows", _rows(*[("A", datetime(2024, 1, 1, h), float(h)) for h in (0, 6, 12, 18)],
+                                   ("A", datetime(2024, 1, 2, 6), 30.0)))
+    first = store.write_window_from(con, TABLE, "day_rows", datetime(2024, 1, 1), datetime(2024, 1, 3))
+    assert first.rows == 5 and first.bytes > 0
+    con.register("patch", _rows(("A", datetime(2024, 1, 1, 7), 7.0)))
+    store.write_window_from(con, TABLE, "patch", datetime(2024, 1, 1, 6), datetime(2024, 1, 1, 12))
+    assert [f for _, _, f in _stored(store)] == [0.0, 7.0, 12.0, 18.0, 30.0]
+    con.register("nothing", _rows())
+    store.write_window_from(con, TABLE, "nothing", datetime(2024, 1, 2), datetime(2024, 1, 3))
+    assert [f for _, _, f in _stored(store)] == [0.0, 7.0, 12.0, 18.0]

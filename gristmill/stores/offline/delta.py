@@ -7,9 +7,12 @@ never half of it (the commit is atomic; a killed writer leaves only unreferenced
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.sources import is_uri, unique_name
@@ -85,6 +88,67 @@ class DeltaOfflineStore:
                  written.version())
         return WriteStats(rows=counter[0], bytes=added, table_version=written.version())
 
+    def write_window_from(self, con: duckdb.DuckDBPyConnection, table: OfflineTable, relation: str,
+                          start: datetime, end: datetime) -> WriteStats:
+        """Like ``write_window``, for rows held by the engine (a DuckDB relation name).
+
+        On a local folder DuckDB writes the Parquet files itself (about twice as fast and ~1 GiB lighter
+        than the Delta writer on 3M rows): the affected day partitions are rewritten — the new window's rows
+        plus the stored rows of those days outside the window — and swapped in by one Delta commit that
+        replaces exactly those partitions. Object storage goes through the Delta writer."""
+        import pyarrow.parquet as pq
+        from deltalake import DeltaTable
+        from deltalake.transaction import AddAction
+
+        uri = self.table_uri(table)
+        if is_uri(uri):
+            from gristmill.compute.result import arrow_table
+
+            return self.write_window(table, arrow_table(con.sql(f"SELECT * FROM {relation}")), start, end)
+        ts = q(table.timestamp)
+        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+        utc = {table.timestamp, CREATE_TIMESTAMP}
+        select = ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in utc else q(c) for c in columns)
+        new_rows = f"SELECT {select}, CAST({ts} AS DATE) AS {DAY_COLUMN} FROM {relation}"
+        if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            empty = arrow_schema_of(con, new_rows)
+            DeltaTable.create(uri, schema=empty, partition_by=[DAY_COLUMN], storage_options=self.storage_options)
+        delta = DeltaTable(uri, storage_options=self.storage_options)
+        first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
+        days = {first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)}
+        stored = [f for f in delta.file_uris() if _file_day_in(f, {(first_day, last_day)})]
+        kept = ""
+        if stored:
+            files = ", ".join(lit(f) for f in stored)
+            kept = (f" UNION ALL BY NAME SELECT {', '.join(q(c) for c in columns)}, "
+                    f"CAST({ts} AS DATE) AS {DAY_COLUMN} FROM read_parquet([{files}]) "
+                    f"WHERE NOT ({ts} >= TIMESTAMPTZ '{_naive(start)}+00' AND {ts} < TIMESTAMPTZ '{_naive(end)}+00')")
+        before = {str(p) for p in Path(uri).glob(f"{DAY_COLUMN}=*/*.parquet")}
+        token = uuid.uuid4().hex
+        con.execute(f"COPY ({new_rows}{kept}) TO {lit(uri)} (FORMAT parquet, PARTITION_BY ({DAY_COLUMN}), "
+                    f"APPEND true, FILENAME_PATTERN 'part-{token}-{{uuid}}')")
+        actions = []
+        rows = 0
+        written_bytes = 0
+        for path in sorted(Path(uri).glob(f"{DAY_COLUMN}=*/part-{token}-*.parquet")):
+            if str(path) in before:
+                continue
+            count = pq.read_metadata(path).num_rows
+            size = path.stat().st_size
+            rows += count
+            written_bytes += size
+            day = path.parent.name.split("=", 1)[1]
+            actions.append(AddAction(path=f"{path.parent.name}/{path.name}", size=size,
+                                     partition_values={DAY_COLUMN: day},
+                                     modification_time=int(path.stat().st_mtime * 1000), data_change=True,
+                                     stats=json.dumps({"numRecords": count})))
+        delta.create_write_transaction(actions, mode="overwrite", schema=delta.schema(), partition_by=[DAY_COLUMN],
+                                       partition_filters=[(DAY_COLUMN, "in", sorted(d.isoformat() for d in days))])
+        written = DeltaTable(uri, storage_options=self.storage_options)
+        log.info("offline store: rewrote %d day partition(s) of [%s, %s) in %s (version %d)", len(days), start, end,
+                 uri, written.version())
+        return WriteStats(rows=rows, bytes=written_bytes, table_version=written.version())
+
     def register(self, con: duckdb.DuckDBPyConnection, table: OfflineTable,
                  windows: list[tuple[datetime, datetime]], *, schema: pa.Schema) -> str:
         """A DuckDB view of the stored rows whose timestamp lies in one of ``windows`` (one snapshot)."""
@@ -131,6 +195,12 @@ class DeltaOfflineStore:
         data = DeltaTable(uri, storage_options=self.storage_options).to_pyarrow_table()
         data = data.drop_columns([DAY_COLUMN]) if DAY_COLUMN in data.column_names else data
         return data.sort_by([(k, "ascending") for k in [*table.keys, table.timestamp]])
+
+
+def arrow_schema_of(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Schema:
+    from gristmill.compute.result import arrow_table
+
+    return arrow_table(con.sql(f"SELECT * FROM ({sql}) LIMIT 0")).schema
 
 
 def _delta_identifier(name: str) -> str:
