@@ -37,6 +37,14 @@ _EXPORTS: dict[str, str] = {
     "RetrievalError": "gristmill.errors",
     "SourceError": "gristmill.errors",
     "TransformationError": "gristmill.errors",
+    "OnlineResult": "gristmill.serving",
+    "OnlineStoreError": "gristmill.stores.online.encoding",
+    "DataStatus": "gristmill.jobs.intervals",
+    "DataInterval": "gristmill.jobs.intervals",
+    "BackfillError": "gristmill.jobs.backfill",
+    "JobRecord": "gristmill.registry.materialization",
+    "JobStatus": "gristmill.registry.materialization",
+    "MaterializationSettings": "gristmill.spec.featureset",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -55,14 +63,19 @@ if TYPE_CHECKING:
         SpecError,
         TransformationError,
     )
+    from gristmill.jobs.backfill import BackfillError
+    from gristmill.jobs.intervals import DataInterval, DataStatus
+    from gristmill.registry.materialization import JobRecord, JobStatus
+    from gristmill.serving import OnlineResult
     from gristmill.spec.common import Column, Feature
     from gristmill.spec.duration import Duration
     from gristmill.spec.entity import Entity
-    from gristmill.spec.featureset import FeatureSet
+    from gristmill.spec.featureset import FeatureSet, MaterializationSettings
     from gristmill.spec.featureset_spec import FeatureSetSpec
     from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
     from gristmill.spec.types import FeatureType
     from gristmill.store import ApplyPlan, FeatureStore
+    from gristmill.stores.online.encoding import OnlineStoreError
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,14 @@ import gristmill as gm
 
 EXPECTED_PUBLIC_NAMES = [
     "ApplyPlan",
+    "BackfillError",
+    "DataInterval",
+    "DataStatus",
+    "JobRecord",
+    "JobStatus",
+    "MaterializationSettings",
+    "OnlineResult",
+    "OnlineStoreError",
     "Column",
     "ConfigError",
     "DuckDBEngine",
