@@ -10,58 +10,16 @@ online store; ``fs1`` has no ``temporal_join_lookback``, so its 2024 rows never 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from cli_support import Result, assert_ok, assert_user_error, describe, run_concurrently
 
 import gristmill as gm
-
-Result = subprocess.CompletedProcess[str]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("gristmill")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gristmill.cli"]
-
-
-def gristmill(*args: str | Path) -> Result:
-    env = {k: v for k, v in os.environ.items() if k not in ("GRISTMILL_STORE", "GRISTMILL_DEBUG", "COLUMNS")}
-    env["COLUMNS"] = "80"
-    return subprocess.run([*_command(), *(str(a) for a in args)], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
-
-
-def run_concurrently(commands: dict[str, list[str | Path]]) -> dict[str, Result]:
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(gristmill, *args) for name, args in commands.items()}
-        return {name: future.result() for name, future in futures.items()}
-
-
-def describe(result: Result) -> str:
-    return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-
-
-def assert_ok(result: Result) -> None:
-    assert result.returncode == 0, describe(result)
-    assert "Traceback" not in result.stdout + result.stderr
-
-
-def assert_user_error(result: Result, *fragments: str) -> None:
-    assert result.returncode == 2, describe(result)
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
 
 
 def _ts(*values: str) -> pd.Series:
