@@ -96,8 +96,12 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
             relation = offline_store.register(con, offline_table, [(start, end)], schema=_declared_schema(spec))
             rows_read = _count(con, relation)
         elif offline is None:
-            # online only: no de-duplicated copy of the window is needed, just the newest row per key
-            view = compute_view(con, spec, start, end, label=label)
+            # online only: no de-duplicated copy of the window is needed, just the newest row per key, and
+            # rows already expired at `now` can never be written, so the computation starts where they end
+            # (DSL windows still read their history before that point)
+            ttl = online[1].ttl if online is not None else None
+            alive_from = max(start, now - ttl) if ttl is not None else start
+            view = compute_view(con, spec, min(alive_from, end), end, label=label)
             relation, has_order, has_create = view.name, True, view.has_create_timestamp
             rows_read = _count(con, relation)
         else:
