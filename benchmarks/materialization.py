@@ -194,6 +194,14 @@ def gristmill_store(config: dict[str, Any], *, offline: bool) -> tuple[Any, list
     plan = store.apply(str(folder / "assets"))
     if not plan.ok:
         raise RuntimeError(f"apply failed:\n{plan}")
+    # Open the store's parts and load the libraries it computes with during setup, as a long-running
+    # worker has them (Feast's setup imports its own stack too): one-time import cost is not throughput.
+    import duckdb
+    import pandas  # noqa: F401 - pyarrow's numpy conversions pull it in on first use
+
+    store.online_store  # noqa: B018
+    store.engine.connect().close()
+    del duckdb
     return store, refs
 
 
