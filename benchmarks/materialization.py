@@ -305,6 +305,34 @@ def child_command(script: Path, contender: str, config: dict[str, Any], feast_py
     return [sys.executable, str(script), "--child", json.dumps(config)]
 
 
+def run_contender(contender: str, config: dict[str, Any], *, script: Path, feast_python: Path | None, log: Path,
+                   timeout: float) -> tuple[int, float, float, bool, dict[str, Any]]:
+    """Run one contender's child process (measured), delete its Redis keys afterwards, and read its report.
+
+    Returns (exit code, process seconds, peak RSS MiB, timed out, reported JSON)."""
+    print(f"running {contender} ...", flush=True)
+    command = child_command(script, contender, config, feast_python)
+    try:
+        code, elapsed, rss, timed_out = run_measured(command, log, timeout)
+    finally:
+        if "redis" in contender:
+            for pattern in redis_key_patterns(config):
+                delete_redis_keys(config["redis_url"], pattern)
+    result_path = Path(config["result_path"])
+    reported: dict[str, Any] = json.loads(result_path.read_text()) if result_path.exists() else {}
+    return code, elapsed, rss, timed_out, reported
+
+
+def failure(code: int, timed_out: bool, reported: dict[str, Any], *, timeout: float, log: Path
+            ) -> tuple[str, str] | None:
+    """(status, detail) of a contender that timed out or failed, else None."""
+    if timed_out:
+        return "timeout", f"killed after {timeout:.0f} s"
+    if code != 0 or "error" in reported:
+        return "failed", str(reported.get("error") or f"exit code {code}; see {log}")
+    return None
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     line = "  ".join("{:<" + str(w) + "}" for w in widths)
@@ -546,22 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "feast_offline": args.feast_offline,
         }
         log = logs / f"materialization-{contender}.log"
-        print(f"running {contender} ...", flush=True)
-        command = child_command(Path(__file__).resolve(), contender, config, feast_python)
-        try:
-            code, elapsed, rss, timed_out = run_measured(command, log, args.timeout)
-        finally:
-            if "redis" in contender:
-                for pattern in redis_key_patterns(config):
-                    delete_redis_keys(args.redis_url, pattern)
+        code, elapsed, rss, timed_out, reported = run_contender(
+            contender, config, script=Path(__file__).resolve(), feast_python=feast_python, log=log,
+            timeout=args.timeout)
         outcome.process_seconds, outcome.peak_rss_mib = elapsed, rss
-        reported: dict[str, Any] = json.loads(result_path.read_text()) if result_path.exists() else {}
-        if timed_out:
-            outcome.status, outcome.detail = "timeout", f"killed after {args.timeout:.0f} s"
-            continue
-        if code != 0 or "error" in reported:
-            outcome.status = "failed"
-            outcome.detail = str(reported.get("error") or f"exit code {code}; see {log}")
+        failed = failure(code, timed_out, reported, timeout=args.timeout, log=log)
+        if failed:
+            outcome.status, outcome.detail = failed
             continue
         outcome.wall_seconds = float(reported["wall_seconds"])
         outcome.rows_read = int(reported.get("rows_read", source_rows))

@@ -37,11 +37,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from materialization import (
     DEFAULT_REDIS_URL,
-    child_command,
     child_entry,
     data_clock,
     delete_redis_keys,
     ensure_feast_with_redis,
+    failure,
     feast_entity_count,
     feast_materialize,
     feast_store,
@@ -53,7 +53,7 @@ from materialization import (
     machine_info,
     parse_only,
     redis_available,
-    redis_key_patterns,
+    run_contender,
 )
 from offline_retrieval import (
     CASE_A_FEATURE_SET,
@@ -62,7 +62,6 @@ from offline_retrieval import (
     DEFAULT_FEAST_REQUIREMENT,
     Dataset,
     ensure_dataset,
-    run_measured,
 )
 
 CONTENDERS = ("gristmill-redis", "gristmill-sqlite", "feast-redis", "feast-sqlite")
@@ -387,22 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "feast_offline": args.feast_offline,
         }
         log = logs / f"online-{contender}.log"
-        print(f"running {contender} ...", flush=True)
-        command = child_command(Path(__file__).resolve(), contender, config, feast_python)
-        try:
-            code, elapsed, rss, timed_out = run_measured(command, log, args.timeout)
-        finally:
-            if "redis" in contender:
-                for pattern in redis_key_patterns(config):
-                    delete_redis_keys(args.redis_url, pattern)
+        code, elapsed, rss, timed_out, reported = run_contender(
+            contender, config, script=Path(__file__).resolve(), feast_python=feast_python, log=log,
+            timeout=args.timeout)
         outcome.process_seconds, outcome.peak_rss_mib = elapsed, rss
-        reported: dict[str, Any] = json.loads(result_path.read_text()) if result_path.exists() else {}
-        if timed_out:
-            outcome.status, outcome.detail = "timeout", f"killed after {args.timeout:.0f} s"
-            continue
-        if code != 0 or "error" in reported:
-            outcome.status = "failed"
-            outcome.detail = str(reported.get("error") or f"exit code {code}; see {log}")
+        failed = failure(code, timed_out, reported, timeout=args.timeout, log=log)
+        if failed:
+            outcome.status, outcome.detail = failed
             continue
         outcome.materialize_seconds = float(reported["materialize_seconds"])
         summarize(outcome, reported)
