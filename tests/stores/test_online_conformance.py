@@ -449,22 +449,83 @@ def test_redis_url_password_is_not_shown() -> None:
 
 
 def test_redis_reloads_scripts_the_server_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server restart or SCRIPT FLUSH drops loaded scripts: writes and reads load them again (NOSCRIPT)."""
+    """A server restart or SCRIPT FLUSH drops loaded scripts: the writes that met NOSCRIPT load it and go again."""
     import hashlib
 
     from gristmill.stores.online import redis as redis_store
 
-    def unseen(name: str) -> str:               # a script no server has seen, so its first call meets NOSCRIPT
-        script = getattr(redis_store, name) + f"-- {uuid.uuid4().hex}\n"
-        monkeypatch.setattr(redis_store, name, script)
-        return hashlib.sha1(script.encode()).hexdigest()
-
+    script = redis_store.WRITE_SCRIPT + f"-- {uuid.uuid4().hex}\n"   # one no server has seen: NOSCRIPT first
+    monkeypatch.setattr(redis_store, "WRITE_SCRIPT", script)
     for store in _redis_store():
         assert isinstance(store, redis_store.RedisOnlineStore)
-        store.rows_per_call = 2
-        store._write_sha = unseen("WRITE_SCRIPT")
-        store._scripts_loaded = True            # as if loaded before the server lost them
         assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(5))), now=NOW) == 5
-        store._read_sha = unseen("READ_SCRIPT")
-        store._scripts_loaded = True
-        assert amounts(store, ["k0", "k4", "x"]) == [0.0, 4.0, None]
+        store.rows_per_call = 2
+        store._write_sha = hashlib.sha1(script.encode()).hexdigest()
+        store._scripts_loaded = True            # as if loaded before the server lost it
+        newer = rows(FS1, *((f"k{i}", "2024-01-09 01:00", 10.0 + i) for i in range(5)))
+        assert store.write(FS1, newer, now=NOW) == 5                # existing keys: the script's path
+        assert amounts(store, ["k0", "k4", "x"]) == [10.0, 14.0, None]
+
+
+def _redis_client() -> Any:
+    import redis
+
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def _redis_key(store: Any, table: OnlineTable, key: tuple[Any, ...]) -> str:
+    name = store._plan(table).key(key)
+    assert name is not None
+    return name
+
+
+@pytest.mark.parametrize("rows_per_pipeline", [20_000, 3])
+def test_redis_batches_mixing_new_and_existing_keys(rows_per_pipeline: int) -> None:
+    """New keys take SET NX, existing ones the compare-and-set; pipelines where most keys exist go to the
+    script directly. Every path keeps the newest row and counts what it wrote."""
+    for store in _redis_store():
+        store.rows_per_pipeline = rows_per_pipeline          # type: ignore[attr-defined]
+        store.rows_per_call = 2                              # type: ignore[attr-defined]
+        assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(0, 12, 2))),
+                           now=NOW) == 6
+        batch = [(f"k{i}", "2024-01-09 06:00" if i % 4 == 0 else "2024-01-08 12:00", 100.0 + i) for i in range(12)]
+        # k0, k4, k8: newer -> written; k2, k6, k10: older -> kept; k1, k3, ... k11: new -> written
+        assert store.write(FS1, rows(FS1, *batch), now=NOW) == 3 + 6
+        expected = [100.0 + i if i % 4 == 0 or i % 2 else float(i) for i in range(12)]
+        assert amounts(store, [f"k{i}" for i in range(12)]) == expected
+        assert store.write(FS1, rows(FS1, *batch), now=NOW) == 9     # the same rows again: equal wins
+
+
+def test_redis_an_older_row_keeps_the_newer_rows_server_expiry() -> None:
+    """The script swaps the older row in and straight back: the newer row keeps its own expiry on the server."""
+    for store in _redis_store():
+        store.write(FS1, rows(FS1, ("A", "2024-01-09 12:00", 5.0)), now=NOW)
+        client = _redis_client()
+        name = _redis_key(store, FS1, ("A",))
+        expiry = client.pexpiretime(name)
+        assert expiry > 0
+        assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 0
+        assert amounts(store, ["A"]) == [5.0]
+        assert abs(client.pexpiretime(name) - expiry) <= 5           # ms: the clock offset may move slightly
+        client.close()
+
+
+def test_redis_a_key_of_another_type_is_replaced() -> None:
+    for store in _redis_store():
+        client = _redis_client()
+        name = _redis_key(store, FS1, ("A",))
+        client.hset(name, "f", "v")                                  # e.g. an earlier layout
+        assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 1
+        assert amounts(store, ["A"]) == [4.0]
+        client.close()
+
+
+def test_redis_writes_without_hiredis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the hiredis parser the replies are read through redis-py, one by one: same results."""
+    from gristmill.stores.online import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "_hiredis_reader", lambda: None)
+    for store in _redis_store():
+        assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW) == 2
+        assert store.write(FS1, rows(FS1, ("A", "2024-01-09 06:00", 5.0), ("B", "2024-01-08", 2.0)), now=NOW) == 1
+        assert amounts(store, ["A", "B"]) == [5.0, 1.0]

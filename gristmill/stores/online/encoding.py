@@ -462,6 +462,8 @@ def _newest_per_key(keys: list[pa.Array], event: np.ndarray, create: np.ndarray)
         return np.arange(n)
     if not keys:
         return np.array([np.lexsort((np.arange(n), create, event))[-1]])
+    if _distinct_keys(keys) == n:           # the usual case (the job already kept one row per key): no sort
+        return np.arange(n)
     order = np.lexsort((np.arange(n), create, event))          # ascending: the winner sorts last
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
@@ -471,3 +473,11 @@ def _newest_per_key(keys: list[pa.Array], event: np.ndarray, create: np.ndarray)
     if len(best) == n:
         return np.arange(n)
     return np.sort(order[best])
+
+
+def _distinct_keys(keys: list[pa.Array]) -> int:
+    """How many distinct key tuples ``keys`` hold (hash based; no sort)."""
+    if len(keys) == 1:
+        return int(pc.count_distinct(keys[0]).as_py())
+    names = [f"k{i}" for i in range(len(keys))]
+    return pa.table(keys, names=names).group_by(names, use_threads=False).aggregate([]).num_rows

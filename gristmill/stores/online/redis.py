@@ -3,7 +3,7 @@
 Layout: the string ``{prefix}:{store}:{feature set}:{version}:{materialization version}:{entity key}``
 (parts escaped, see ``encoding``) holds one record, all little-endian:
 
-- event time, create time and expiry: three int64 µs (the first 16 bytes are all the write script reads);
+- event time, create time and expiry: three int64 µs (all the write script compares and restores);
 - a null bitmap: one bit per feature in table order (bit ``j % 8`` of byte ``j // 8``; 1 = present);
 - the fixed-width values (integer/long/datetime int64, float/double float64, boolean one byte) in table
   order, zeros where null;
@@ -15,10 +15,13 @@ the injected ``now`` and the server time; reads also compare the stored expiry w
 ``now``, so expiry is exact and testable with fixed times.
 
 Writes are the hot path: rows are packed by numpy/pyarrow into their records and sent as RESP that is
-built here (not by redis-py, whose per-argument Python work would dominate), a few hundred rows per
-``EVALSHA`` call and many calls per pipeline. Per key the script tries ``SET NX``; only for a key that
-exists it reads its first 16 bytes (``GETRANGE``), and replaces it when the new row is not older.
-Reads are a plain ``GET`` (one key) or ``MGET`` (many keys, RESP built here), no scripts.
+built here (not by redis-py, whose per-argument Python work would dominate), in pipelines of thousands of
+rows whose replies hiredis parses straight off the socket. A key that does not exist yet takes a plain
+``SET NX PXAT`` (nothing to compare with); the keys that exist go through a compare-and-set script, a few
+hundred per ``EVALSHA``, that swaps the new record in with ``SET ... GET`` and puts the old one back in
+the rare case it is newer. Reads are a plain ``GET`` (one key) or ``MGET`` (many keys, RESP built here).
+
+Needs Redis >= 6.2 (``PXAT``, ``SET ... GET``).
 
 Standalone Redis (or a single-slot proxy): the write script touches many keys per call, which Redis
 Cluster only allows within one hash slot.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,49 +63,48 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisOnlineStore"]
 
-# KEYS: entity keys. ARGV: ttl flag, the records (one per key), then with a ttl the expiry of each key
-# on the server's clock (ms). New keys take one SET NX; after the first key that exists, the rest of the
-# call reads first (the keys of one call are usually all new or all known). Times are compared exactly as
-# (high int32, low uint32) halves: Lua numbers are doubles.
+# The compare-and-set for keys that may exist. KEYS: entity keys. ARGV: ttl flag, the offset from the injected
+# clock to the server's (ms), the records (one per key), then with a ttl each key's expiry on the server's
+# clock (ms). One SET ... GET per key swaps the new record in and returns the old one; in the rare case the
+# old record is newer it goes straight back (with its own expiry), inside the same atomic script, so no
+# reader ever sees the older row. Times are compared exactly as (high int32, low uint32) halves: Lua numbers
+# are doubles. A key holding another type (an unreadable layout) is replaced.
 WRITE_SCRIPT = r"""
 local has_ttl = ARGV[1] == '1'
+local offset = tonumber(ARGV[2])
 local n = #KEYS
-local probe = false
 local written = 0
 for k = 1, n do
   local key = KEYS[k]
-  local record = ARGV[1 + k]
-  local at = has_ttl and ARGV[1 + n + k]
-  local done = false
-  if not probe then
-    if at then
-      done = redis.call('SET', key, record, 'NX', 'PXAT', at)
-    else
-      done = redis.call('SET', key, record, 'NX')
-    end
-    probe = not done
+  local record = ARGV[2 + k]
+  local at = has_ttl and ARGV[2 + n + k]
+  local old
+  if at then
+    old = redis.pcall('SET', key, record, 'GET', 'PXAT', at)
+  else
+    old = redis.pcall('SET', key, record, 'GET')
   end
-  if not done then
-    local current = redis.pcall('GETRANGE', key, 0, 15)
-    local newer = true
-    if type(current) == 'string' and #current == 16 then
-      local el, eh, cl, ch = struct.unpack('<I4i4I4i4', record)
-      local pel, peh, pcl, pch = struct.unpack('<I4i4I4i4', current)
-      newer = eh > peh or (eh == peh and (el > pel or (el == pel and (ch > pch or (ch == pch and cl >= pcl)))))
-    end
-    if newer then
-      if at then redis.call('SET', key, record, 'PXAT', at) else redis.call('SET', key, record) end
-      done = true
+  local newer = true
+  if type(old) == 'table' and old.err then
+    if at then redis.call('SET', key, record, 'PXAT', at) else redis.call('SET', key, record) end
+  elseif type(old) == 'string' and #old >= 24 then
+    local el, eh, cl, ch = struct.unpack('<I4i4I4i4', record)
+    local pel, peh, pcl, pch = struct.unpack('<I4i4I4i4', old)
+    newer = eh > peh or (eh == peh and (el > pel or (el == pel and (ch > pch or (ch == pch and cl >= pcl)))))
+    if not newer then
+      if at then
+        local xl, xh = struct.unpack('<I4i4', string.sub(old, 17, 24))
+        local ms = math.ceil((xh * 4294967296 + xl) / 1000) + offset
+        redis.call('SET', key, old, 'PXAT', string.format('%.0f', ms))
+      else
+        redis.call('SET', key, old)
+      end
     end
   end
-  if done then written = written + 1 end
+  if newer then written = written + 1 end
 end
 return written
 """
-
-# No longer used: reads are plain GET/MGET. Kept (never loaded) so that code and tests that refer to
-# the former read script's name still import.
-READ_SCRIPT = "return nil\n"
 
 _HEADER = 24                              # event µs, create µs, expiry µs
 _NUMPY_TYPES = {FeatureType.INTEGER: "<i8", FeatureType.LONG: "<i8", FeatureType.FLOAT: "<f8",
@@ -138,23 +141,36 @@ def _bulk(value: bytes) -> bytes:
 
 @dataclass
 class _Framed:
-    """Rows as consecutive RESP bulk strings: row i is ``data[offsets[i]:offsets[i + 1]]``."""
+    """Values framed as RESP bulk strings (``$len\\r\\n value \\r\\n``), one per row, back to back."""
 
-    data: memoryview
-    offsets: np.ndarray
+    array: pa.Array                               # binary: row i is the framed value i
 
     @classmethod
     def from_binary(cls, values: pa.Array) -> _Framed:
-        """Frame every value of a binary/string array (no nulls) as ``$len\\r\\n value \\r\\n``."""
+        """Frame every value of a binary/string array (no nulls)."""
         values = values.cast(pa.binary())
         lengths = pc.binary_length(values).cast(pa.string()).cast(pa.binary())
-        framed = pc.binary_join_element_wise(b"$", lengths, b"\r\n", values, b"\r\n", b"")
-        offsets = np.frombuffer(framed.buffers()[1], dtype=np.int32, count=len(framed) + 1,
-                                offset=framed.offset * 4).astype(np.int64)
-        return cls(memoryview(framed.buffers()[2]), offsets)
+        return cls(pc.binary_join_element_wise(b"$", lengths, b"\r\n", values, b"\r\n", b""))
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> _Framed:
+        """Rows of a uint8 matrix, each already one framed value."""
+        count, width = matrix.shape
+        offsets = np.arange(count + 1, dtype=np.int32) * width
+        return cls(pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets),
+                                                             pa.py_buffer(np.ascontiguousarray(matrix))]))
+
+    def __post_init__(self) -> None:
+        self.offsets = np.frombuffer(self.array.buffers()[1], dtype=np.int32, count=len(self.array) + 1,
+                                     offset=self.array.offset * 4)
+        self.data = memoryview(self.array.buffers()[2] or b"")
 
     def slice(self, start: int, stop: int) -> memoryview:
+        """The bytes of rows ``[start, stop)``."""
         return self.data[self.offsets[start]:self.offsets[stop]]
+
+    def take(self, positions: np.ndarray) -> _Framed:
+        return _Framed(self.array.take(pa.array(positions)))
 
 
 class _Plan:
@@ -298,13 +314,111 @@ class _Plan:
                 matrix[:, column:column + part.shape[1]] = part
                 column += part.shape[1]
             matrix[:, column:] = np.frombuffer(b"\r\n", dtype=np.uint8)
-            return _Framed(memoryview(matrix.reshape(-1)), np.arange(count + 1, dtype=np.int64) * matrix.shape[1])
+            return _Framed.from_matrix(matrix)
         fixed = np.ascontiguousarray(np.concatenate(parts, axis=1))
         pieces: list[pa.Array] = [
             pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.width), count, [None, pa.py_buffer(fixed)])
             .cast(pa.binary())]
         pieces += [encoded[i].cast(pa.binary()) for i in self.variable]
         return _Framed.from_binary(pc.binary_join_element_wise(*pieces, b""))
+
+
+@dataclass
+class _Batch:
+    """Rows of one pipeline, framed: entity key names, records and (with a ttl) expiries on the server clock."""
+
+    keys: _Framed
+    records: _Framed
+    expiries: _Framed | None
+
+    @classmethod
+    def of(cls, plan: _Plan, table: OnlineTable, rows: PreparedRows, start: int, stop: int,
+           offset_ms: int) -> _Batch:
+        count = stop - start
+        if plan.key_kinds:
+            names = encode_key_column(plan.key_kinds, [k.slice(start, count) for k in rows.keys],
+                                      prefix=plan.key_prefix)
+        else:
+            names = pa.array([plan.key_prefix] * count, pa.string())
+        expiries = None
+        if table.ttl is not None:       # the expiry on the server's clock, rounded up to whole ms
+            server_ms = -(-rows.expires_micros[start:stop] // 1000) + offset_ms
+            expiries = _Framed.from_binary(pa.array(server_ms).cast(pa.string()))
+        return cls(_Framed.from_binary(names), plan.records(rows, start, stop), expiries)
+
+    def __len__(self) -> int:
+        return len(self.keys.array)
+
+    def take(self, positions: np.ndarray) -> _Batch:
+        return _Batch(self.keys.take(positions), self.records.take(positions),
+                      None if self.expiries is None else self.expiries.take(positions))
+
+    def set_nx(self) -> pa.Buffer:
+        """RESP of one ``SET key record NX [PXAT at]`` per row, back to back."""
+        if self.expiries is None:
+            parts = [b"*4\r\n$3\r\nSET\r\n", self.keys.array, self.records.array, b"$2\r\nNX\r\n"]
+        else:
+            parts = [b"*6\r\n$3\r\nSET\r\n", self.keys.array, self.records.array, b"$2\r\nNX\r\n$4\r\nPXAT\r\n",
+                     self.expiries.array]
+        return _Framed(pc.binary_join_element_wise(*parts, b"")).slice(0, len(self))
+
+
+@dataclass
+class _Sent:
+    """A batch whose replies are still to be read."""
+
+    batch: _Batch
+    set_nx: bool                  # sent as SET NX commands (one reply per row), else as script calls
+    replies: int
+    commands: list[Any]
+    retried: bool = False
+
+
+def _hiredis_reader() -> Any | None:
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    return hiredis.Reader()
+
+
+def _replies_of(connection: Any) -> Callable[[int], list[Any]]:
+    """A reader of the next ``n`` replies of ``connection``, error replies returned (not raised) as exceptions.
+
+    With hiredis the bytes are read straight off the socket and parsed in C (about 20x cheaper per reply than
+    ``read_response``, which matters for one reply per row); the connection must not be read otherwise
+    meanwhile."""
+    sock = getattr(connection, "_sock", None)
+    reader = _hiredis_reader()
+    if reader is None or sock is None:
+        from redis.exceptions import ResponseError
+
+        def read_slowly(count: int) -> list[Any]:
+            out: list[Any] = []
+            for _ in range(count):
+                try:
+                    out.append(connection.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+            return out
+
+        return read_slowly
+
+    def read(count: int) -> list[Any]:
+        out: list[Any] = []
+        gets = reader.gets
+        while len(out) < count:
+            reply = gets()
+            if reply is False:
+                data = sock.recv(1 << 20)
+                if not data:
+                    raise ConnectionError("Redis closed the connection")
+                reader.feed(data)
+            else:
+                out.append(reply)
+        return out
+
+    return read
 
 
 class RedisOnlineStore:
@@ -330,7 +444,6 @@ class RedisOnlineStore:
         self.url = url
         self.prefix = prefix
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
-        self._no_script = redis.exceptions.NoScriptError
         self._response_error = redis.ResponseError
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0)
         self._write_sha = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
@@ -340,7 +453,12 @@ class RedisOnlineStore:
     # --- protocol -----------------------------------------------------------------------------------------
 
     def write(self, table: OnlineTable, rows: pa.Table, *, now: datetime) -> int:
-        """Upsert ``rows``: the newer (event time, create time) wins per key; expired rows are skipped."""
+        """Upsert ``rows``: the newer (event time, create time) wins per key; expired rows are skipped.
+
+        Rows go in pipelines of ``rows_per_pipeline``. A pipeline first tries plain ``SET NX`` per key
+        (a key that does not exist yet needs no comparison); the keys that exist go through the
+        compare-and-set script. Once most keys of a pipeline exist, later pipelines go to the script
+        directly. The next pipeline is sent before the replies of the previous one are read."""
         plan = self._plan(table)
         now_micros = to_micros(now)
         prepared = prepare_rows(table, rows, now_micros=now_micros)
@@ -350,24 +468,20 @@ class RedisOnlineStore:
             self._load_scripts()
             seconds, micros = self._client.time()
             offset_ms = (seconds * 1_000_000 + micros - now_micros) // 1000
+            replies = _replies_of(connection)
+            sent: deque[_Sent] = deque()
             written = 0
-            sent: list[bytes] = []
-            retry: list[bytes] = []
+            new_keys = True                    # try SET NX first until most keys turn out to exist
             for start in range(0, len(prepared), self.rows_per_pipeline):
-                stop = min(start + self.rows_per_pipeline, len(prepared))
-                commands = self._write_commands(plan, table, prepared, start, stop, offset_ms)
-                connection.send_packed_command(commands, check_health=False)
-                written += self._replies(connection, sent, retry)   # overlap: read the previous pipeline now
-                sent = commands
-            written += self._replies(connection, sent, retry)
-            if retry:                     # the server lost the script (restart, SCRIPT FLUSH): load, re-send
-                self._scripts_loaded = False
-                self._load_scripts()
-                connection.send_packed_command(retry, check_health=False)
-                lost: list[bytes] = []
-                written += self._replies(connection, retry, lost)
-                if lost:
-                    raise OnlineStoreError(f"Redis at {_redacted(self.url)} keeps losing the write script")
+                batch = _Batch.of(plan, table, prepared, start, min(start + self.rows_per_pipeline, len(prepared)),
+                                  offset_ms)
+                sent.append(self._send(connection, batch, new_keys=new_keys, offset_ms=offset_ms))
+                while len(sent) > 1:           # overlap: the server works on the batch just sent meanwhile
+                    done, new_keys = self._settle(connection, replies, sent.popleft(), sent, offset_ms, new_keys)
+                    written += done
+            while sent:
+                done, new_keys = self._settle(connection, replies, sent.popleft(), sent, offset_ms, new_keys)
+                written += done
             return written
 
     def read(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]], *, now: datetime
@@ -452,42 +566,51 @@ class RedisOnlineStore:
             finally:
                 pool.release(connection)
 
-    def _replies(self, connection: Any, commands: list[bytes], retry: list[bytes]) -> int:
-        """Read one reply per sent command; commands that met NOSCRIPT (not run) go to ``retry``."""
-        written = 0
-        for command in commands:
-            try:
-                written += int(connection.read_response())
-            except self._no_script:
-                retry.append(command)
-            except self._response_error as exc:
-                raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a write: {exc}") from exc
-        return written
+    def _send(self, connection: Any, batch: _Batch, *, new_keys: bool, offset_ms: int) -> _Sent:
+        """Send ``batch`` as SET NX commands (``new_keys``) or as compare-and-set script calls."""
+        commands = [batch.set_nx()] if new_keys else self._script_calls(batch, offset_ms)
+        connection.send_packed_command(commands, check_health=False)
+        return _Sent(batch, new_keys, len(batch) if new_keys else len(commands), commands)
 
-    def _write_commands(self, plan: _Plan, table: OnlineTable, rows: PreparedRows, start: int, stop: int,
-                        offset_ms: int) -> list[bytes]:
-        """RESP for rows ``[start, stop)``: one EVALSHA per ``rows_per_call`` rows."""
-        count = stop - start
-        if plan.key_kinds:
-            keys = _Framed.from_binary(encode_key_column(plan.key_kinds, [k.slice(start, count) for k in rows.keys],
-                                                         prefix=plan.key_prefix))
-        else:
-            keys = _Framed.from_binary(pa.array([plan.key_prefix] * count, pa.string()))
-        records = plan.records(rows, start, stop)
-        expiries: _Framed | None = None
-        if table.ttl is not None:       # the expiry on the server's clock, rounded up to whole ms
-            server_ms = -(-rows.expires_micros[start:stop] // 1000) + offset_ms
-            expiries = _Framed.from_binary(pa.array(server_ms).cast(pa.string()))
-        header = _bulk(b"0" if expiries is None else b"1")
+    def _settle(self, connection: Any, replies: Callable[[int], list[Any]], sent: _Sent, queue: deque[_Sent],
+                offset_ms: int, new_keys: bool) -> tuple[int, bool]:
+        """Read the replies of ``sent``; keys that SET NX found existing are sent to the script (queued).
+        Returns (rows written, whether the next batch should try SET NX)."""
+        answers = replies(sent.replies)
+        errors = [a for a in answers if isinstance(a, Exception)]
+        if sent.set_nx:
+            if errors:
+                raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a write: {errors[0]}")
+            existing = np.flatnonzero(np.fromiter((a is None for a in answers), dtype=bool, count=len(answers)))
+            if len(existing):
+                queue.append(self._send(connection, sent.batch.take(existing), new_keys=False, offset_ms=offset_ms))
+            return len(answers) - len(existing), new_keys and 2 * len(existing) < len(answers)
+        lost = [i for i, a in enumerate(answers) if isinstance(a, Exception) and str(a).startswith("NOSCRIPT")]
+        if len(lost) < len(errors):
+            failure = next(e for e in errors if not str(e).startswith("NOSCRIPT"))
+            raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a write: {failure}")
+        if lost:         # the server lost the script (restart, SCRIPT FLUSH): nothing of those calls ran
+            if sent.retried:
+                raise OnlineStoreError(f"Redis at {_redacted(self.url)} keeps losing the write script")
+            self._scripts_loaded = False
+            self._load_scripts()
+            commands = [sent.commands[i] for i in lost]
+            connection.send_packed_command(commands, check_health=False)
+            queue.append(_Sent(sent.batch, False, len(commands), commands, retried=True))
+        return sum(a for a in answers if not isinstance(a, Exception)), new_keys
+
+    def _script_calls(self, batch: _Batch, offset_ms: int) -> list[bytes]:
+        """RESP for ``batch`` through the compare-and-set script: one EVALSHA per ``rows_per_call`` rows."""
+        header = _bulk(b"0" if batch.expiries is None else b"1") + _bulk(str(offset_ms).encode())
         sha = self._write_sha.encode()
+        per_key = 2 if batch.expiries is None else 3
         commands = []
-        for first in range(0, count, self.rows_per_call):
-            last = min(first + self.rows_per_call, count)
+        for first in range(0, len(batch), self.rows_per_call):
+            last = min(first + self.rows_per_call, len(batch))
             n = last - first
-            head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (4 + (2 if expiries is None else 3) * n, sha,
-                                                                   _bulk(str(n).encode()))
-            commands.append(b"".join((head, keys.slice(first, last), header, records.slice(first, last),
-                                      b"" if expiries is None else expiries.slice(first, last))))
+            head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (5 + per_key * n, sha, _bulk(str(n).encode()))
+            commands.append(b"".join((head, batch.keys.slice(first, last), header, batch.records.slice(first, last),
+                                      b"" if batch.expiries is None else batch.expiries.slice(first, last))))
         return commands
 
     def _read_many(self, names: list[str]) -> list[bytes | None]:
