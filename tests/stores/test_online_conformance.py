@@ -515,6 +515,7 @@ def test_redis_a_key_of_another_type_is_replaced() -> None:
         client = _redis_client()
         name = _redis_key(store, FS1, ("A",))
         client.hset(name, "f", "v")                                  # e.g. an earlier layout
+        assert amounts(store, ["A"]) == [None] and amounts(store, ["A", "B"]) == [None, None]
         assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 1
         assert amounts(store, ["A"]) == [4.0]
         client.close()
@@ -529,3 +530,16 @@ def test_redis_writes_without_hiredis(monkeypatch: pytest.MonkeyPatch) -> None:
         assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW) == 2
         assert store.write(FS1, rows(FS1, ("A", "2024-01-09 06:00", 5.0), ("B", "2024-01-08", 2.0)), now=NOW) == 1
         assert amounts(store, ["A", "B"]) == [5.0, 1.0]
+
+
+def test_redis_lookups_reconnect_once_when_their_connection_died() -> None:
+    """A lookup connection closed by the server (restart, timeout, CLIENT KILL) is replaced transparently."""
+    for store in _redis_store():
+        store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW)
+        assert amounts(store, ["A"]) == [4.0]
+        host, port = store._local.channel.connection._sock.getsockname()[:2]  # type: ignore[attr-defined]
+        client = _redis_client()
+        assert client.client_kill(f"{host}:{port}")
+        client.close()
+        assert amounts(store, ["A"]) == [4.0]
+        assert amounts(store, ["A", "B", "C"]) == [4.0, 1.0, None]
