@@ -366,7 +366,7 @@ def run_gristmill(config: dict[str, Any]) -> dict[str, Any]:
     counters = {"online_write_seconds": 0.0, "offline_write_seconds": 0.0, "online_rows_in": 0,
                 "entities_written": 0, "offline_rows_written": 0}
     online_store, offline_store = store.online_store, store.offline_store
-    online_write, offline_write = online_store.write, offline_store.write_window
+    online_write, offline_write = online_store.write, offline_store.write_window_from
 
     def timed_online_write(table: Any, rows: Any, *, now: datetime) -> int:
         begun = time.perf_counter()
@@ -376,15 +376,15 @@ def run_gristmill(config: dict[str, Any]) -> dict[str, Any]:
         counters["entities_written"] += written
         return written
 
-    def timed_offline_write(table: Any, rows: Any, start: datetime, end: datetime) -> Any:
+    def timed_offline_write(con: Any, table: Any, relation: str, start: datetime, end: datetime) -> Any:
         begun = time.perf_counter()
-        stats = offline_write(table, rows, start, end)
+        stats = offline_write(con, table, relation, start, end)
         counters["offline_write_seconds"] += time.perf_counter() - begun
         counters["offline_rows_written"] += stats.rows
         return stats
 
     online_store.write = timed_online_write
-    offline_store.write_window = timed_offline_write
+    offline_store.write_window_from = timed_offline_write
     try:
         started = time.perf_counter()
         jobs = gristmill_backfill(store, config)
@@ -466,11 +466,15 @@ def check_targets(outcome: Outcome) -> None:
         return
     online = "redis" if "redis" in outcome.contender else "sqlite"
     target = TARGET_ENTITIES_PER_SECOND[online]
-    outcome.targets = {
-        f"entities/s >= {target:,}": bool(outcome.entities_per_second and outcome.entities_per_second >= target),
-        f"peak RSS <= {TARGET_PEAK_RSS_MIB} MiB": bool(outcome.peak_rss_mib and outcome.peak_rss_mib
-                                                       <= TARGET_PEAK_RSS_MIB),
-    }
+    outcome.targets = {}
+    # The entities/s target is Feast's measure: its materialize writes the online store only, so the
+    # comparable job is the online-only backfill. A Delta + online job also writes every source row to the
+    # offline store (3M rows here); its rows/s column is the measure of that.
+    if outcome.contender.endswith("-online"):
+        outcome.targets[f"entities/s >= {target:,}"] = bool(outcome.entities_per_second
+                                                            and outcome.entities_per_second >= target)
+    outcome.targets[f"peak RSS <= {TARGET_PEAK_RSS_MIB} MiB"] = bool(outcome.peak_rss_mib and outcome.peak_rss_mib
+                                                                   <= TARGET_PEAK_RSS_MIB)
 
 
 def print_table(outcomes: Sequence[Outcome]) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -470,7 +471,7 @@ class RedisOnlineStore:
         self._scripts_loaded = False
         self._plans: dict[OnlineTable, _Plan] = {}
         self._local = threading.local()           # per thread: a connection for lookups (see _request)
-        self._channels: list[_Channel] = []
+        self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()   # a thread's goes when the thread goes
         self._channels_lock = threading.Lock()
 
     # --- protocol -----------------------------------------------------------------------------------------
@@ -546,7 +547,7 @@ class RedisOnlineStore:
 
     def close(self) -> None:
         with self._channels_lock:
-            channels, self._channels = self._channels, []
+            channels, self._channels = list(self._channels), weakref.WeakSet()
         for channel in channels:
             channel.close()
         self._client.close()
@@ -662,7 +663,7 @@ class RedisOnlineStore:
             if channel is None:
                 channel = self._local.channel = _Channel(self._client.connection_pool.make_connection())
                 with self._channels_lock:
-                    self._channels.append(channel)
+                    self._channels.add(channel)
             try:
                 return channel.request(commands, replies)
             except BaseException as exc:
