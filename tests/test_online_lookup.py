@@ -45,14 +45,16 @@ def _write_repo(root: Path, rows: pd.DataFrame, *, offline: bool) -> Path:
     return repo
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     stores: list[gm.FeatureStore] = []
     prefix = f"gmtest-{uuid.uuid4().hex[:10]}"
 
     def make(rows: pd.DataFrame, clock: Clock, *, offline: bool = False) -> gm.FeatureStore:
         repo = _write_repo(tmp_path, rows, offline=offline)
-        online = REDIS_URL if request.param == "redis" else None
+        online = {"sqlite": None, "redis": REDIS_URL}.get(request.param)
+        if request.param == "redis-cluster":
+            online = request.getfixturevalue("redis_cluster").url
         store = gm.FeatureStore.init(tmp_path / "store", online_store=online, online_prefix=prefix, clock=clock)
         assert store.apply(repo).ok
         stores.append(store)

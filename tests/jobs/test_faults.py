@@ -6,8 +6,6 @@ untouched data elsewhere, and a retry that repairs everything once the cause is 
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 import yaml
+from redis_servers import RedisServer
 
 import gristmill as gm
 from gristmill.jobs import DataStatus
@@ -81,58 +79,6 @@ def _offline_rows(store: gm.FeatureStore) -> list[tuple[str, datetime, float]]:
 
 
 # -- Redis stopped -----------------------------------------------------------------------------------
-class RedisServer:
-    """A private ``redis-server`` on a free port; its append-only file survives a kill (fsync always), as a
-    production Redis with persistence does."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server must be installed for the fault tests"
-        self.binary = binary
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.folder), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert self.process.poll() is None, "redis-server exited at start"
-                assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def kill(self) -> None:
-        """Stop the server abruptly (SIGKILL), as a crash or an OOM kill would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def dbsize(self) -> int:
-        client = self.client()
-        try:
-            return int(client.dbsize())
-        finally:
-            client.close()
 
 
 @pytest.fixture

@@ -76,39 +76,40 @@ def amounts(store: OnlineStore, keys: list[str], *, now: datetime = NOW, table: 
 # --- the stores ------------------------------------------------------------------------------------------
 
 
-def _redis_store() -> Iterator[OnlineStore]:
+def _redis_store(url: str = REDIS_URL) -> Iterator[OnlineStore]:
     import redis
 
     from gristmill.stores.online.redis import RedisOnlineStore
 
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.ConnectionError:
         # Not a skip: CI and dev machines run Redis (.ci/run starts it); a missing server must fail loudly.
-        pytest.fail(f"no Redis server at {REDIS_URL}; start it (see .ci/run)")
+        pytest.fail(f"no Redis server at {url}; start it (see .ci/run)")
     prefix = f"gristmill-test-{uuid.uuid4().hex[:12]}"
-    store = RedisOnlineStore(REDIS_URL, prefix=prefix)
+    store = RedisOnlineStore(url, prefix=prefix)
     try:
         yield store
     finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(names), 1000):
-            client.unlink(*names[start:start + 1000])
-        client.close()
+        for node in store._route().nodes():
+            names = list(node.client.scan_iter(match=f"{prefix}:*", count=1000))
+            for name in names:
+                node.client.unlink(name)
         store.close()
 
 
-STORES: dict[str, Callable[[Path], Iterator[OnlineStore]]] = {
-    "memory": lambda tmp_path: iter([InMemoryOnlineStore()]),
-    "sqlite": lambda tmp_path: iter([SQLiteOnlineStore(tmp_path / "online.db")]),
-    "redis": lambda tmp_path: _redis_store(),
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[OnlineStore]]] = {
+    "memory": lambda request, tmp_path: iter([InMemoryOnlineStore()]),
+    "sqlite": lambda request, tmp_path: iter([SQLiteOnlineStore(tmp_path / "online.db")]),
+    "redis": lambda request, tmp_path: _redis_store(),
+    # a private three-primary cluster (tests/redis_servers.py): keys spread over nodes by hash slot
+    "redis-cluster": lambda request, tmp_path: _redis_store(request.getfixturevalue("redis_cluster").url),
 }
 
 
 @pytest.fixture(params=list(STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
-    made = STORES[request.param](tmp_path)
+    made = STORES[request.param](request, tmp_path)
     instance = next(made)
     yield instance
     instance.close()
@@ -448,98 +449,169 @@ def test_redis_url_password_is_not_shown() -> None:
     assert "secret" not in str(info.value) and "***" in str(info.value)
 
 
-def test_redis_reloads_scripts_the_server_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server restart or SCRIPT FLUSH drops loaded scripts: the writes that met NOSCRIPT load it and go again."""
-    import hashlib
-
-    from gristmill.stores.online import redis as redis_store
-
-    script = redis_store.WRITE_SCRIPT + f"-- {uuid.uuid4().hex}\n"   # one no server has seen: NOSCRIPT first
-    monkeypatch.setattr(redis_store, "WRITE_SCRIPT", script)
-    for store in _redis_store():
-        assert isinstance(store, redis_store.RedisOnlineStore)
-        assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(5))), now=NOW) == 5
-        store.rows_per_call = 2
-        store._write_sha = hashlib.sha1(script.encode()).hexdigest()
-        store._scripts_loaded = True            # as if loaded before the server lost it
-        newer = rows(FS1, *((f"k{i}", "2024-01-09 01:00", 10.0 + i) for i in range(5)))
-        assert store.write(FS1, newer, now=NOW) == 5                # existing keys: the script's path
-        assert amounts(store, ["k0", "k4", "x"]) == [10.0, 14.0, None]
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A Redis online store on the standalone server and on the private cluster."""
+    made = STORES[request.param](request, tmp_path)
+    yield next(made)
+    next(made, None)
 
 
-def _redis_client() -> Any:
+def _client(store: Any) -> Any:
+    """A plain redis-py client for ``store``'s server (a cluster client on a cluster)."""
     import redis
+    from redis.cluster import RedisCluster
 
-    return redis.Redis.from_url(REDIS_URL)
+    return RedisCluster.from_url(store.url) if store.is_cluster else redis.Redis.from_url(store.url)
 
 
 def _redis_key(store: Any, table: OnlineTable, key: tuple[Any, ...]) -> str:
-    name = store._plan(table).key(key)
+    name = store._layout(table).key(key)
     assert name is not None
     return name
 
 
+def test_redis_reloads_scripts_the_server_lost(redis_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server restart or SCRIPT FLUSH drops loaded scripts: the writes that met NOSCRIPT load it and go again."""
+    import hashlib
+
+    from gristmill.stores.online import redis as redis_module
+
+    store = redis_store
+    assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(5))), now=NOW) == 5
+    script = redis_module.WRITE_SCRIPT + f"-- {uuid.uuid4().hex}\n"   # one no server has seen: NOSCRIPT first
+    monkeypatch.setattr(redis_module, "WRITE_SCRIPT", script)
+    store.rows_per_call = 2
+    store._write_sha = hashlib.sha1(script.encode()).hexdigest()
+    for node in store._route().nodes():         # as if loaded before the server lost it
+        node.script_loaded = True
+    newer = rows(FS1, *((f"k{i}", "2024-01-09 01:00", 10.0 + i) for i in range(5)))
+    assert store.write(FS1, newer, now=NOW) == 5                    # existing keys: the script's path
+    assert amounts(store, ["k0", "k4", "x"]) == [10.0, 14.0, None]
+
+
 @pytest.mark.parametrize("rows_per_pipeline", [20_000, 3])
-def test_redis_batches_mixing_new_and_existing_keys(rows_per_pipeline: int) -> None:
+def test_redis_batches_mixing_new_and_existing_keys(redis_store: Any, rows_per_pipeline: int) -> None:
     """New keys take SET NX, existing ones the compare-and-set; pipelines where most keys exist go to the
     script directly. Every path keeps the newest row and counts what it wrote."""
-    for store in _redis_store():
-        store.rows_per_pipeline = rows_per_pipeline          # type: ignore[attr-defined]
-        store.rows_per_call = 2                              # type: ignore[attr-defined]
-        assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(0, 12, 2))),
-                           now=NOW) == 6
-        batch = [(f"k{i}", "2024-01-09 06:00" if i % 4 == 0 else "2024-01-08 12:00", 100.0 + i) for i in range(12)]
-        # k0, k4, k8: newer -> written; k2, k6, k10: older -> kept; k1, k3, ... k11: new -> written
-        assert store.write(FS1, rows(FS1, *batch), now=NOW) == 3 + 6
-        expected = [100.0 + i if i % 4 == 0 or i % 2 else float(i) for i in range(12)]
-        assert amounts(store, [f"k{i}" for i in range(12)]) == expected
-        assert store.write(FS1, rows(FS1, *batch), now=NOW) == 9     # the same rows again: equal wins
+    store = redis_store
+    store.rows_per_pipeline = rows_per_pipeline
+    store.rows_per_call = 2
+    assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(0, 12, 2))), now=NOW) == 6
+    batch = [(f"k{i}", "2024-01-09 06:00" if i % 4 == 0 else "2024-01-08 12:00", 100.0 + i) for i in range(12)]
+    # k0, k4, k8: newer -> written; k2, k6, k10: older -> kept; k1, k3, ... k11: new -> written
+    assert store.write(FS1, rows(FS1, *batch), now=NOW) == 3 + 6
+    expected = [100.0 + i if i % 4 == 0 or i % 2 else float(i) for i in range(12)]
+    assert amounts(store, [f"k{i}" for i in range(12)]) == expected
+    assert store.write(FS1, rows(FS1, *batch), now=NOW) == 9         # the same rows again: equal wins
 
 
-def test_redis_an_older_row_keeps_the_newer_rows_server_expiry() -> None:
+def test_redis_an_older_row_keeps_the_newer_rows_server_expiry(redis_store: Any) -> None:
     """The script swaps the older row in and straight back: the newer row keeps its own expiry on the server."""
-    for store in _redis_store():
-        store.write(FS1, rows(FS1, ("A", "2024-01-09 12:00", 5.0)), now=NOW)
-        client = _redis_client()
-        name = _redis_key(store, FS1, ("A",))
-        expiry = client.pexpiretime(name)
-        assert expiry > 0
-        assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 0
-        assert amounts(store, ["A"]) == [5.0]
-        assert abs(client.pexpiretime(name) - expiry) <= 5           # ms: the clock offset may move slightly
-        client.close()
+    import time
+
+    store = redis_store
+    started = time.monotonic()
+    store.write(FS1, rows(FS1, ("A", "2024-01-09 12:00", 5.0)), now=NOW)
+    client = _client(store)
+    name = _redis_key(store, FS1, ("A",))
+    expiry = client.pexpiretime(name)
+    assert expiry > 0
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 0
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert amounts(store, ["A"]) == [5.0]
+    # the fixed test clock (NOW) maps onto the server's clock anew at each write, so the restored expiry may
+    # move by the real time between the two writes (with a real clock the mapping stays put)
+    assert abs(client.pexpiretime(name) - expiry) <= elapsed_ms + 2
+    client.close()
 
 
-def test_redis_a_key_of_another_type_is_replaced() -> None:
-    for store in _redis_store():
-        client = _redis_client()
-        name = _redis_key(store, FS1, ("A",))
-        client.hset(name, "f", "v")                                  # e.g. an earlier layout
-        assert amounts(store, ["A"]) == [None] and amounts(store, ["A", "B"]) == [None, None]
-        assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 1
-        assert amounts(store, ["A"]) == [4.0]
-        client.close()
+def test_redis_a_key_of_another_type_is_replaced(redis_store: Any) -> None:
+    store = redis_store
+    client = _client(store)
+    name = _redis_key(store, FS1, ("A",))
+    client.hset(name, "f", "v")                                      # e.g. an earlier layout
+    assert amounts(store, ["A"]) == [None] and amounts(store, ["A", "B"]) == [None, None]
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0)), now=NOW) == 1
+    assert amounts(store, ["A"]) == [4.0]
+    client.close()
 
 
-def test_redis_writes_without_hiredis(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_writes_without_hiredis(redis_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the hiredis parser the replies are read through redis-py, one by one: same results."""
-    from gristmill.stores.online import redis as redis_store
+    from gristmill.stores.online import redis_wire
 
-    monkeypatch.setattr(redis_store, "_hiredis_reader", lambda: None)
-    for store in _redis_store():
-        assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW) == 2
-        assert store.write(FS1, rows(FS1, ("A", "2024-01-09 06:00", 5.0), ("B", "2024-01-08", 2.0)), now=NOW) == 1
-        assert amounts(store, ["A", "B"]) == [5.0, 1.0]
+    monkeypatch.setattr(redis_wire, "_hiredis_reader", lambda: None)
+    store = redis_store
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW) == 2
+    assert store.write(FS1, rows(FS1, ("A", "2024-01-09 06:00", 5.0), ("B", "2024-01-08", 2.0)), now=NOW) == 1
+    assert amounts(store, ["A", "B"]) == [5.0, 1.0]
 
 
-def test_redis_lookups_reconnect_once_when_their_connection_died() -> None:
+def test_redis_lookups_reconnect_once_when_their_connection_died(redis_store: Any) -> None:
     """A lookup connection closed by the server (restart, timeout, CLIENT KILL) is replaced transparently."""
-    for store in _redis_store():
-        store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW)
-        assert amounts(store, ["A"]) == [4.0]
-        host, port = store._local.channel.connection._sock.getsockname()[:2]  # type: ignore[attr-defined]
-        client = _redis_client()
-        assert client.client_kill(f"{host}:{port}")
-        client.close()
-        assert amounts(store, ["A"]) == [4.0]
-        assert amounts(store, ["A", "B", "C"]) == [4.0, 1.0, None]
+    store = redis_store
+    store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW)
+    assert amounts(store, ["A"]) == [4.0]
+    (channel,) = store._local.channels.values()
+    host, port = channel.connection._sock.getsockname()[:2]
+    peer = channel.connection._sock.getpeername()[1]
+    import redis
+
+    killer = redis.Redis(host="127.0.0.1", port=peer)
+    assert killer.client_kill(f"{host}:{port}")
+    killer.close()
+    assert amounts(store, ["A"]) == [4.0]
+    assert amounts(store, ["A", "B", "C"]) == [4.0, 1.0, None]
+
+
+# --- Redis Cluster only -----------------------------------------------------------------------------------
+
+
+def test_redis_cluster_is_detected_and_spreads_keys_over_every_node(redis_cluster: Any) -> None:
+    for store in _redis_store(redis_cluster.url):
+        assert store.is_cluster
+        assert store.write(FS1, rows(FS1, *((f"k{i}", "2024-01-09", float(i)) for i in range(300))), now=NOW) == 300
+        per_node = [len(list(server.client().scan_iter(match=f"{store.prefix}:*", count=1000)))
+                    for server in redis_cluster.servers]
+        assert sum(per_node) == 300 and all(count > 30 for count in per_node), per_node
+        assert amounts(store, [f"k{i}" for i in range(0, 300, 7)]) == [float(i) for i in range(0, 300, 7)]
+        store.drop(FS1)
+        assert sum(len(list(server.client().scan_iter(match=f"{store.prefix}:*"))) for server in redis_cluster.servers
+                   ) == 0
+
+
+def test_redis_cluster_slot_moved_after_the_store_read_the_slot_map(redis_cluster: Any) -> None:
+    """A slot that moves to another node after a store cached the slot map: MOVED replies make the store
+    re-read the map and send the rows again, for writes and reads alike."""
+    from redis.crc import key_slot
+
+    from gristmill.stores.online.redis import RedisOnlineStore
+
+    for store in _redis_store(redis_cluster.url):
+        reader = RedisOnlineStore(redis_cluster.url, prefix=store.prefix)       # another process, say
+        store.write(FS1, rows(FS1, ("warm", "2024-01-09", 0.0)), now=NOW)      # both cache the slot map now
+        assert amounts(reader, ["warm"]) == [0.0]
+        clients = [server.client() for server in redis_cluster.servers]
+        ids = [_text(client.execute_command("CLUSTER", "MYID")) for client in clients]
+        for n in range(1000):                          # a key whose slot holds nothing: movable as it is
+            key = f"moving{n}"
+            slot = key_slot(_redis_key(store, FS1, (key,)).encode())
+            if all(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0 for client in clients):
+                break
+        owner = ids.index(next(_text(primary[2]) for start, end, primary, *_ in
+                               clients[0].execute_command("CLUSTER", "SLOTS") if start <= slot <= end))
+        target = (owner + 1) % len(clients)
+        for client in clients:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+        assert store.write(FS1, rows(FS1, (key, "2024-01-09", 7.0)), now=NOW) == 1   # MOVED, then the target
+        assert clients[target].exists(_redis_key(store, FS1, (key,))) == 1
+        assert amounts(reader, [key]) == [7.0]                                    # MOVED, then the target
+        assert amounts(reader, [key, "warm", "none"]) == [7.0, 0.0, None]
+        reader.close()
+        for client in clients:
+            client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

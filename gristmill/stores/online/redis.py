@@ -23,44 +23,39 @@ the rare case it is newer. Reads are a plain ``GET`` (one key) or ``MGET`` (many
 
 Needs Redis >= 6.2 (``PXAT``, ``SET ... GET``).
 
-Standalone Redis (or a single-slot proxy): the write script touches many keys per call, which Redis
-Cluster only allows within one hash slot.
+**Redis Cluster** is detected by itself (``INFO cluster`` on the URL's node, then the slot map). Keys are
+spread over the primaries by hash slot: every write pipeline and every multi-key lookup is cut per node,
+script calls hold keys of one slot only, and multi-key lookups are pipelined ``GET``s (``MGET`` may not
+cross slots). A ``MOVED``/``ASK``/``TRYAGAIN`` reply (slots moving between nodes, a failover) makes the
+store re-read the slot map and send those rows again, a few times with a short pause; writes are safe to
+repeat (a row never replaces a newer one).
+
+Module map: ``redis_records`` packs and unpacks records, ``redis_wire`` frames commands and parses replies
+off the socket, this module routes keys to nodes and holds the write script.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 import threading
+import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from gristmill.spec.types import FeatureType
-from gristmill.stores.online.encoding import (
-    CODECS,
-    OnlineStoreError,
-    PreparedRows,
-    encode_key_column,
-    from_micros,
-    key_encoder,
-    prepare_rows,
-    table_path,
-    to_micros,
-)
+from gristmill.stores.online.encoding import OnlineStoreError, prepare_rows, to_micros
+from gristmill.stores.online.redis_records import RecordLayout
+from gristmill.stores.online.redis_wire import Batch, Channel, bulk, replies_of, script_calls
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from gristmill.stores.online.base import OnlineTable
 
 __all__ = ["RedisOnlineStore"]
@@ -108,13 +103,6 @@ end
 return written
 """
 
-_HEADER = 24                              # event µs, create µs, expiry µs
-_NUMPY_TYPES = {FeatureType.INTEGER: "<i8", FeatureType.LONG: "<i8", FeatureType.FLOAT: "<f8",
-                FeatureType.DOUBLE: "<f8", FeatureType.BOOLEAN: "u1", FeatureType.DATETIME: "<i8"}
-_STRUCT_TYPES = {FeatureType.INTEGER: "q", FeatureType.LONG: "q", FeatureType.FLOAT: "d",
-                 FeatureType.DOUBLE: "d", FeatureType.BOOLEAN: "?", FeatureType.DATETIME: "q"}
-
-
 def _import_redis() -> Any:
     try:
         import redis
@@ -137,313 +125,179 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
+#: replies that mean "not here (any more), ask again": a cluster moving slots, or failing over
+_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 
-@dataclass
-class _Framed:
-    """Values framed as RESP bulk strings (``$len\\r\\n value \\r\\n``), one per row, back to back."""
-
-    array: pa.Array                               # binary: row i is the framed value i
-
-    @classmethod
-    def from_binary(cls, values: pa.Array) -> _Framed:
-        """Frame every value of a binary/string array (no nulls)."""
-        values = values.cast(pa.binary())
-        lengths = pc.binary_length(values).cast(pa.string()).cast(pa.binary())
-        return cls(pc.binary_join_element_wise(b"$", lengths, b"\r\n", values, b"\r\n", b""))
-
-    @classmethod
-    def from_matrix(cls, matrix: np.ndarray) -> _Framed:
-        """Rows of a uint8 matrix, each already one framed value."""
-        count, width = matrix.shape
-        offsets = np.arange(count + 1, dtype=np.int32) * width
-        return cls(pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets),
-                                                             pa.py_buffer(np.ascontiguousarray(matrix))]))
-
-    def __post_init__(self) -> None:
-        self.offsets = np.frombuffer(self.array.buffers()[1], dtype=np.int32, count=len(self.array) + 1,
-                                     offset=self.array.offset * 4)
-        self.data = memoryview(self.array.buffers()[2] or b"")
-
-    def slice(self, start: int, stop: int) -> memoryview:
-        """The bytes of rows ``[start, stop)``."""
-        return self.data[self.offsets[start]:self.offsets[stop]]
-
-    def take(self, positions: np.ndarray) -> _Framed:
-        return _Framed(self.array.take(pa.array(positions)))
+def _redirected(reply: Any) -> bool:
+    return isinstance(reply, Exception) and str(reply).startswith(_REDIRECTS)
 
 
-class _Plan:
-    """Everything about one table that does not change between calls: names, record layout, decoders."""
+@dataclass(eq=False)
+class _Node:
+    """One server the store talks to: the standalone server, or one primary of a Redis Cluster."""
 
-    def __init__(self, table: OnlineTable, prefix: str) -> None:
-        self.key_prefix = f"{prefix}:{table_path(table)}:"
-        self.key_kinds = [kind for _, kind in table.keys]
-        self.key = key_encoder(self.key_kinds, prefix=self.key_prefix)
-        self.feature_names = table.feature_names
-        self.kinds = [kind for _, kind in table.features]
-        self.fixed = [i for i, kind in enumerate(self.kinds) if CODECS[kind].width is not None]
-        self.variable = [i for i, kind in enumerate(self.kinds) if CODECS[kind].width is None]
-        self.bitmap_bytes = (len(self.kinds) + 7) // 8
-        fields: list[tuple[Any, ...]] = [("event", "<i8"), ("create", "<i8"), ("expiry", "<i8")]
-        if self.bitmap_bytes:
-            fields.append(("nulls", "u1", (self.bitmap_bytes,)))
-        fields += [(f"f{i}", _NUMPY_TYPES[self.kinds[i]]) for i in self.fixed]
-        fields += [(f"n{i}", "<i4") for i in self.variable]
-        self.record = np.dtype(fields)                 # the fixed-width head of every record
-        self.width = self.record.itemsize
-        self.head = struct.Struct("<qqq" + f"{self.bitmap_bytes}s"
-                                  + "".join(_STRUCT_TYPES[self.kinds[i]] for i in self.fixed)
-                                  + "i" * len(self.variable))
-        assert self.head.size == self.width
-        self.from_bytes: list[Callable[[bytes], Any]] = [CODECS[kind].from_bytes for kind in self.kinds]
-
-    # --- decoding -------------------------------------------------------------------------------------------
-
-    def decode_one(self, record: bytes | None, now_micros: int) -> dict[str, Any] | None:
-        """One record -> the row, or None if unknown/expired (struct: cheaper than numpy for one)."""
-        if record is None or len(record) < self.width:
-            return None
-        head = self.head.unpack_from(record)
-        if head[2] <= now_micros:
-            return None
-        present = int.from_bytes(head[3], "little")
-        values: list[Any] = [None] * len(self.kinds)
-        for position, i in enumerate(self.fixed, start=4):
-            if present >> i & 1:
-                value = head[position]
-                values[i] = from_micros(value) if self.kinds[i] == FeatureType.DATETIME else value
-        pos = self.width
-        for position, i in enumerate(self.variable, start=4 + len(self.fixed)):
-            length = head[position]
-            if present >> i & 1:
-                values[i] = self.from_bytes[i](record[pos:pos + length])
-            pos += length
-        return dict(zip(self.feature_names, values, strict=True))
-
-    def decode_many(self, records: Sequence[bytes | None], now_micros: int) -> list[dict[str, Any] | None]:
-        """MGET replies -> one row (or None) each: the fixed-width heads of all records decode in numpy."""
-        out: list[dict[str, Any] | None] = [None] * len(records)
-        found = [i for i, record in enumerate(records) if record is not None and len(record) >= self.width]
-        if not found:
-            return out
-        hits = [records[i] for i in found] if len(found) < len(records) else records
-        blob = b"".join(hits)                                            # type: ignore[arg-type]
-        count = len(hits)
-        if not self.variable:
-            if len(blob) != count * self.width:
-                return [self.decode_one(record, now_micros) for record in records]
-            heads = np.frombuffer(blob, dtype=self.record)
-            starts = None
-        else:
-            lengths = np.fromiter(map(len, hits), dtype=np.int64, count=count)  # type: ignore[arg-type]
-            starts = np.zeros(count, dtype=np.int64)
-            np.cumsum(lengths[:-1], out=starts[1:])
-            raw = np.frombuffer(blob, dtype=np.uint8)
-            heads = raw[starts[:, None] + np.arange(self.width)].view(self.record).reshape(count)
-        alive = heads["expiry"] > now_micros
-        if not alive.all():
-            keep = np.flatnonzero(alive)
-            heads = heads[keep]
-            if starts is not None:
-                starts = starts[keep]
-            found = [found[i] for i in keep.tolist()]
-            count = len(found)
-            if not count:
-                return out
-        columns: list[list[Any]] = [[] for _ in self.kinds]
-        for i in self.fixed:
-            values = heads[f"f{i}"]
-            kind = self.kinds[i]
-            if kind == FeatureType.BOOLEAN:
-                columns[i] = (values != 0).tolist()
-            elif kind == FeatureType.DATETIME:
-                columns[i] = [from_micros(v) for v in values.tolist()]
-            else:
-                columns[i] = values.tolist()
-        if self.variable:
-            position = starts + self.width                                 # type: ignore[operator]
-            for i in self.variable:
-                sizes = heads[f"n{i}"].astype(np.int64)
-                decode = self.from_bytes[i]
-                columns[i] = [decode(blob[s:s + n]) for s, n in zip(position.tolist(), sizes.tolist(), strict=True)]
-                position = position + sizes
-        if self.bitmap_bytes:
-            present = np.unpackbits(heads["nulls"], axis=1, count=len(self.kinds), bitorder="little")
-            for i in np.flatnonzero(present.min(axis=0) == 0).tolist():
-                column = columns[i]
-                for row in np.flatnonzero(present[:, i] == 0).tolist():
-                    column[row] = None
-        names = self.feature_names
-        if names:
-            for index, row in zip(found, zip(*columns, strict=True), strict=True):
-                out[index] = dict(zip(names, row, strict=True))
-        else:
-            for index in found:
-                out[index] = {}
-        return out
-
-    # --- encoding -------------------------------------------------------------------------------------------
-
-    def records(self, rows: PreparedRows, start: int, stop: int) -> _Framed:
-        """One record per row of ``[start, stop)``, framed as RESP bulk strings."""
-        count = stop - start
-        features = [feature.slice(start, count) for feature in rows.features]
-        parts: list[np.ndarray] = [
-            np.ascontiguousarray(column[start:stop], dtype="<i8").view(np.uint8).reshape(count, 8)
-            for column in (rows.event_micros, rows.create_micros, rows.expires_micros)]
-        if self.bitmap_bytes:
-            if any(feature.null_count for feature in features):
-                valid = np.stack([pc.is_valid(f).to_numpy(zero_copy_only=False) for f in features], axis=1)
-                parts.append(np.packbits(valid, axis=1, bitorder="little"))
-            else:
-                full = np.packbits(np.ones(len(self.kinds), dtype=bool), bitorder="little")
-                parts.append(np.broadcast_to(full, (count, self.bitmap_bytes)))
-        for i in self.fixed:
-            parts.append(CODECS[self.kinds[i]].encode_column(features[i]))
-        encoded = {i: CODECS[self.kinds[i]].encode_column(features[i]).fill_null(b"") for i in self.variable}
-        for i in self.variable:
-            sizes = np.ascontiguousarray(pc.binary_length(encoded[i]).to_numpy(zero_copy_only=False), dtype="<i4")
-            parts.append(sizes.view(np.uint8).reshape(count, 4))
-        if not self.variable:                             # constant record width: frame in numpy
-            head = b"$%d\r\n" % self.width
-            matrix = np.empty((count, len(head) + self.width + 2), dtype=np.uint8)
-            matrix[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
-            column = len(head)
-            for part in parts:
-                matrix[:, column:column + part.shape[1]] = part
-                column += part.shape[1]
-            matrix[:, column:] = np.frombuffer(b"\r\n", dtype=np.uint8)
-            return _Framed.from_matrix(matrix)
-        fixed = np.ascontiguousarray(np.concatenate(parts, axis=1))
-        pieces: list[pa.Array] = [
-            pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.width), count, [None, pa.py_buffer(fixed)])
-            .cast(pa.binary())]
-        pieces += [encoded[i].cast(pa.binary()) for i in self.variable]
-        return _Framed.from_binary(pc.binary_join_element_wise(*pieces, b""))
+    name: str
+    client: Any                                  # redis.Redis
+    script_loaded: bool = False
 
 
-@dataclass
-class _Batch:
-    """Rows of one pipeline, framed: entity key names, records and (with a ttl) expiries on the server clock."""
+class _Route:
+    """Which node holds which key: everything on one server, or by hash slot on a cluster's primaries."""
 
-    keys: _Framed
-    records: _Framed
-    expiries: _Framed | None
+    def __init__(self, client: Any, cluster: Any | None) -> None:
+        self.cluster = cluster
+        self._single = _Node("server", client) if cluster is None else None
+        self._nodes: dict[str, _Node] = {}
+        self._owner = np.zeros(0, dtype=np.int32)       # hash slot -> index into _by_index
+        self._by_index: list[_Node] = []
+        if cluster is not None:
+            self.refresh(reload=False)
 
-    @classmethod
-    def of(cls, plan: _Plan, table: OnlineTable, rows: PreparedRows, start: int, stop: int,
-           offset_ms: int) -> _Batch:
-        count = stop - start
-        if plan.key_kinds:
-            names = encode_key_column(plan.key_kinds, [k.slice(start, count) for k in rows.keys],
-                                      prefix=plan.key_prefix)
-        else:
-            names = pa.array([plan.key_prefix] * count, pa.string())
-        expiries = None
-        if table.ttl is not None:       # the expiry on the server's clock, rounded up to whole ms
-            server_ms = -(-rows.expires_micros[start:stop] // 1000) + offset_ms
-            expiries = _Framed.from_binary(pa.array(server_ms).cast(pa.string()))
-        return cls(_Framed.from_binary(names), plan.records(rows, start, stop), expiries)
+    def refresh(self, *, reload: bool = True) -> None:
+        """Re-read the cluster's slot map (after a MOVED reply: slots moved between nodes)."""
+        if self.cluster is None:
+            return
+        manager = self.cluster.nodes_manager
+        if reload:
+            manager.initialize()
+        owner = np.full(16384, -1, dtype=np.int32)
+        by_index: list[_Node] = []
+        index: dict[str, int] = {}
+        for slot, holders in manager.slots_cache.items():
+            primary = holders[0]
+            if primary.name not in index:
+                node = self._nodes.get(primary.name)
+                if node is None:
+                    node = self._nodes[primary.name] = _Node(primary.name, self.cluster.get_redis_connection(primary))
+                index[primary.name] = len(by_index)
+                by_index.append(node)
+            owner[slot] = index[primary.name]
+        self._owner, self._by_index = owner, by_index
 
-    def __len__(self) -> int:
-        return len(self.keys.array)
+    def nodes(self) -> list[_Node]:
+        return [self._single] if self._single is not None else list(self._by_index)
 
-    def take(self, positions: np.ndarray) -> _Batch:
-        return _Batch(self.keys.take(positions), self.records.take(positions),
-                      None if self.expiries is None else self.expiries.take(positions))
+    def slots(self, names: Iterable[bytes]) -> np.ndarray:
+        from redis.crc import key_slot
 
-    def set_nx(self) -> pa.Buffer:
-        """RESP of one ``SET key record NX [PXAT at]`` per row, back to back."""
-        if self.expiries is None:
-            parts = [b"*4\r\n$3\r\nSET\r\n", self.keys.array, self.records.array, b"$2\r\nNX\r\n"]
-        else:
-            parts = [b"*6\r\n$3\r\nSET\r\n", self.keys.array, self.records.array, b"$2\r\nNX\r\n$4\r\nPXAT\r\n",
-                     self.expiries.array]
-        return _Framed(pc.binary_join_element_wise(*parts, b"")).slice(0, len(self))
+        return np.fromiter((key_slot(name) for name in names), dtype=np.int32)
+
+    def owner(self, slots: np.ndarray) -> np.ndarray:
+        owners = self._owner[slots]
+        if (owners < 0).any():
+            raise OnlineStoreError(f"Redis Cluster: hash slot {int(slots[owners < 0][0])} is served by no node "
+                                   "(is the cluster healthy? `redis-cli --cluster check`)")
+        return owners
+
+    def split(self, batch: Batch) -> list[tuple[_Node, Batch]]:
+        """``batch`` cut into one batch per node that holds some of its keys."""
+        if self._single is not None:
+            return [(self._single, batch)]
+        batch = batch.with_slots(self.slots(batch.names.cast(pa.binary()).to_pylist()))
+        owners = self.owner(batch.slots)                                       # type: ignore[arg-type]
+        return [(self._by_index[i], batch.take(np.flatnonzero(owners == i))) for i in np.unique(owners).tolist()]
+
+    def group(self, names: list[bytes]) -> list[tuple[_Node, list[int]]]:
+        """Positions of ``names`` per node that holds them."""
+        if self._single is not None:
+            return [(self._single, list(range(len(names))))]
+        owners = self.owner(self.slots(names)).tolist()
+        groups: dict[int, list[int]] = {}
+        for position, owner in enumerate(owners):
+            groups.setdefault(owner, []).append(position)
+        return [(self._by_index[i], positions) for i, positions in groups.items()]
 
 
 @dataclass
 class _Sent:
-    """A batch whose replies are still to be read."""
+    """Commands sent to a node whose replies are still to be read."""
 
-    batch: _Batch
-    set_nx: bool                  # sent as SET NX commands (one reply per row), else as script calls
-    replies: int
+    batch: Batch
+    set_nx: bool                        # SET NX commands (one reply per row), else script calls
     commands: list[Any]
+    rows: list[np.ndarray] = field(default_factory=list)   # script calls: the batch positions of each
     retried: bool = False
 
-
-def _hiredis_reader() -> Any | None:
-    try:
-        import hiredis
-    except ImportError:
-        return None
-    return hiredis.Reader()
+    @property
+    def replies(self) -> int:
+        return len(self.batch) if self.set_nx else len(self.commands)
 
 
-def _replies_of(connection: Any) -> Callable[[int], list[Any]]:
-    """A reader of the next ``n`` replies of ``connection``, error replies returned (not raised) as exceptions.
+class _NodeWrite:
+    """One write's rows going to one node, pipelined: the replies of a pipeline are read after the next one
+    is sent, so the server works meanwhile. Keys that do not exist take ``SET NX``; keys that do go through
+    the compare-and-set script (directly, once most keys of a pipeline turn out to exist)."""
 
-    With hiredis the bytes are read straight off the socket and parsed in C (about 20x cheaper per reply than
-    ``read_response``, which matters for one reply per row); the connection must not be read otherwise
-    meanwhile."""
-    sock = getattr(connection, "_sock", None)
-    reader = _hiredis_reader()
-    if reader is None or sock is None:
-        from redis.exceptions import ResponseError
+    def __init__(self, store: RedisOnlineStore, node: _Node, offset_ms: int) -> None:
+        self.store = store
+        self.node = node
+        self.offset_ms = offset_ms
+        self.connection = store._acquire(node)
+        self.read = replies_of(self.connection)
+        self.sent: deque[_Sent] = deque()
+        self.new_keys = True
+        self.written = 0
+        self.redirected: list[Batch] = []           # rows a cluster sent elsewhere: to route again
 
-        def read_slowly(count: int) -> list[Any]:
-            out: list[Any] = []
-            for _ in range(count):
-                try:
-                    out.append(connection.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
-            return out
+    def send(self, batch: Batch) -> None:
+        self._send(batch, set_nx=self.new_keys)
+        while len(self.sent) > 1:
+            self._settle(self.sent.popleft())
 
-        return read_slowly
+    def finish(self) -> None:
+        while self.sent:
+            self._settle(self.sent.popleft())
 
-    def read(count: int) -> list[Any]:
-        out: list[Any] = []
-        gets = reader.gets
-        while len(out) < count:
-            reply = gets()
-            if reply is False:
-                data = sock.recv(1 << 20)
-                if not data:
-                    raise ConnectionError("Redis closed the connection")
-                reader.feed(data)
+    def _send(self, batch: Batch, *, set_nx: bool, retried: bool = False) -> None:
+        if set_nx:
+            sent = _Sent(batch, True, [batch.set_nx()])
+        else:
+            calls = script_calls(batch, sha=self.store._write_sha, offset_ms=self.offset_ms,
+                                 rows_per_call=self.store.rows_per_call)
+            sent = _Sent(batch, False, [c for c, _ in calls], [r for _, r in calls], retried=retried)
+        self.connection.send_packed_command(sent.commands, check_health=False)
+        self.sent.append(sent)
+
+    def _settle(self, sent: _Sent) -> None:
+        answers = self.read(sent.replies)
+        if sent.set_nx:
+            redirected = [i for i, a in enumerate(answers) if _redirected(a)]
+            failure = next((a for a in answers if isinstance(a, Exception) and not _redirected(a)), None)
+            if failure is not None:
+                raise OnlineStoreError(f"Redis at {self.store._where(self.node)} refused a write: {failure}")
+            existing = [i for i, a in enumerate(answers) if a is None]
+            if redirected:
+                self.redirected.append(sent.batch.take(np.array(redirected)))
+            if existing:
+                self._send(sent.batch.take(np.array(existing)), set_nx=False)
+            self.written += len(answers) - len(existing) - len(redirected)
+            self.new_keys = self.new_keys and 2 * len(existing) < len(answers)
+            return
+        lost: list[int] = []
+        for i, answer in enumerate(answers):
+            if not isinstance(answer, Exception):
+                self.written += answer
+            elif str(answer).startswith("NOSCRIPT"):      # nothing of that call ran
+                lost.append(i)
+            elif _redirected(answer):
+                self.redirected.append(sent.batch.take(sent.rows[i]))
             else:
-                out.append(reply)
-        return out
+                raise OnlineStoreError(f"Redis at {self.store._where(self.node)} refused a write: {answer}")
+        if lost:         # the server lost the script (restart, SCRIPT FLUSH): load it, send those calls again
+            if sent.retried:
+                raise OnlineStoreError(f"Redis at {self.store._where(self.node)} keeps losing the write script")
+            self.node.script_loaded = False
+            self.store._load_script(self.node)
+            self._send(sent.batch.take(np.concatenate([sent.rows[i] for i in lost])), set_nx=False, retried=True)
 
-    return read
-
-
-class _Channel:
-    """A connection owned by one thread for lookups: requests go out as prebuilt RESP and the replies are
-    parsed off the socket, without redis-py's per-command layers (about 30 µs of a 1-key lookup)."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.read: Callable[[int], list[Any]] | None = None
-
-    def request(self, commands: list[bytes], replies: int) -> list[Any]:
-        self.connection.send_packed_command(commands, check_health=False)
-        if self.read is None:                          # connected now
-            self.read = _replies_of(self.connection)
-        return self.read(replies)
-
-    def close(self) -> None:
-        self.read = None
-        self.connection.disconnect()
+    def close(self, *, failed: bool) -> None:
+        self.store._release(self.node, self.connection, failed=failed)
 
 
 class RedisOnlineStore:
-    """Online store in Redis (SPEC §3 "Materialization"); see the module docstring for the layout.
+    """Online store in Redis, standalone or a Redis Cluster (SPEC §3 "Materialization"); see the module
+    docstring for the layout. A cluster is detected by itself (``INFO cluster``): give any node's URL.
 
     Example::
 
@@ -458,98 +312,101 @@ class RedisOnlineStore:
     rows_per_pipeline = 20_000
     #: keys per MGET
     keys_per_read = 1000
+    #: how often a write or read sent elsewhere by a cluster (slots moving) is routed again
+    redirect_attempts = 5
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gristmill",
                  socket_timeout: float = 30.0) -> None:
         redis = _import_redis()
         self.url = url
         self.prefix = prefix
+        self._socket_timeout = socket_timeout
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
-        self._response_error = redis.ResponseError
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0)
         self._write_sha = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
-        self._scripts_loaded = False
-        self._plans: dict[OnlineTable, _Plan] = {}
-        self._local = threading.local()           # per thread: a connection for lookups (see _request)
-        self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()   # a thread's goes when the thread goes
+        self._layouts: dict[OnlineTable, RecordLayout] = {}
+        self._route_: _Route | None = None
+        self._route_lock = threading.Lock()
+        self._local = threading.local()           # per thread: a connection per node for lookups (_request)
+        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()   # a thread's go when the thread goes
         self._channels_lock = threading.Lock()
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the server at ``url`` is part of a Redis Cluster (asks it on first use)."""
+        with self._errors_as_store_errors():
+            return self._route().cluster is not None
 
     # --- protocol -----------------------------------------------------------------------------------------
 
     def write(self, table: OnlineTable, rows: pa.Table, *, now: datetime) -> int:
-        """Upsert ``rows``: the newer (event time, create time) wins per key; expired rows are skipped.
-
-        Rows go in pipelines of ``rows_per_pipeline``. A pipeline first tries plain ``SET NX`` per key
-        (a key that does not exist yet needs no comparison); the keys that exist go through the
-        compare-and-set script. Once most keys of a pipeline exist, later pipelines go to the script
-        directly. The next pipeline is sent before the replies of the previous one are read."""
-        plan = self._plan(table)
+        """Upsert ``rows``: the newer (event time, create time) wins per key; expired rows are skipped."""
+        layout = self._layout(table)
         now_micros = to_micros(now)
         prepared = prepare_rows(table, rows, now_micros=now_micros)
         if not len(prepared):
             return 0
-        with self._connection() as connection:
-            self._load_scripts()
-            seconds, micros = self._client.time()
+        with self._errors_as_store_errors():
+            route = self._route()
+            seconds, micros = route.nodes()[0].client.time()
             offset_ms = (seconds * 1_000_000 + micros - now_micros) // 1000
-            replies = _replies_of(connection)
-            sent: deque[_Sent] = deque()
+            batches: Iterable[Batch] = (
+                Batch.of(layout, table, prepared, start, min(start + self.rows_per_pipeline, len(prepared)), offset_ms)
+                for start in range(0, len(prepared), self.rows_per_pipeline))
             written = 0
-            new_keys = True                    # try SET NX first until most keys turn out to exist
-            for start in range(0, len(prepared), self.rows_per_pipeline):
-                batch = _Batch.of(plan, table, prepared, start, min(start + self.rows_per_pipeline, len(prepared)),
-                                  offset_ms)
-                sent.append(self._send(connection, batch, new_keys=new_keys, offset_ms=offset_ms))
-                while len(sent) > 1:           # overlap: the server works on the batch just sent meanwhile
-                    done, new_keys = self._settle(connection, replies, sent.popleft(), sent, offset_ms, new_keys)
-                    written += done
-            while sent:
-                done, new_keys = self._settle(connection, replies, sent.popleft(), sent, offset_ms, new_keys)
+            for attempt in range(self.redirect_attempts + 1):
+                done, redirected = self._write_batches(route, batches, offset_ms)
                 written += done
-            return written
+                if not redirected:
+                    return written
+                if attempt == self.redirect_attempts:
+                    break
+                time.sleep(0.05 * attempt)
+                route.refresh()
+                batches = redirected
+            raise OnlineStoreError(f"Redis Cluster at {_redacted(self.url)} kept redirecting writes (slots moving "
+                                   "between nodes?); the rows not written are safe to write again: retry the job")
 
     def read(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]], *, now: datetime
              ) -> list[dict[str, Any] | None]:
         """The feature values of each key (request order), None where unknown, expired or with a null part."""
-        plan = self._plan(table)
+        layout = self._layout(table)
         now_micros = to_micros(now)
-        names = [plan.key(tuple(key)) for key in keys]
-        found = [name for name in names if name is not None]
+        names = [layout.key(tuple(key)) for key in keys]
+        found = [name.encode() for name in names if name is not None]
         results: list[dict[str, Any] | None]
         with self._errors_as_store_errors():
             if not found:
                 results = []
             elif len(found) == 1:
-                name = found[0].encode()
-                (record,) = self._request([b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(name), name)], 1)
-                if isinstance(record, Exception):        # WRONGTYPE: a key of another layout, unreadable
-                    if not str(record).startswith("WRONGTYPE"):
-                        raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a read: {record}")
-                    record = None
-                results = [plan.decode_one(record, now_micros)]
+                results = [layout.decode_one(self._records(found)[0], now_micros)]
             else:
-                results = plan.decode_many(self._read_many(found), now_micros)
+                results = layout.decode_many(self._records(found), now_micros)
         hits = iter(results)
         return [None if name is None else next(hits) for name in names]
 
     def drop(self, table: OnlineTable) -> None:
-        """Delete every key of ``table`` (SCAN + UNLINK over its key pattern)."""
-        pattern = _glob_escape(self._plan(table).key_prefix) + "*"
+        """Delete every key of ``table`` (SCAN + UNLINK over its key pattern, on every node)."""
+        pattern = _glob_escape(self._layout(table).key_prefix) + "*"
         with self._errors_as_store_errors():
-            batch: list[bytes] = []
-            for name in self._client.scan_iter(match=pattern, count=1000):
-                batch.append(name)
-                if len(batch) >= 1000:
-                    self._client.unlink(*batch)
-                    batch = []
-            if batch:
-                self._client.unlink(*batch)
+            route = self._route()
+            for node in route.nodes():
+                batch: list[bytes] = []
+                for name in node.client.scan_iter(match=pattern, count=1000):
+                    batch.append(name)
+                    if len(batch) >= 1000:
+                        self._unlink(node, batch, cluster=route.cluster is not None)
+                        batch = []
+                if batch:
+                    self._unlink(node, batch, cluster=route.cluster is not None)
 
     def close(self) -> None:
         with self._channels_lock:
             channels, self._channels = list(self._channels), weakref.WeakSet()
         for channel in channels:
             channel.close()
+        if self._route_ is not None and self._route_.cluster is not None:
+            self._route_.cluster.close()
         self._client.close()
 
     def __repr__(self) -> str:
@@ -557,16 +414,35 @@ class RedisOnlineStore:
 
     # --- internals ----------------------------------------------------------------------------------------
 
-    def _plan(self, table: OnlineTable) -> _Plan:
-        plan = self._plans.get(table)
-        if plan is None:
-            plan = self._plans[table] = _Plan(table, self.prefix)
-        return plan
+    def _layout(self, table: OnlineTable) -> RecordLayout:
+        layout = self._layouts.get(table)
+        if layout is None:
+            layout = self._layouts[table] = RecordLayout(table, self.prefix)
+        return layout
 
-    def _load_scripts(self) -> None:
-        if not self._scripts_loaded:
-            self._client.script_load(WRITE_SCRIPT)
-            self._scripts_loaded = True
+    def _route(self) -> _Route:
+        """The routing of keys to nodes; on first use asks the server whether it is part of a cluster."""
+        route = self._route_
+        if route is None:
+            with self._route_lock:
+                route = self._route_
+                if route is None:
+                    cluster = None
+                    if self._client.info("cluster").get("cluster_enabled"):
+                        from redis.cluster import RedisCluster
+
+                        cluster = RedisCluster.from_url(self.url, socket_timeout=self._socket_timeout,
+                                                        socket_connect_timeout=5.0)
+                    route = self._route_ = _Route(self._client, cluster)
+        return route
+
+    def _where(self, node: _Node) -> str:
+        return _redacted(self.url) if node.name == "server" else f"{node.name} (cluster of {_redacted(self.url)})"
+
+    def _load_script(self, node: _Node) -> None:
+        if not node.script_loaded:
+            node.client.script_load(WRITE_SCRIPT)
+            node.script_loaded = True
 
     @contextmanager
     def _errors_as_store_errors(self) -> Iterator[None]:
@@ -577,98 +453,111 @@ class RedisOnlineStore:
             raise OnlineStoreError(f"cannot reach Redis at {_redacted(self.url)}: {detail}. Is Redis running?"
                                    ) from exc
 
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """A pooled connection for raw pipelining; dropped (not reused) when anything goes wrong."""
-        with self._errors_as_store_errors():
-            pool = self._client.connection_pool
-            try:
-                connection = pool.get_connection()
-            except TypeError:                          # redis-py < 5.3 wants a command name
-                connection = pool.get_connection("EVALSHA")
-            try:
-                yield connection
-            except BaseException:
-                connection.disconnect()
-                raise
-            finally:
-                pool.release(connection)
+    def _acquire(self, node: _Node) -> Any:
+        """A pooled connection of ``node`` for raw pipelining."""
+        pool = node.client.connection_pool
+        try:
+            return pool.get_connection()
+        except TypeError:                          # redis-py < 5.3 wants a command name
+            return pool.get_connection("EVALSHA")
 
-    def _send(self, connection: Any, batch: _Batch, *, new_keys: bool, offset_ms: int) -> _Sent:
-        """Send ``batch`` as SET NX commands (``new_keys``) or as compare-and-set script calls."""
-        commands = [batch.set_nx()] if new_keys else self._script_calls(batch, offset_ms)
-        connection.send_packed_command(commands, check_health=False)
-        return _Sent(batch, new_keys, len(batch) if new_keys else len(commands), commands)
+    def _release(self, node: _Node, connection: Any, *, failed: bool) -> None:
+        if failed:                                 # replies may be left unread: never reuse it
+            connection.disconnect()
+        node.client.connection_pool.release(connection)
 
-    def _settle(self, connection: Any, replies: Callable[[int], list[Any]], sent: _Sent, queue: deque[_Sent],
-                offset_ms: int, new_keys: bool) -> tuple[int, bool]:
-        """Read the replies of ``sent``; keys that SET NX found existing are sent to the script (queued).
-        Returns (rows written, whether the next batch should try SET NX)."""
-        answers = replies(sent.replies)
-        errors = [a for a in answers if isinstance(a, Exception)]
-        if sent.set_nx:
-            if errors:
-                raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a write: {errors[0]}")
-            existing = np.flatnonzero(np.fromiter((a is None for a in answers), dtype=bool, count=len(answers)))
-            if len(existing):
-                queue.append(self._send(connection, sent.batch.take(existing), new_keys=False, offset_ms=offset_ms))
-            return len(answers) - len(existing), new_keys and 2 * len(existing) < len(answers)
-        lost = [i for i, a in enumerate(answers) if isinstance(a, Exception) and str(a).startswith("NOSCRIPT")]
-        if len(lost) < len(errors):
-            failure = next(e for e in errors if not str(e).startswith("NOSCRIPT"))
-            raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a write: {failure}")
-        if lost:         # the server lost the script (restart, SCRIPT FLUSH): nothing of those calls ran
-            if sent.retried:
-                raise OnlineStoreError(f"Redis at {_redacted(self.url)} keeps losing the write script")
-            self._scripts_loaded = False
-            self._load_scripts()
-            commands = [sent.commands[i] for i in lost]
-            connection.send_packed_command(commands, check_health=False)
-            queue.append(_Sent(sent.batch, False, len(commands), commands, retried=True))
-        return sum(a for a in answers if not isinstance(a, Exception)), new_keys
+    def _write_batches(self, route: _Route, batches: Iterable[Batch], offset_ms: int) -> tuple[int, list[Batch]]:
+        """Write ``batches``, each split by node; returns (rows written, rows a cluster redirected)."""
+        writers: dict[str, _NodeWrite] = {}
+        failed = True
+        try:
+            for batch in batches:
+                for node, part in route.split(batch):
+                    writer = writers.get(node.name)
+                    if writer is None:
+                        self._load_script(node)
+                        writer = writers[node.name] = _NodeWrite(self, node, offset_ms)
+                    writer.send(part)
+            for writer in writers.values():
+                writer.finish()
+            failed = False
+        finally:
+            for writer in writers.values():
+                writer.close(failed=failed)
+        return (sum(w.written for w in writers.values()),
+                [batch for w in writers.values() for batch in w.redirected])
 
-    def _script_calls(self, batch: _Batch, offset_ms: int) -> list[bytes]:
-        """RESP for ``batch`` through the compare-and-set script: one EVALSHA per ``rows_per_call`` rows."""
-        header = _bulk(b"0" if batch.expiries is None else b"1") + _bulk(str(offset_ms).encode())
-        sha = self._write_sha.encode()
-        per_key = 2 if batch.expiries is None else 3
-        commands = []
-        for first in range(0, len(batch), self.rows_per_call):
-            last = min(first + self.rows_per_call, len(batch))
-            n = last - first
-            head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (5 + per_key * n, sha, _bulk(str(n).encode()))
-            commands.append(b"".join((head, batch.keys.slice(first, last), header, batch.records.slice(first, last),
-                                      b"" if batch.expiries is None else batch.expiries.slice(first, last))))
-        return commands
+    def _unlink(self, node: _Node, names: list[bytes], *, cluster: bool) -> None:
+        if not cluster:
+            node.client.unlink(*names)
+            return
+        pipe = node.client.pipeline(transaction=False)    # keys of many slots: one UNLINK each
+        for name in names:
+            pipe.unlink(name)
+        pipe.execute()
 
-    def _read_many(self, names: list[str]) -> list[bytes | None]:
-        """The records of ``names``: one MGET per ``keys_per_read`` keys, all in one pipeline (RESP built here)."""
+    def _records(self, names: list[bytes]) -> list[bytes | None]:
+        """The stored records of ``names`` (None where missing or of another type), from whichever nodes."""
+        out: list[bytes | None] = [None] * len(names)
+        todo = list(range(len(names)))
+        route = self._route()
+        for attempt in range(self.redirect_attempts + 1):
+            moved: list[int] = []
+            for node, positions in route.group([names[i] for i in todo]):
+                wanted = [todo[p] for p in positions]
+                for position, reply in zip(wanted, self._fetch(node, [names[i] for i in wanted],
+                                                               cluster=route.cluster is not None), strict=True):
+                    if _redirected(reply):
+                        moved.append(position)
+                    elif isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE"):
+                        pass                # a key of another layout: unreadable, so missing
+                    elif isinstance(reply, Exception):
+                        raise OnlineStoreError(f"Redis at {self._where(node)} refused a read: {reply}")
+                    else:
+                        out[position] = reply
+            if not moved:
+                return out
+            if attempt < self.redirect_attempts:
+                time.sleep(0.05 * attempt)
+                route.refresh()
+                todo = moved
+        raise OnlineStoreError(f"Redis Cluster at {_redacted(self.url)} kept redirecting reads (slots moving "
+                               "between nodes?); try again")
+
+    def _fetch(self, node: _Node, names: list[bytes], *, cluster: bool) -> list[Any]:
+        """One reply per name from ``node``: the record, None or an error reply."""
+        if len(names) == 1:
+            return self._request(node, [b"*2\r\n$3\r\nGET\r\n%s" % bulk(names[0])], 1)
+        if cluster:                 # keys of many slots: one GET each, pipelined
+            commands = [b"".join(b"*2\r\n$3\r\nGET\r\n%s" % bulk(name) for name in names)]
+            return self._request(node, commands, len(names))
         chunks = [names[i:i + self.keys_per_read] for i in range(0, len(names), self.keys_per_read)]
-        commands = [b"".join((b"*%d\r\n$4\r\nMGET\r\n" % (1 + len(chunk)),
-                              *(_bulk(name.encode()) for name in chunk))) for chunk in chunks]
-        out: list[bytes | None] = []
-        for reply in self._request(commands, len(commands)):
-            if isinstance(reply, Exception):
-                raise OnlineStoreError(f"Redis at {_redacted(self.url)} refused a read: {reply}")
-            out.extend(reply)
+        commands = [b"".join((b"*%d\r\n$4\r\nMGET\r\n" % (1 + len(chunk)), *(bulk(name) for name in chunk)))
+                    for chunk in chunks]
+        out: list[Any] = []
+        for reply, chunk in zip(self._request(node, commands, len(commands)), chunks, strict=True):
+            out.extend(reply if not isinstance(reply, Exception) else [reply] * len(chunk))
         return out
 
-    def _request(self, commands: list[bytes], replies: int) -> list[Any]:
-        """Send ``commands`` (idempotent reads) on this thread's lookup connection and read ``replies`` replies
-        (error replies returned as exceptions). A connection found dead (e.g. after a server restart) is
-        replaced once."""
+    def _request(self, node: _Node, commands: list[bytes], replies: int) -> list[Any]:
+        """Send ``commands`` (idempotent reads) on this thread's connection to ``node`` and read ``replies``
+        replies (error replies returned as exceptions). A connection found dead (e.g. after a server restart)
+        is replaced once."""
+        channels: dict[str, Channel] | None = getattr(self._local, "channels", None)
+        if channels is None:
+            channels = self._local.channels = {}
         for attempt in range(2):
-            channel: _Channel | None = getattr(self._local, "channel", None)
+            channel = channels.get(node.name)
             fresh = channel is None
             if channel is None:
-                channel = self._local.channel = _Channel(self._client.connection_pool.make_connection())
+                channel = channels[node.name] = Channel(node.client.connection_pool.make_connection())
                 with self._channels_lock:
                     self._channels.add(channel)
             try:
                 return channel.request(commands, replies)
             except BaseException as exc:
                 channel.close()
-                self._local.channel = None
+                del channels[node.name]
                 if fresh or attempt or not isinstance(exc, self._errors):
                     raise
         raise AssertionError("unreachable")
