@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "JobRecord": "gristmill.registry.materialization",
     "JobStatus": "gristmill.registry.materialization",
     "MaterializationSettings": "gristmill.spec.featureset",
+    "Scheduler": "gristmill.scheduler",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from gristmill.jobs.backfill import BackfillError
     from gristmill.jobs.intervals import DataInterval, DataStatus
     from gristmill.registry.materialization import JobRecord, JobStatus
+    from gristmill.scheduler import Scheduler
     from gristmill.serving import OnlineResult
     from gristmill.spec.common import Column, Feature
     from gristmill.spec.duration import Duration

@@ -347,6 +347,43 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
 
 
 @app.command()
+def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due now, then exit.")] = False,
+              poll: Annotated[float, typer.Option(help="Seconds between passes.")] = 30.0,
+              worker: Annotated[str | None, typer.Option(help="This worker's name (default host:pid:random).")] = None,
+              lease: Annotated[float, typer.Option(
+                  help="Seconds without heartbeat after which another worker's job counts as dead.")] = 120.0,
+              store: StoreOption = Path(".")) -> None:
+    """Run feature sets' recurrent materialization schedules (any number of workers may share a registry)."""
+    with _user_errors():
+        from datetime import timedelta
+
+        from gristmill.scheduler import Scheduler
+
+        s = _open(store)
+        runner = Scheduler(s, worker=worker, lease=timedelta(seconds=lease),
+                           heartbeat=timedelta(seconds=min(10.0, lease / 4)))
+        err_console.print(f"scheduler worker {runner.worker} on {s.path}"
+                          + ("" if once else f", every {poll:g} s (Ctrl-C stops)"), highlight=False)
+        while True:
+            tick = runner.tick()
+            for job in tick.reaped:
+                err_console.print(f"[red]job {job.id} of {job.ref} failed:[/red] {job.error}", highlight=False,
+                                  soft_wrap=True)
+            finished = tick.ran
+            if finished:
+                _print_rows([_job_row(j) for j in finished], False)
+            for job in finished:
+                if job.status.value != "Completed":
+                    err_console.print(f"[red]job {job.id} failed:[/red] {job.error}  (retry: gristmill backfill "
+                                      f"{job.ref} --job-id {job.id})", highlight=False, soft_wrap=True)
+            if once:
+                if not finished:
+                    console.print("nothing due")
+                return
+            time.sleep(poll)
+
+
+@app.command()
 def status(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
            store: StoreOption = Path("."),
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:

@@ -40,6 +40,22 @@ class EngineConfig(_Config):
     threads: int | None = None
 
 
+class SmtpConfig(_Config):
+    """The mail server that sends job notifications (feature sets' ``notification.emails``)."""
+
+    host: str
+    port: int = 25
+    sender: str = "gristmill@localhost"
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None      # name of the environment variable holding the password
+
+
+class NotificationsConfig(_Config):
+    smtp: SmtpConfig | None = None
+    timeout_seconds: float = 10.0        # per webhook call or mail delivery
+
+
 class StoreConfig(_Config):
     """The contents of ``featurestore.yaml``."""
 
@@ -48,6 +64,7 @@ class StoreConfig(_Config):
     offline_store: OfflineStoreConfig = OfflineStoreConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     engine: EngineConfig = EngineConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     @classmethod
     def load(cls, folder: Path) -> StoreConfig:

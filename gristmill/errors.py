@@ -9,7 +9,10 @@ what was wrong (file, field or argument) and how to fix it.
     ├── RetrievalError         bad retrieval request (features, observations, columns)
     ├── SourceError            a source that cannot be read (missing file, missing column, bad type)
     ├── TransformationError    user transformation code or SQL failed or returned the wrong schema
+    ├── OfflineStoreError      the offline store could not take a write (e.g. endless concurrent commits)
     └── ConfigError            a bad featurestore.yaml or store argument
+
+(``OnlineStoreError``, for an online store that cannot be reached, lives with the online stores.)
 """
 
 from __future__ import annotations
@@ -49,3 +52,7 @@ class SourceError(GristmillError):
 
 class TransformationError(GristmillError):
     """A transformation that failed or produced output that does not match the declared features."""
+
+
+class OfflineStoreError(GristmillError):
+    """The offline store could not take a write; the message says why and what to do."""

@@ -20,6 +20,7 @@ from gristmill.errors import GristmillError
 from gristmill.jobs.backfill import BackfillError, plan_backfill
 from gristmill.jobs.intervals import DataInterval, DataStatus
 from gristmill.jobs.materialize import materialize_window
+from gristmill.jobs.notify import Notifier
 from gristmill.spec.featureset import FeatureSet, MaterializationSettings
 from gristmill.stores.offline.delta import OfflineTable
 from gristmill.stores.online.base import OnlineTable
@@ -41,6 +42,7 @@ class Materializer:
 
         self.store = store
         self.records: MaterializationRecords = MaterializationRecords(store.registry)
+        self.notifier = Notifier(store.name, store.config.notifications)
 
     # -- tables -----------------------------------------------------------------------------------------
     def offline_table(self, feature_set: FeatureSet, materialization_version: int | None = None) -> OfflineTable:
@@ -138,7 +140,18 @@ class Materializer:
         job = self.records.get_job(job_id)
         if job.status.finished:
             raise BackfillError(f"job {job_id} is already {job.status.value}; nothing to cancel")
-        return self.records.fail_job(job_id, reason, status=JobStatus.CANCELLED)
+        return self.ended(self.records.fail_job(job_id, reason, status=JobStatus.CANCELLED))
+
+    def ended(self, job: JobRecord, feature_set: FeatureSet | None = None) -> JobRecord:
+        """Send the notifications of a job that just ended (its feature set's ``notification``)."""
+        if feature_set is None:
+            try:
+                feature_set = self.store.get_feature_set(job.feature_set, job.version)
+            except GristmillError as exc:       # e.g. archived since; the job's end stands regardless
+                log.warning("job %s: no notifications: %s", job.id, exc)
+                return job
+        self.notifier.job_ended(feature_set, job)
+        return job
 
     def run(self, feature_set: FeatureSet, job: JobRecord) -> JobRecord:
         """Run one recorded job in this process."""
@@ -164,11 +177,13 @@ class Materializer:
             message = str(exc) if isinstance(exc, GristmillError) else f"{type(exc).__name__}: {exc}"
             # the job record carries the error to the caller; the log line is for operators' files
             log.info("%s: job %s [%s, %s) failed: %s", feature_set.ref, job.id, job.start, job.end, message)
-            return self.records.fail_job(job.id, message, cpu_seconds=time.process_time() - cpu_started)
+            return self.ended(self.records.fail_job(job.id, message, cpu_seconds=time.process_time() - cpu_started),
+                              feature_set)
         log.info("%s: job %s [%s, %s) completed: %d rows read, %d written in %.2f s", feature_set.ref, job.id,
                  job.start, job.end, result.rows_read, result.rows_written, time.perf_counter() - wall_started)
-        return self.records.finish_job(job.id, rows_read=result.rows_read, rows_written=result.rows_written,
-                                       bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds)
+        return self.ended(self.records.finish_job(job.id, rows_read=result.rows_read, rows_written=result.rows_written,
+                                                  bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds),
+                          feature_set)
 
 
 def parse_window_time(value: Any, name: str) -> datetime | None:

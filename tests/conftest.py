@@ -3,10 +3,12 @@ such as ``redis_servers`` import from any folder)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres import POSTGRES_URL, drop_schema, postgres_available
 from redis_servers import RedisClusterServers
 
 
@@ -19,3 +21,18 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_ready() -> None:
+    if not postgres_available():
+        # Not a skip: CI and every dev machine run PostgreSQL; a missing server must fail loudly.
+        pytest.fail(f"PostgreSQL not reachable at {POSTGRES_URL}; start it (see .ci/run)")
+
+
+@pytest.fixture
+def postgres_schema(postgres_ready: None) -> Iterator[tuple[str, str]]:
+    """(URL, schema): a fresh PostgreSQL schema for one test, dropped afterwards."""
+    schema = f"gm_test_{uuid.uuid4().hex[:12]}"
+    yield POSTGRES_URL, schema
+    drop_schema(schema)

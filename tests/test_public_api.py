@@ -41,6 +41,7 @@ EXPECTED_PUBLIC_NAMES = [
     "SpecError",
     "TransformationError",
     "__version__",
+    "Scheduler",
 ]
 
 HEAVY_MODULES = ["duckdb", "pandas", "sqlalchemy", "deltalake", "pyarrow"]

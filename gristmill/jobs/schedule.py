@@ -22,7 +22,7 @@ from gristmill.jobs.intervals import naive_utc
 from gristmill.spec.duration import Duration
 from gristmill.spec.featureset import Frequency, Schedule
 
-__all__ = ["ScheduleError", "cadence", "next_run", "recurrence_window"]
+__all__ = ["ScheduleError", "cadence", "next_run", "recurrence_window", "runs_between"]
 
 _UNIT: Final = {
     Frequency.MINUTE: timedelta(minutes=1),
@@ -56,6 +56,23 @@ def next_run(schedule: Schedule, *, after: datetime) -> datetime:
     """
     clock = _Clock(schedule)
     return clock.run(max(clock.index_at_or_before(naive_utc(after, name="after")) + 1, 0))
+
+
+def runs_between(schedule: Schedule, *, after: datetime | None, upto: datetime) -> list[datetime]:
+    """The runs in ``(after, upto]`` (naive UTC), oldest first; ``after=None``: only the latest run at or
+    before ``upto`` (none before the schedule's first run).
+
+    >>> from datetime import datetime as dt
+    >>> hourly = Schedule(frequency="hour", start_time=dt(2024, 1, 1))
+    >>> runs_between(hourly, after=dt(2024, 1, 1, 1, 30), upto=dt(2024, 1, 1, 4))
+    [datetime.datetime(2024, 1, 1, 2, 0), datetime.datetime(2024, 1, 1, 3, 0), datetime.datetime(2024, 1, 1, 4, 0)]
+    """
+    clock = _Clock(schedule)
+    last = clock.index_at_or_before(naive_utc(upto, name="upto"))
+    if last < 0:
+        return []
+    first = last if after is None else max(clock.index_at_or_before(naive_utc(after, name="after")) + 1, 0)
+    return [clock.run(index) for index in range(first, last + 1)]
 
 
 def recurrence_window(schedule: Schedule, *, delay: timedelta | Duration,

@@ -6,6 +6,7 @@ are created on first use, so a registry that never materializes carries none of 
     materialization_states   (feature set, version, store) -> enabled, materialization_version
     data_intervals           (feature set, version, store, start) -> end, status: the store's Timeline
     jobs                     one row per materialization job: window, stores, status, times, costs
+    schedule_runs, job_heartbeats   the scheduler's claims and liveness (``registry/schedules.py``)
 
 Every read-modify-write runs in one transaction that first locks the store's state row (SELECT … FOR
 UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite), so concurrent writers and scheduler workers never
@@ -300,25 +301,8 @@ class MaterializationRecords:
 
         Every store must be enabled; the job remembers each store's ``materialization_version``.
         """
-        window = DataInterval(start, end, DataStatus.PENDING)
-        kinds = _store_kinds(stores)
-        keys = [_key(name, version, kind) for kind in kinds]
         with self._transaction(write=True) as conn:
-            versions: dict[str, int] = {}
-            for key in keys:  # always in STORE_KINDS order, so two writers never lock in opposite orders
-                row = _lock_state(conn, key)
-                _check_current(key, row, None)
-                versions[key.store] = row["materialization_version"]
-                _save_timeline(conn, key, _load_timeline(conn, key).set(window.start, window.end, window.status))
-            job_id = uuid.uuid4().hex[:12]
-            conn.execute(sa.insert(jobs).values(
-                id=job_id, feature_set=name, version=str(version), window_start=window.start,
-                window_end=window.end, offline="offline" in kinds, online="online" in kinds,
-                status=JobStatus.QUEUED.value, created_at=_now(), started_at=None, finished_at=None,
-                rows_read=0, rows_written=0, bytes_written=0, cpu_seconds=0.0, error=None,
-                materialization_versions=versions,
-            ))
-            return _job(self._job_row(conn, job_id))
+            return _job(self._job_row(conn, insert_job(conn, name, version, start=start, end=end, stores=stores)))
 
     def start_job(self, job_id: str) -> JobRecord:
         """Queued → Running. Only one caller wins: the others get ``ConflictError`` (no job runs twice)."""
@@ -437,6 +421,8 @@ class MaterializationRecords:
 
     def _ensure_tables(self) -> None:
         """Create the tables once per instance; the advisory lock keeps concurrent first uses apart."""
+        import gristmill.registry.schedules  # noqa: F401 - the scheduler's tables share this MetaData
+
         with self._ready_lock:
             if self._ready:
                 return
@@ -507,6 +493,30 @@ def _metrics(*, rows_read: int, rows_written: int, bytes_written: int, cpu_secon
     if negative:
         raise RegistryError(f"job metrics cannot be negative: {', '.join(negative)}")
     return values
+
+
+def insert_job(conn: Connection, name: str, version: str | int, *, start: datetime, end: datetime,
+               stores: Iterable[StoreKind | str]) -> str:
+    """Insert a queued job and mark its window ``Pending`` in each store, inside the caller's write
+    transaction; returns the job id."""
+    window = DataInterval(start, end, DataStatus.PENDING)
+    kinds = _store_kinds(stores)
+    versions: dict[str, int] = {}
+    for key in (_key(name, version, kind) for kind in kinds):
+        # always in STORE_KINDS order, so two writers never lock in opposite orders
+        row = _lock_state(conn, key)
+        _check_current(key, row, None)
+        versions[key.store] = row["materialization_version"]
+        _save_timeline(conn, key, _load_timeline(conn, key).set(window.start, window.end, window.status))
+    job_id = uuid.uuid4().hex[:12]
+    conn.execute(sa.insert(jobs).values(
+        id=job_id, feature_set=name, version=str(version), window_start=window.start,
+        window_end=window.end, offline="offline" in kinds, online="online" in kinds,
+        status=JobStatus.QUEUED.value, created_at=_now(), started_at=None, finished_at=None,
+        rows_read=0, rows_written=0, bytes_written=0, cpu_seconds=0.0, error=None,
+        materialization_versions=versions,
+    ))
+    return job_id
 
 
 def _lock_state(conn: Connection, key: _StoreKey) -> RowMapping:

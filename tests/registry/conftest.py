@@ -8,31 +8,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
+from postgres import POSTGRES_URL, drop_schema
 
 from gristmill.registry import Registry
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
 OpenRegistry = Callable[[], Registry]
-
-
-def _postgres_available() -> bool:
-    engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
-    try:
-        with engine.connect():
-            return True
-    except sa.exc.OperationalError:
-        return False
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def postgres_ready() -> None:
-    if not _postgres_available():
-        # Not a skip: CI and every dev machine run PostgreSQL; a missing server must fail loudly.
-        pytest.fail(f"PostgreSQL not reachable at {POSTGRES_URL}; start it (see .ci/run)")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -53,10 +33,7 @@ def open_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Op
     for registry in opened:
         registry.close()
     if schema:
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
-        engine.dispose()
+        drop_schema(schema)
 
 
 @pytest.fixture

@@ -116,3 +116,47 @@ def test_engine_written_window_keeps_rows_of_the_same_day_outside_it(tmp_path: P
     con.register("nothing", _rows())
     store.write_window_from(con, TABLE, "nothing", datetime(2024, 1, 2), datetime(2024, 1, 3))
     assert [f for _, _, f in _stored(store)] == [0.0, 7.0, 12.0, 18.0]
+
+
+def test_concurrent_writers_of_one_day_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
+    """Six processes rewrite disjoint hours of one day at once (scheduler workers, or two backfills). Each
+    rewrite carries the day's other stored rows, so a commit landing on a stale snapshot would drop or
+    duplicate them; a commit that lost the race is redone on the new snapshot."""
+    root = str(tmp_path / "offline")
+    store = DeltaOfflineStore(root)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("day", _rows(*[("A", datetime(2024, 1, 1, h), -1.0) for h in range(0, 24, 4)]))
+    store.write_window_from(con, TABLE, "day", datetime(2024, 1, 1), datetime(2024, 1, 2))   # stored before
+    go = tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from datetime import datetime
+        from pathlib import Path
+        import duckdb, pyarrow as pa
+        from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
+        hour = int(sys.argv[1])
+        table = OfflineTable("txn", "1", 1, ("acct",), "ts", ("f",))
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        when = pa.array([datetime(2024, 1, 1, hour)], pa.timestamp("us"))
+        con.register("patch", pa.table({{"acct": ["A"], "ts": when, "f": [float(hour)],
+                                         "create_timestamp": pa.array([datetime(2024, 2, 1)], pa.timestamp("us"))}}))
+        store = DeltaOfflineStore({root!r})
+        print("ready", flush=True)
+        while not Path({str(go)!r}).exists():
+            time.sleep(0.001)
+        for _ in range(3):                         # three rewrites each: more chances to collide
+            store.write_window_from(con, table, "patch", datetime(2024, 1, 1, hour), datetime(2024, 1, 1, hour + 1))
+    """)
+    hours = range(1, 24, 4)                       # 01:00, 05:00, ...: between the stored rows
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(h)], stdout=subprocess.PIPE, text=True)
+               for h in hours]
+    for writer in writers:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    go.touch()
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0
+    expected = sorted([(f"01-01 {h:02d}:00", -1.0) for h in range(0, 24, 4)] +
+                      [(f"01-01 {h:02d}:00", float(h)) for h in hours])
+    assert sorted((ts, f) for _, ts, f in _stored(store)) == expected

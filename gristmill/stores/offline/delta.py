@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.sources import is_uri, unique_name
 from gristmill.compute.sqltext import cols, lit, q
+from gristmill.errors import OfflineStoreError
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
 log = logging.getLogger("gristmill.stores")
+
+_COMMIT_ATTEMPTS = 10   # writes of one window that lost the race to a concurrent commit, before giving up
 
 DAY_COLUMN = "_event_day"
 CREATE_TIMESTAMP = "create_timestamp"
@@ -97,7 +102,8 @@ class DeltaOfflineStore:
         plus the stored rows of those days outside the window — and swapped in by one Delta commit that
         replaces exactly those partitions. Object storage goes through the Delta writer."""
         import pyarrow.parquet as pq
-        from deltalake import DeltaTable
+        from deltalake import CommitProperties, DeltaTable
+        from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction
 
         uri = self.table_uri(table)
@@ -112,38 +118,58 @@ class DeltaOfflineStore:
         new_rows = f"SELECT {select}, CAST({ts} AS DATE) AS {DAY_COLUMN} FROM {relation}"
         if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
             empty = arrow_schema_of(con, new_rows)
-            DeltaTable.create(uri, schema=empty, partition_by=[DAY_COLUMN], storage_options=self.storage_options)
-        delta = DeltaTable(uri, storage_options=self.storage_options)
+            try:
+                DeltaTable.create(uri, schema=empty, partition_by=[DAY_COLUMN], storage_options=self.storage_options)
+            except Exception:
+                if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+                    raise                                  # else: a concurrent writer created it first
         first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
         days = {first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)}
-        stored = [f for f in delta.file_uris() if _file_day_in(f, {(first_day, last_day)})]
-        kept = ""
-        if stored:
-            files = ", ".join(lit(f) for f in stored)
-            kept = (f" UNION ALL BY NAME SELECT {', '.join(q(c) for c in columns)}, "
-                    f"CAST({ts} AS DATE) AS {DAY_COLUMN} FROM read_parquet([{files}]) "
-                    f"WHERE NOT ({ts} >= TIMESTAMPTZ '{_naive(start)}+00' AND {ts} < TIMESTAMPTZ '{_naive(end)}+00')")
-        before = {str(p) for p in Path(uri).glob(f"{DAY_COLUMN}=*/*.parquet")}
-        token = uuid.uuid4().hex
-        con.execute(f"COPY ({new_rows}{kept}) TO {lit(uri)} (FORMAT parquet, PARTITION_BY ({DAY_COLUMN}), "
-                    f"APPEND true, FILENAME_PATTERN 'part-{token}-{{uuid}}')")
-        actions = []
-        rows = 0
-        written_bytes = 0
-        for path in sorted(Path(uri).glob(f"{DAY_COLUMN}=*/part-{token}-*.parquet")):
-            if str(path) in before:
-                continue
-            count = pq.read_metadata(path).num_rows
-            size = path.stat().st_size
-            rows += count
-            written_bytes += size
-            day = path.parent.name.split("=", 1)[1]
-            actions.append(AddAction(path=f"{path.parent.name}/{path.name}", size=size,
-                                     partition_values={DAY_COLUMN: day},
-                                     modification_time=int(path.stat().st_mtime * 1000), data_change=True,
-                                     stats=json.dumps({"numRecords": count})))
-        delta.create_write_transaction(actions, mode="overwrite", schema=delta.schema(), partition_by=[DAY_COLUMN],
-                                       partition_filters=[(DAY_COLUMN, "in", sorted(d.isoformat() for d in days))])
+        # Optimistic concurrency: the rewritten days hold the stored rows outside the window, as of the
+        # snapshot read here, so the commit must land right on top of that snapshot. If another writer
+        # committed in between, ours fails (no automatic rebase), its files are deleted and it starts over.
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            delta = DeltaTable(uri, storage_options=self.storage_options)
+            stored = [f for f in delta.file_uris() if _file_day_in(f, {(first_day, last_day)})]
+            kept = ""
+            if stored:
+                files = ", ".join(lit(f) for f in stored)
+                kept = (f" UNION ALL BY NAME SELECT {', '.join(q(c) for c in columns)}, "
+                        f"CAST({ts} AS DATE) AS {DAY_COLUMN} FROM read_parquet([{files}]) "
+                        f"WHERE NOT ({ts} >= TIMESTAMPTZ '{_naive(start)}+00' "
+                        f"AND {ts} < TIMESTAMPTZ '{_naive(end)}+00')")
+            token = uuid.uuid4().hex
+            con.execute(f"COPY ({new_rows}{kept}) TO {lit(uri)} (FORMAT parquet, PARTITION_BY ({DAY_COLUMN}), "
+                        f"APPEND true, FILENAME_PATTERN 'part-{token}-{{uuid}}')")
+            written_files = sorted(Path(uri).glob(f"{DAY_COLUMN}=*/part-{token}-*.parquet"))
+            actions = []
+            rows = 0
+            written_bytes = 0
+            for path in written_files:
+                count = pq.read_metadata(path).num_rows
+                size = path.stat().st_size
+                rows += count
+                written_bytes += size
+                day = path.parent.name.split("=", 1)[1]
+                actions.append(AddAction(path=f"{path.parent.name}/{path.name}", size=size,
+                                         partition_values={DAY_COLUMN: day},
+                                         modification_time=int(path.stat().st_mtime * 1000), data_change=True,
+                                         stats=json.dumps({"numRecords": count})))
+            try:
+                delta.create_write_transaction(
+                    actions, mode="overwrite", schema=delta.schema(), partition_by=[DAY_COLUMN],
+                    partition_filters=[(DAY_COLUMN, "in", sorted(d.isoformat() for d in days))],
+                    commit_properties=CommitProperties(max_commit_retries=0))
+                break
+            except CommitFailedError:
+                for path in written_files:
+                    path.unlink(missing_ok=True)
+                if attempt == _COMMIT_ATTEMPTS:
+                    raise OfflineStoreError(f"offline store {uri}: {_COMMIT_ATTEMPTS} attempts to write [{start}, "
+                                            f"{end}) met concurrent writes to the same table; retry the job") from None
+                log.info("offline store: a concurrent commit to %s; writing [%s, %s) again (attempt %d)", uri,
+                         start, end, attempt + 1)
+                time.sleep(random.uniform(0.02, 0.2) * attempt)
         written = DeltaTable(uri, storage_options=self.storage_options)
         log.info("offline store: rewrote %d day partition(s) of [%s, %s) in %s (version %d)", len(days), start, end,
                  uri, written.version())
