@@ -357,8 +357,14 @@ def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due
     with _user_errors():
         from datetime import timedelta
 
+        from gristmill.errors import SpecError
         from gristmill.scheduler import Scheduler
 
+        if lease < 5:
+            raise SpecError(f"--lease {lease:g}: must be at least 5 seconds (a shorter lease makes a worker that "
+                            "waits on a busy registry look dead)")
+        if poll <= 0:
+            raise SpecError(f"--poll {poll:g}: must be more than 0 seconds")
         s = _open(store)
         runner = Scheduler(s, worker=worker, lease=timedelta(seconds=lease),
                            heartbeat=timedelta(seconds=min(10.0, lease / 4)))
