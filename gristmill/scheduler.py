@@ -117,14 +117,16 @@ class Scheduler:
             try:
                 feature_set = self.store.get_feature_set(asset.name, asset.version)     # with its spec
                 runs = runs_between(settings.schedule, after=last, upto=now)
-                if len(runs) > self.max_catch_up:
+                missed = len(runs)
+                runs = runs[-self.max_catch_up:]
+                windows = [recurrence_window(settings.schedule, delay=feature_set.spec.source_delay, at=run_at)
+                           for run_at in runs]
+                if missed > len(runs):
                     log.warning("%s: %d scheduled runs missed since %s; running the newest %d, from %s on "
                                 "(backfill the windows before it: gristmill backfill %s --end %s)",
-                                feature_set.ref, len(runs), last, self.max_catch_up, runs[-self.max_catch_up],
-                                feature_set.ref, runs[-self.max_catch_up])
-                    runs = runs[-self.max_catch_up:]
-                for run_at in runs:
-                    start, end = recurrence_window(settings.schedule, delay=feature_set.spec.source_delay, at=run_at)
+                                feature_set.ref, missed, last, len(runs), runs[0], feature_set.ref,
+                                windows[0][0].isoformat())
+                for run_at, (start, end) in zip(runs, windows, strict=True):
                     due.append(DueRun(feature_set, run_at, start, end, stores))
             except GristmillError as exc:            # e.g. an unknown time zone: the others still run
                 log.error("%s: schedule skipped: %s", asset.ref, exc)
