@@ -346,6 +346,16 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
                                                        limit=limit)], as_json)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a container stop) stops like Ctrl-C: a running job is cancelled, not left Running."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @app.command()
 def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due now, then exit.")] = False,
               poll: Annotated[float, typer.Option(help="Seconds between passes.")] = 30.0,
@@ -366,27 +376,33 @@ def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due
         if poll <= 0:
             raise SpecError(f"--poll {poll:g}: must be more than 0 seconds")
         s = _open(store)
+        _stop_on_sigterm()
         runner = Scheduler(s, worker=worker, lease=timedelta(seconds=lease),
                            heartbeat=timedelta(seconds=min(10.0, lease / 4)))
         err_console.print(f"scheduler worker {runner.worker} on {s.path}"
                           + ("" if once else f", every {poll:g} s (Ctrl-C stops)"), highlight=False)
-        while True:
-            tick = runner.tick()
-            for job in tick.reaped:
-                err_console.print(f"[red]job {job.id} of {job.ref} failed:[/red] {job.error}", highlight=False,
-                                  soft_wrap=True)
-            finished = tick.ran
-            if finished:
-                _print_rows([_job_row(j) for j in finished], False)
-            for job in finished:
-                if job.status.value != "Completed":
-                    err_console.print(f"[red]job {job.id} failed:[/red] {job.error}  (retry: gristmill backfill "
-                                      f"{job.ref} --job-id {job.id})", highlight=False, soft_wrap=True)
-            if once:
-                if not finished:
-                    console.print("nothing due")
-                return
-            time.sleep(poll)
+        try:
+            while True:
+                tick = runner.tick()
+                for job in tick.reaped:
+                    err_console.print(f"[red]job {job.id} of {job.ref} failed:[/red] {job.error}", highlight=False,
+                                      soft_wrap=True)
+                finished = tick.ran
+                if finished:
+                    _print_rows([_job_row(j) for j in finished], False)
+                for job in finished:
+                    if job.status.value != "Completed":
+                        err_console.print(f"[red]job {job.id} failed:[/red] {job.error}  (retry: gristmill backfill "
+                                          f"{job.ref} --job-id {job.id})", highlight=False, soft_wrap=True)
+                if once:
+                    if not finished:
+                        console.print("nothing due")
+                    return
+                time.sleep(poll)
+        except KeyboardInterrupt:
+            err_console.print("scheduler stopped (interrupted); a job it was running is Cancelled, its window "
+                              "Incomplete", highlight=False)
+            raise typer.Exit(130) from None
 
 
 @app.command()

@@ -56,3 +56,53 @@ def test_scheduler_user_errors(tmp_path: Path) -> None:
     assert_user_error(gristmill("scheduler", "--once", "--lease", "1", "--store", tmp_path / "store"),
                       "--lease 1", "at least 5 seconds")
     assert_user_error(gristmill("scheduler", "--poll", "0", "--store", tmp_path / "store"), "--poll 0")
+
+
+def test_sigterm_cancels_the_running_job(tmp_path: Path) -> None:
+    """A worker stopped with SIGTERM while a job runs cancels that job (window Incomplete), then exits 130."""
+    import signal
+    import subprocess
+    import time
+
+    from cli_support import _command, _environment
+
+    code = tmp_path / "repo" / "fs" / "spec" / "code"
+    code.mkdir(parents=True)
+    started = tmp_path / "started"
+    (code / "slow.py").write_text(
+        "import time\nfrom pathlib import Path\nimport pandas as pd\n"
+        "class Slow:\n"
+        "    def process(self, start_time, end_time, *, marker):\n"
+        "        Path(marker).touch()\n"
+        "        time.sleep(60)\n"
+        "        return pd.DataFrame({'acct': ['A'], 'ts': [start_time], 'f1': [1.0]})\n")
+    repo = tmp_path / "repo"
+    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
+    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
+        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
+        "materialization_settings": {"offline_enabled": True,
+                                     "schedule": {"type": "recurrence", "frequency": "day", "interval": 1}}}))
+    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
+        "source": {"type": "custom", "source_process_code": {"path": "code", "process_class": "slow.Slow"},
+                   "kwargs": {"marker": str(started)}, "timestamp_column": {"name": "ts"}},
+        "index_columns": [{"name": "acct", "type": "string"}],
+        "features": [{"name": "f1", "type": "double"}]}))
+    store = tmp_path / "store"
+    gm.FeatureStore.init(store)
+    assert_ok(gristmill("apply", repo, "--store", store))
+    worker = subprocess.Popen([*_command(), "scheduler", "--store", str(store)], env=_environment(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert worker.poll() is None, worker.communicate()
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    assert "scheduler stopped (interrupted)" in " ".join(err.split())
+    [job] = gm.FeatureStore(store).list_jobs()
+    assert job.status.value == "Cancelled" and "stopped while the job ran" in (job.error or "")
+    statuses = [i.status.value for i in gm.FeatureStore(store).data_intervals("fs1", 1)["offline"]]
+    assert statuses == ["Incomplete"]
