@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from cli_support import assert_ok, assert_user_error, describe, gristmill, run_concurrently
+from repo_support import write_fs1_repo
 
 import gristmill as gm
 
@@ -22,17 +22,9 @@ def test_two_workers_once_run_the_due_run_once(tmp_path: Path) -> None:
     times = [now - timedelta(hours=h) for h in range(1, 48)]
     pd.DataFrame({"acct": ["A"] * len(times), "ts": pd.Series(times).astype("datetime64[us]"),
                   "f1": [float(i) for i in range(len(times))]}).to_parquet(data / "rows.parquet")
-    repo = tmp_path / "repo"
-    (repo / "fs" / "spec").mkdir(parents=True)
-    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
-    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
-        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
-        "materialization_settings": {"offline_enabled": True, "online_enabled": True,
-                                     "schedule": {"type": "recurrence", "frequency": "day", "interval": 1}}}))
-    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
-        "source": {"type": "parquet", "path": str(data / "rows.parquet"), "timestamp_column": {"name": "ts"}},
-        "index_columns": [{"name": "acct", "type": "string"}],
-        "features": [{"name": "f1", "type": "double"}]}))
+    repo = write_fs1_repo(tmp_path, source=data / "rows.parquet", settings={
+        "offline_enabled": True, "online_enabled": True,
+        "schedule": {"type": "recurrence", "frequency": "day", "interval": 1}})
     store = tmp_path / "store"
     gm.FeatureStore.init(store)
     assert_ok(gristmill("apply", repo, "--store", store))
@@ -76,17 +68,10 @@ def test_sigterm_cancels_the_running_job(tmp_path: Path) -> None:
         "        Path(marker).touch()\n"
         "        time.sleep(60)\n"
         "        return pd.DataFrame({'acct': ['A'], 'ts': [start_time], 'f1': [1.0]})\n")
-    repo = tmp_path / "repo"
-    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
-    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
-        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
-        "materialization_settings": {"offline_enabled": True,
-                                     "schedule": {"type": "recurrence", "frequency": "day", "interval": 1}}}))
-    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
-        "source": {"type": "custom", "source_process_code": {"path": "code", "process_class": "slow.Slow"},
-                   "kwargs": {"marker": str(started)}, "timestamp_column": {"name": "ts"}},
-        "index_columns": [{"name": "acct", "type": "string"}],
-        "features": [{"name": "f1", "type": "double"}]}))
+    repo = write_fs1_repo(tmp_path, source={
+        "type": "custom", "source_process_code": {"path": "code", "process_class": "slow.Slow"},
+        "kwargs": {"marker": str(started)}}, settings={
+        "offline_enabled": True, "schedule": {"type": "recurrence", "frequency": "day", "interval": 1}})
     store = tmp_path / "store"
     gm.FeatureStore.init(store)
     assert_ok(gristmill("apply", repo, "--store", store))

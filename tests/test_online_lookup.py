@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from repo_support import write_fs1_repo
 
 import gristmill as gm
 
@@ -31,17 +31,9 @@ def _ts(*values: str) -> pd.Series:
 def _write_repo(root: Path, rows: pd.DataFrame, *, offline: bool) -> Path:
     (root / "data").mkdir(parents=True, exist_ok=True)
     rows.to_parquet(root / "data" / "rows.parquet")
-    repo = root / "repo"
-    (repo / "fs" / "spec").mkdir(parents=True, exist_ok=True)
-    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
-    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
-        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
-        "materialization_settings": {"offline_enabled": offline, "online_enabled": True}}))
-    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
-        "source": {"type": "parquet", "path": str(root / "data" / "rows.parquet"), "timestamp_column": {"name": "ts"}},
-        "index_columns": [{"name": "acct", "type": "string"}],
-        "temporal_join_lookback": {"days": 2},
-        "features": [{"name": "f1", "type": "double"}, {"name": "big", "type": "long"}]}))
+    repo = write_fs1_repo(root, source=root / "data" / "rows.parquet", lookback_days=2,
+                          settings={"offline_enabled": offline, "online_enabled": True},
+                          features=[{"name": "f1", "type": "double"}, {"name": "big", "type": "long"}])
     return repo
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from repo_support import write_fs1_repo
 
 import gristmill as gm
 from gristmill.jobs import BackfillError, DataStatus
@@ -22,18 +22,8 @@ def _store(tmp_path: Path, rows: pd.DataFrame, *, offline: bool = True, online: 
     data = tmp_path / "data"
     data.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(data / "rows.parquet")
-    repo = tmp_path / "repo"
-    (repo / "fs" / "spec").mkdir(parents=True, exist_ok=True)
-    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
-    settings = {"offline_enabled": offline, "online_enabled": online}
-    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
-        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
-        "materialization_settings": settings}))
-    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
-        "source": {"type": "parquet", "path": str(data / "rows.parquet"), "timestamp_column": {"name": "ts"}},
-        "index_columns": [{"name": "acct", "type": "string"}],
-        "temporal_join_lookback": {"days": 2},
-        "features": [{"name": "f1", "type": "double"}]}))
+    repo = write_fs1_repo(tmp_path, source=data / "rows.parquet", lookback_days=2,
+                          settings={"offline_enabled": offline, "online_enabled": online})
     store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: datetime(2024, 1, 10))
     plan = store.apply(repo)
     assert plan.ok, str(plan)

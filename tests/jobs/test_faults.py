@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from redis_servers import RedisServer
+from repo_support import write_fs1_repo
 
 import gristmill as gm
 from gristmill.jobs import DataStatus
@@ -48,16 +48,7 @@ def _store(root: Path, files: dict[str, pd.DataFrame], *, source: str = "rows.pa
     data.mkdir(parents=True, exist_ok=True)
     for name, frame in files.items():
         frame.to_parquet(data / name, index=False)
-    repo = root / "repo"
-    (repo / "fs" / "spec").mkdir(parents=True, exist_ok=True)
-    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
-    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
-        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
-        "materialization_settings": {"offline_enabled": offline, "online_enabled": online}}))
-    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
-        "source": {"type": "parquet", "path": str(data / source), "timestamp_column": {"name": "ts"}},
-        "index_columns": [{"name": "acct", "type": "string"}],
-        "features": [{"name": "f1", "type": "double"}]}))
+    repo = write_fs1_repo(root, source=data / source, settings={"offline_enabled": offline, "online_enabled": online})
     store = gm.FeatureStore.init(root / "store", online_store=online_store, online_prefix="faults",
                                  clock=lambda: NOW)
     plan = store.apply(repo)

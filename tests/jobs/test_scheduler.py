@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import pytest
 import yaml
+from repo_support import write_fs1_repo
 
 import gristmill as gm
 from gristmill.registry.schedules import ScheduleRecords
@@ -44,25 +45,13 @@ def _store(root: Path, rows: pd.DataFrame, clock: Clock, *, schedule: dict[str, 
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(data / "rows.parquet")
-    repo = root / "repo"
-    (repo / "fs" / "spec").mkdir(parents=True, exist_ok=True)
-    (repo / "account.yaml").write_text("name: account\nversion: '1'\nindex_columns: [{name: acct, type: string}]\n")
     settings: dict[str, Any] = {"offline_enabled": True, "online_enabled": online}
     if schedule is not None:
         settings["schedule"] = schedule
     if notification is not None:
         settings["notification"] = notification
-    (repo / "fs" / "FeatureSet.yaml").write_text(yaml.safe_dump({
-        "name": "fs1", "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"],
-        "materialization_settings": settings}))
-    spec: dict[str, Any] = {
-        "source": {"type": "parquet", "path": source or str(data / "rows.parquet"), "timestamp_column": {"name": "ts"}},
-        "index_columns": [{"name": "acct", "type": "string"}],
-        "temporal_join_lookback": {"days": 2},
-        "features": [{"name": "f1", "type": "double"}]}
-    if delay_hours:
-        spec["source"]["source_delay"] = {"hours": delay_hours}
-    (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump(spec))
+    repo = write_fs1_repo(root, source=source or data / "rows.parquet", settings=settings, lookback_days=2,
+                          source_delay_hours=delay_hours)
     url, schema = registry if registry else (None, None)
     store = gm.FeatureStore.init(root / "store", registry_url=url, registry_schema=schema, clock=clock)
     if smtp_port is not None:
