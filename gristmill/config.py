@@ -25,6 +25,9 @@ class RegistryConfig(_Config):
 
 class OfflineStoreConfig(_Config):
     uri: str = "offline"                 # a folder (relative to the store) or an object-storage URI
+    # object-storage settings for delta-rs (e.g. AWS_ENDPOINT_URL, AWS_REGION, AZURE_STORAGE_ACCOUNT_NAME);
+    # unset ones come from the environment as usual
+    storage_options: dict[str, str] | None = None
 
 
 class OnlineStoreConfig(_Config):

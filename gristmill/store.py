@@ -148,7 +148,8 @@ class FeatureStore:
     @property
     def offline_store(self) -> DeltaOfflineStore:
         if self._offline_store is None:
-            self._offline_store = DeltaOfflineStore(self.config.offline_uri(self.path))
+            self._offline_store = DeltaOfflineStore(self.config.offline_uri(self.path),
+                                                    storage_options=self.config.offline_store.storage_options)
         return self._offline_store
 
     @property

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from object_store import S3Server
 from postgres import POSTGRES_URL, drop_schema, postgres_available
 from redis_servers import RedisClusterServers
 
@@ -36,3 +37,14 @@ def postgres_schema(postgres_ready: None) -> Iterator[tuple[str, str]]:
     schema = f"gm_test_{uuid.uuid4().hex[:12]}"
     yield POSTGRES_URL, schema
     drop_schema(schema)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server (moto, its own process) with an empty bucket, once per session."""
+    server = S3Server()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
