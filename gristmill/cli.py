@@ -474,3 +474,127 @@ def demo(path: Annotated[Path, typer.Argument(help="Folder for the demo store an
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- the REST server and access control ---------------------------------------------------------------
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+          no_auth: Annotated[bool, typer.Option("--no-auth", help="No tokens, everyone may do everything "
+                                                                  "(local development only).")] = False,
+          store: StoreOption = Path(".")) -> None:
+    """Run the REST server: online lookups, catalog, search and jobs, with tokens and roles (see /docs)."""
+    with _user_errors():
+        try:
+            import uvicorn
+
+            from gristmill.server.app import create_app
+        except ImportError:
+            from gristmill.errors import ConfigError
+
+            raise ConfigError("gristmill serve needs the server extra: pip install 'gristmill[server]'") from None
+        s = _open(store)
+        if no_auth:
+            err_console.print("[yellow]warning:[/yellow] --no-auth: every caller may do everything", highlight=False)
+        err_console.print(f"serving {s.name} ({s.path}) on http://{host}:{port} (API docs: /docs)", highlight=False)
+        uvicorn.run(create_app(s, auth=not no_auth), host=host, port=port, log_level="warning")
+
+
+access_app = typer.Typer(help="Principals, tokens, role grants and the audit log (run on the store's machine).",
+                         no_args_is_help=True)
+app.add_typer(access_app, name="access")
+
+
+def _access(store: Path) -> Any:
+    from gristmill.auth import AccessRecords
+
+    return AccessRecords(_open(store).materializer.records)
+
+
+def _local_actor() -> str:
+    import getpass
+
+    try:
+        return f"local:{getpass.getuser()}"
+    except Exception:
+        return "local"
+
+
+@access_app.command("add")
+def access_add(name: Annotated[str, typer.Argument(help="Principal name.")],
+               kind: Annotated[str, typer.Option(help="user or service.")] = "user",
+               store: StoreOption = Path(".")) -> None:
+    """Add a principal (a user or a service principal)."""
+    with _user_errors():
+        principal = _access(store).add_principal(name, kind=kind)
+        console.print(f"{principal.kind} {principal.name} added")
+
+
+@access_app.command("token")
+def access_token(name: Annotated[str, typer.Argument(help="Principal name.")],
+                 expires_days: Annotated[float | None, typer.Option(help="Days until it expires.")] = None,
+                 store: StoreOption = Path(".")) -> None:
+    """Create a token for a principal; it is printed once (only its hash is kept)."""
+    from datetime import timedelta
+
+    with _user_errors():
+        token = _access(store).create_token(name, expires_in=timedelta(days=expires_days) if expires_days else None)
+        print(token)
+
+
+@access_app.command("revoke-token")
+def access_revoke_token(token_id: Annotated[str, typer.Argument(help="The id part of gm_<id>_<secret>.")],
+                        store: StoreOption = Path(".")) -> None:
+    """Revoke a token."""
+    with _user_errors():
+        _access(store).revoke_token(token_id)
+        console.print(f"token {token_id} revoked")
+
+
+@access_app.command("grant")
+def access_grant(name: Annotated[str, typer.Argument(help="Principal name.")],
+                 role: Annotated[str, typer.Argument(help="Owner, Contributor (Developer), Materializer, "
+                                                          "Reader (Consumer).")],
+                 scope: Annotated[str, typer.Option(help="store, featureset:NAME[:VERSION] or entity:NAME.")] = "store",
+                 store: StoreOption = Path(".")) -> None:
+    """Grant a role at a scope."""
+    with _user_errors():
+        grant = _access(store).grant(name, role, scope, by=_local_actor())
+        console.print(f"{grant.principal}: {grant.role.value} on {grant.scope}")
+
+
+@access_app.command("revoke")
+def access_revoke(name: Annotated[str, typer.Argument(help="Principal name.")],
+                  role: Annotated[str, typer.Argument(help="The granted role.")],
+                  scope: Annotated[str, typer.Option(help="The grant's scope.")] = "store",
+                  store: StoreOption = Path(".")) -> None:
+    """Take back a role grant."""
+    with _user_errors():
+        _access(store).revoke(name, role, scope, by=_local_actor())
+        console.print(f"{name}: {role} on {scope} revoked")
+
+
+@access_app.command("list")
+def access_list(store: StoreOption = Path("."),
+                as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Principals and their grants."""
+    with _user_errors():
+        records = _access(store)
+        grants = records.grants()
+        rows = [{"principal": p.name, "kind": p.kind,
+                 "grants": ", ".join(f"{g.role.value} on {g.scope}" for g in grants if g.principal == p.name)}
+                for p in records.list_principals()]
+        _print_rows(rows, as_json)
+
+
+@access_app.command("audit")
+def access_audit(limit: Annotated[int, typer.Option(help="Most recent N entries.")] = 50,
+                 denied: Annotated[bool, typer.Option("--denied", help="Only refused actions.")] = False,
+                 store: StoreOption = Path("."),
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The audit log: refused actions, access changes, materializations started through the server."""
+    with _user_errors():
+        rows = [{"at": f"{e.at:%Y-%m-%d %H:%M:%S}", "principal": e.principal, "action": e.action,
+                 "resource": e.resource, "allowed": e.allowed, "detail": e.detail or ""}
+                for e in _access(store).audit_entries(limit=limit, denied_only=denied)]
+        _print_rows(rows, as_json)

@@ -1,0 +1,244 @@
+"""Access control in the registry database: principals, their tokens, role grants, and the audit log.
+
+    principals    name -> kind (user | service), created, disabled
+    tokens        id -> principal, SHA-256 of the secret, created, expires, revoked, last used
+    grants        (principal, role, scope) -> granted at, by
+    audit_log     one row per decision worth keeping: every denied action, every change of access,
+                  every materialization started through the server
+
+A token is shown once, when created: ``gm_<id>_<secret>``. Only the hash of the secret is stored, so a
+copy of the registry does not hand out access. Tables share the materialization tables' ``MetaData``
+and are created with them, on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from gristmill.auth.roles import PERMISSIONS, AccessDeniedError, Action, Resource, Role, Scope
+from gristmill.errors import GristmillError, NotFoundError
+from gristmill.registry.materialization import NAME, TIMESTAMP, MaterializationRecords, _aware_utc, metadata
+
+__all__ = ["AccessRecords", "AuditEntry", "Grant", "Principal"]
+
+principals = sa.Table(
+    "principals", metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("disabled", sa.Boolean, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("principal", NAME, nullable=False, index=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("expires_at", TIMESTAMP, nullable=True),
+    sa.Column("revoked_at", TIMESTAMP, nullable=True),
+    sa.Column("last_used_at", TIMESTAMP, nullable=True),
+)
+
+grants = sa.Table(
+    "grants", metadata,
+    sa.Column("principal", NAME, primary_key=True),
+    sa.Column("role", sa.String(20), primary_key=True),
+    sa.Column("scope", sa.String(420), primary_key=True),
+    sa.Column("granted_at", TIMESTAMP, nullable=False),
+    sa.Column("granted_by", NAME, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TIMESTAMP, nullable=False),
+    sa.Column("principal", NAME, nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("resource", sa.String(420), nullable=False),
+    sa.Column("allowed", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+PRINCIPAL_KINDS = ("user", "service")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    kind: str
+    created_at: datetime
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class Grant:
+    principal: str
+    role: Role
+    scope: Scope
+    granted_at: datetime
+    granted_by: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    principal: str
+    action: str
+    resource: str
+    allowed: bool
+    detail: str | None
+
+
+class AccessRecords:
+    """Principals, tokens, grants and the audit log of one registry; ``check`` is the one authorization
+    decision every door (server, CLI) goes through."""
+
+    def __init__(self, records: MaterializationRecords) -> None:
+        self.records = records
+
+    # -- principals and tokens ------------------------------------------------------------------------
+    def add_principal(self, name: str, *, kind: str = "user") -> Principal:
+        if kind not in PRINCIPAL_KINDS:
+            raise GristmillError(f"principal kind {kind!r} must be one of {', '.join(PRINCIPAL_KINDS)}")
+        if not name or any(c.isspace() for c in name):
+            raise GristmillError(f"principal name {name!r} must be non-empty and without spaces")
+        with self.records._transaction(write=True) as conn:
+            if conn.execute(sa.select(principals.c.name).where(principals.c.name == name)).first():
+                raise GristmillError(f"principal {name} exists already")
+            conn.execute(sa.insert(principals).values(name=name, kind=kind, created_at=_now(), disabled=False))
+        return self.principal(name)
+
+    def principal(self, name: str) -> Principal:
+        with self.records._transaction() as conn:
+            row = conn.execute(sa.select(principals).where(principals.c.name == name)).mappings().one_or_none()
+        if row is None:
+            raise NotFoundError(f"principal {name} not found; add it with `gristmill access add {name}`")
+        return Principal(row["name"], row["kind"], _aware_utc(row["created_at"]), bool(row["disabled"]))
+
+    def list_principals(self) -> list[Principal]:
+        with self.records._transaction() as conn:
+            rows = conn.execute(sa.select(principals).order_by(principals.c.name)).mappings().all()
+        return [Principal(r["name"], r["kind"], _aware_utc(r["created_at"]), bool(r["disabled"])) for r in rows]
+
+    def create_token(self, principal: str, *, expires_in: timedelta | None = None) -> str:
+        """A new token for ``principal``; the secret is returned once and only its hash is kept."""
+        self.principal(principal)
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        with self.records._transaction(write=True) as conn:
+            conn.execute(sa.insert(tokens).values(
+                id=token_id, principal=principal, secret_sha256=_sha256(secret), created_at=_now(),
+                expires_at=_now() + expires_in if expires_in is not None else None, revoked_at=None,
+                last_used_at=None))
+        return f"gm_{token_id}_{secret}"
+
+    def revoke_token(self, token_id: str) -> None:
+        with self.records._transaction(write=True) as conn:
+            if not conn.execute(sa.update(tokens).where(tokens.c.id == token_id).values(revoked_at=_now())).rowcount:
+                raise NotFoundError(f"token {token_id} not found")
+
+    def authenticate(self, token: str | None) -> str:
+        """The principal a bearer token belongs to, or ``AccessDeniedError`` (unknown, expired, revoked)."""
+        parts = (token or "").split("_", 2)
+        if len(parts) != 3 or parts[0] != "gm":
+            raise AccessDeniedError("a valid token is required: send 'Authorization: Bearer gm_...' (create one "
+                                    "with `gristmill access token NAME`)")
+        token_id, secret = parts[1], parts[2]
+        with self.records._transaction(write=True) as conn:
+            row = conn.execute(sa.select(tokens, principals.c.disabled).join(
+                principals, principals.c.name == tokens.c.principal).where(tokens.c.id == token_id)
+            ).mappings().one_or_none()
+            if row is None or not hmac.compare_digest(row["secret_sha256"], _sha256(secret)):
+                raise AccessDeniedError("the token is not valid")
+            if row["revoked_at"] is not None:
+                raise AccessDeniedError(f"token {token_id} was revoked")
+            if row["expires_at"] is not None and _aware_utc(row["expires_at"]) <= _now():
+                raise AccessDeniedError(f"token {token_id} expired at {_aware_utc(row['expires_at']):%Y-%m-%d %H:%M} "
+                                        "UTC; create a new one")
+            if row["disabled"]:
+                raise AccessDeniedError(f"principal {row['principal']} is disabled")
+            conn.execute(sa.update(tokens).where(tokens.c.id == token_id).values(last_used_at=_now()))
+            return str(row["principal"])
+
+    # -- grants ---------------------------------------------------------------------------------------
+    def grant(self, principal: str, role: Role | str, scope: Scope | str = "store", *, by: str) -> Grant:
+        role = role if isinstance(role, Role) else Role.parse(role)
+        scope = scope if isinstance(scope, Scope) else Scope.parse(scope)
+        self.principal(principal)
+        with self.records._transaction(write=True) as conn:
+            key = (grants.c.principal == principal, grants.c.role == role.value, grants.c.scope == str(scope))
+            if not conn.execute(sa.select(grants.c.role).where(*key)).first():
+                conn.execute(sa.insert(grants).values(principal=principal, role=role.value, scope=str(scope),
+                                                      granted_at=_now(), granted_by=by))
+            _audit(conn, by, "access.grant", f"{principal} {role.value} on {scope}", allowed=True)
+        return next(g for g in self.grants(principal) if g.role == role and g.scope == scope)
+
+    def revoke(self, principal: str, role: Role | str, scope: Scope | str = "store", *, by: str) -> None:
+        role = role if isinstance(role, Role) else Role.parse(role)
+        scope = scope if isinstance(scope, Scope) else Scope.parse(scope)
+        with self.records._transaction(write=True) as conn:
+            removed = conn.execute(sa.delete(grants).where(grants.c.principal == principal,
+                                                           grants.c.role == role.value,
+                                                           grants.c.scope == str(scope))).rowcount
+            if not removed:
+                raise NotFoundError(f"{principal} has no {role.value} grant on {scope}")
+            _audit(conn, by, "access.revoke", f"{principal} {role.value} on {scope}", allowed=True)
+
+    def grants(self, principal: str | None = None) -> list[Grant]:
+        query = sa.select(grants).order_by(grants.c.principal, grants.c.scope, grants.c.role)
+        if principal is not None:
+            query = query.where(grants.c.principal == principal)
+        with self.records._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [Grant(r["principal"], Role(r["role"]), Scope.parse(r["scope"]), _aware_utc(r["granted_at"]),
+                      r["granted_by"]) for r in rows]
+
+    # -- decisions ------------------------------------------------------------------------------------
+    def allowed(self, principal: str, action: Action, resource: Resource) -> bool:
+        return any(action in PERMISSIONS[g.role] and resource.covered_by(g.scope) for g in self.grants(principal))
+
+    def check(self, principal: str, action: Action, resource: Resource) -> None:
+        """Allow, or refuse with ``AccessDeniedError`` naming the roles that would allow it (and log it)."""
+        if self.allowed(principal, action, resource):
+            return
+        enough = [role.value for role, actions in PERMISSIONS.items() if action in actions]
+        held = ", ".join(f"{g.role.value} on {g.scope}" for g in self.grants(principal)) or "no roles"
+        message = (f"{principal} may not {action.value} on {resource}: it holds {held}; it needs "
+                   f"{' or '.join(enough)} on {resource} or a scope containing it (an Owner grants it with "
+                   f"`gristmill access grant {principal} ROLE --scope ...`)")
+        self.audit(principal, action.value, str(resource), allowed=False, detail=message)
+        raise AccessDeniedError(message)
+
+    def audit(self, principal: str, action: str, resource: str, *, allowed: bool, detail: str | None = None) -> None:
+        with self.records._transaction(write=True) as conn:
+            _audit(conn, principal, action, resource, allowed=allowed, detail=detail)
+
+    def audit_entries(self, *, limit: int = 100, denied_only: bool = False) -> list[AuditEntry]:
+        query = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(max(limit, 0))
+        if denied_only:
+            query = query.where(audit_log.c.allowed.is_(False))
+        with self.records._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [AuditEntry(_aware_utc(r["at"]), r["principal"], r["action"], r["resource"], bool(r["allowed"]),
+                           r["detail"]) for r in rows]
+
+
+def _audit(conn: sa.Connection, principal: str, action: str, resource: str, *, allowed: bool,
+           detail: str | None = None) -> None:
+    conn.execute(sa.insert(audit_log).values(at=_now(), principal=principal, action=action, resource=resource,
+                                             allowed=allowed, detail=detail))
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+

@@ -1,0 +1,1 @@
+"""The REST server: ``create_app(store)`` (FastAPI), run by ``gristmill serve``."""

@@ -1,0 +1,235 @@
+"""The REST server (``gristmill serve``): a thin HTTP door onto one ``FeatureStore`` (SPEC §4), with token
+authentication and role checks on every route (SPEC §6).
+
+Every route but ``/health`` needs ``Authorization: Bearer gm_...``. A route first authenticates the token
+(401 when missing or invalid), then asks ``AccessRecords.check`` for its action on its resource (403, and
+an audit log entry, when refused). Lists only show what the caller may read. Errors are JSON
+``{"error": "..."}`` with the message a user can act on: 400 for a bad request, 404 for an unknown name.
+The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
+from gristmill.auth.roles import STORE
+from gristmill.errors import GristmillError, NotFoundError
+
+if TYPE_CHECKING:
+    from gristmill.registry.materialization import JobRecord
+    from gristmill.spec.featureset import FeatureSet
+    from gristmill.store import FeatureStore
+
+__all__ = ["ANONYMOUS", "create_app"]
+
+log = logging.getLogger("gristmill.server")
+
+ANONYMOUS = "anonymous"          # the caller when the server runs without authentication
+
+
+class OnlineRequest(BaseModel):
+    """``features``: ``feature_set:version:feature`` names; ``entities``: one list of values per index
+    column (extra columns pass through to the output)."""
+
+    features: list[str] = Field(min_length=1, examples=[["transactions:1:amount_7d_sum"]])
+    entities: dict[str, list[Any]] = Field(examples=[{"account_id": ["A00001", "A00002"]}])
+    full_feature_names: bool = False
+
+
+class BackfillRequest(BaseModel):
+    start: datetime | None = None
+    end: datetime | None = None
+    data_status: list[str] | None = None
+    stores: list[str] | None = Field(default=None, examples=[["offline", "online"]])
+
+
+class _Denied(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
+    """The HTTP app of ``store``. ``auth=False`` (local development only) lets every caller do everything
+    as ``anonymous``."""
+    access = AccessRecords(store.materializer.records)
+    app = FastAPI(title=f"Gristmill feature store {store.name}", version="1",
+                  description="Online features, catalog, search and materialization jobs of one feature store.")
+
+    def caller(request: Request) -> str:
+        if not auth:
+            return ANONYMOUS
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        try:
+            return access.authenticate(token)
+        except AccessDeniedError as exc:
+            raise _Denied(401, str(exc)) from None
+
+    def check(principal: str, action: Action, resource: Resource) -> None:
+        if auth:
+            try:
+                access.check(principal, action, resource)
+            except AccessDeniedError as exc:
+                raise _Denied(403, str(exc)) from None
+
+    def may(principal: str, action: Action, resource: Resource) -> bool:
+        return not auth or access.allowed(principal, action, resource)
+
+    def feature_set_resource(name: str, version: str) -> tuple[FeatureSet, Resource]:
+        feature_set = store.get_feature_set(name, version)
+        return feature_set, _resource(feature_set)
+
+    @app.exception_handler(_Denied)
+    def denied(request: Request, exc: _Denied) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(GristmillError)
+    def user_error(request: Request, exc: GristmillError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, NotFoundError) else 400)
+
+    Caller = Depends(caller)
+
+    @app.get("/health", tags=["server"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "store": store.name}
+
+    @app.get("/v1/whoami", tags=["access"])
+    def whoami(principal: str = Caller) -> dict[str, Any]:
+        grants = [] if not auth else [{"role": g.role.value, "scope": str(g.scope)} for g in access.grants(principal)]
+        return {"principal": principal, "grants": grants}
+
+    @app.get("/v1/entities", tags=["catalog"])
+    def entities(principal: str = Caller) -> list[dict[str, Any]]:
+        return [e.to_dict() for e in store.list_entities()
+                if may(principal, Action.READ_CATALOG, Resource("entity", e.name))]
+
+    @app.get("/v1/feature-sets", tags=["catalog"])
+    def feature_sets(principal: str = Caller) -> list[dict[str, Any]]:
+        return [_summary(fs) for fs in store.list_feature_sets()
+                if may(principal, Action.READ_CATALOG, _resource(fs))]
+
+    @app.get("/v1/feature-sets/{name}/{version}", tags=["catalog"])
+    def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
+        fs, resource = feature_set_resource(name, version)
+        check(principal, Action.READ_CATALOG, resource)
+        return {**_summary(fs), "specification": fs.spec.to_dict()}
+
+    @app.get("/v1/features/search", tags=["catalog"])
+    def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:
+        found = []
+        for info in store.search_features(q, limit=max(limit, 0) * 4 or 1):
+            fs = store.list_feature_sets(name=info.feature_set)
+            entities = next((tuple(_entity_names(f)) for f in fs if f.version == info.version), ())
+            if may(principal, Action.READ_CATALOG, Resource("featureset", info.feature_set, info.version, entities)):
+                found.append({"feature": info.ref, "feature_set": f"{info.feature_set}:{info.version}",
+                              "name": info.name, "type": info.type.value, "description": info.description,
+                              "tags": info.tags})
+        return found[:max(limit, 0)]
+
+    @app.post("/v1/online/features", tags=["online"])
+    def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
+        for ref in {f.rsplit(":", 1)[0] for f in body.features}:
+            name, _, version = ref.partition(":")
+            if not version:
+                raise GristmillError(f"feature {ref!r} must look like feature_set:version:feature")
+            check(principal, Action.READ_ONLINE, feature_set_resource(name, version)[1])
+        result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names)
+        return {"columns": jsonable_encoder(result.to_dict())}
+
+    @app.get("/v1/feature-sets/{name}/{version}/intervals", tags=["materialization"])
+    def intervals(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
+        check(principal, Action.READ_JOBS, feature_set_resource(name, version)[1])
+        return {kind: [{"start": i.start, "end": i.end, "status": i.status.value} for i in items]
+                for kind, items in store.data_intervals(name, version).items()}
+
+    @app.post("/v1/feature-sets/{name}/{version}/backfill", tags=["materialization"])
+    def backfill(name: str, version: str, body: BackfillRequest, principal: str = Caller) -> list[dict[str, Any]]:
+        resource = feature_set_resource(name, version)[1]
+        check(principal, Action.MATERIALIZE, resource)
+        access.audit(principal, Action.MATERIALIZE.value, str(resource), allowed=True,
+                     detail=f"backfill [{body.start}, {body.end})")
+        jobs = store.backfill(name, version, start=body.start, end=body.end, data_status=body.data_status,
+                              stores=body.stores)
+        return [_job(j) for j in jobs]
+
+    @app.get("/v1/jobs", tags=["materialization"])
+    def jobs(feature_set: str | None = None, status: str | None = None, limit: int = 100,
+             principal: str = Caller) -> list[dict[str, Any]]:
+        name, _, version = (feature_set or "").partition(":")
+        listed = store.list_jobs(feature_set=name or None, version=version or None, status=status, limit=limit)
+        readable = _readable(store, principal, may)
+        return [_job(j) for j in listed if readable(j)]
+
+    @app.get("/v1/jobs/{job_id}", tags=["materialization"])
+    def job(job_id: str, principal: str = Caller) -> dict[str, Any]:
+        record = store.get_job(job_id)
+        check(principal, Action.READ_JOBS, _job_resource(store, record))
+        return _job(record)
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["materialization"])
+    def cancel(job_id: str, principal: str = Caller) -> dict[str, Any]:
+        record = store.get_job(job_id)
+        resource = _job_resource(store, record)
+        check(principal, Action.MATERIALIZE, resource)
+        access.audit(principal, "job.cancel", str(resource), allowed=True, detail=f"job {job_id}")
+        return _job(store.cancel_job(job_id, f"cancelled by {principal}"))
+
+    @app.get("/v1/audit", tags=["access"])
+    def audit(limit: int = 100, denied_only: bool = False, principal: str = Caller) -> list[dict[str, Any]]:
+        check(principal, Action.READ_AUDIT, STORE)
+        return [{"at": e.at, "principal": e.principal, "action": e.action, "resource": e.resource,
+                 "allowed": e.allowed, "detail": e.detail}
+                for e in access.audit_entries(limit=limit, denied_only=denied_only)]
+
+    return app
+
+
+def _entity_names(feature_set: FeatureSet) -> list[str]:
+    return [ref.split(":", 1)[0] for ref in feature_set.entities]
+
+
+def _resource(feature_set: FeatureSet) -> Resource:
+    return Resource("featureset", feature_set.name, feature_set.version, tuple(_entity_names(feature_set)))
+
+
+def _summary(feature_set: FeatureSet) -> dict[str, Any]:
+    return jsonable_encoder({k: v for k, v in feature_set.to_dict().items() if k != "specification"}
+                            | {"ref": feature_set.ref})
+
+
+def _job(job: JobRecord) -> dict[str, Any]:
+    return jsonable_encoder({"id": job.id, "feature_set": job.ref, "start": job.start, "end": job.end,
+                             "stores": list(job.stores), "status": job.status.value, "created_at": job.created_at,
+                             "started_at": job.started_at, "finished_at": job.finished_at,
+                             "rows_read": job.rows_read, "rows_written": job.rows_written,
+                             "bytes_written": job.bytes_written, "cpu_seconds": job.cpu_seconds,
+                             "error": job.error})
+
+
+def _job_resource(store: FeatureStore, job: JobRecord) -> Resource:
+    try:
+        return _resource(store.get_feature_set(job.feature_set, job.version))
+    except NotFoundError:
+        return Resource("featureset", job.feature_set, job.version)
+
+
+def _readable(store: FeatureStore, principal: str,
+              may: Callable[[str, Action, Resource], bool]) -> Callable[[JobRecord], bool]:
+    cache: dict[str, bool] = {}
+
+    def readable(job: JobRecord) -> bool:
+        if job.ref not in cache:
+            cache[job.ref] = may(principal, Action.READ_JOBS, _job_resource(store, job))
+        return cache[job.ref]
+
+    return readable

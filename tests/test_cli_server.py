@@ -1,0 +1,60 @@
+"""``gristmill access`` and ``gristmill serve`` as real subprocesses: a principal, its token and grant made
+on the command line open the server's routes to it, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from cli_support import _command, _environment, assert_ok, assert_user_error, gristmill
+from redis_servers import free_port
+
+import gristmill as gm
+
+
+def test_access_commands_then_serve(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    gm.FeatureStore.init(store)
+    assert_ok(gristmill("access", "add", "svc-model", "--kind", "service", "--store", store))
+    assert_ok(gristmill("access", "grant", "svc-model", "Consumer", "--store", store))
+    made = gristmill("access", "token", "svc-model", "--expires-days", "1", "--store", store)
+    assert_ok(made)
+    token = made.stdout.strip()
+    assert token.startswith("gm_")
+    listed = json.loads(gristmill("access", "list", "--json", "--store", store).stdout)
+    assert listed == [{"principal": "svc-model", "kind": "service", "grants": "Reader on store"}]
+    assert_user_error(gristmill("access", "grant", "svc-model", "Admin", "--store", store), "role 'Admin'")
+    assert_user_error(gristmill("access", "grant", "ghost", "Reader", "--store", store), "principal ghost not found")
+    assert_user_error(gristmill("access", "grant", "svc-model", "Reader", "--scope", "table:x", "--store", store),
+                      "scope 'table:x'")
+
+    port = free_port()
+    server = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store)],
+                              env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.communicate()
+                assert time.monotonic() < deadline, "gristmill serve did not answer within 30 s"
+                time.sleep(0.1)
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/whoami", headers=auth).json() == {
+            "principal": "svc-model", "grants": [{"role": "Reader", "scope": "store"}]}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/audit", headers=auth).status_code == 403
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/feature-sets").status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    token_id = token.split("_")[1]
+    assert_ok(gristmill("access", "revoke-token", token_id, "--store", store))
+    assert_ok(gristmill("access", "revoke", "svc-model", "Reader", "--store", store))
+    audit = json.loads(gristmill("access", "audit", "--json", "--store", store).stdout)
+    assert [(e["action"], e["allowed"]) for e in audit][:3] == [("access.revoke", True), ("audit.read", False),
+                                                                ("access.grant", True)]

@@ -1,0 +1,216 @@
+"""The REST server over real HTTP (uvicorn on a free port, httpx as the client): token authentication,
+role checks per route and scope, the audit log, and the routes' answers against the SDK's."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import uvicorn
+from redis_servers import free_port
+from repo_support import write_fs1_repo
+
+import gristmill as gm
+from gristmill.auth import AccessRecords
+from gristmill.server.app import create_app
+
+NOW = datetime(2024, 1, 10)
+
+
+@dataclass
+class Server:
+    url: str
+    store: gm.FeatureStore
+    tokens: dict[str, str]
+    access: AccessRecords
+
+    def client(self, who: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def _serve(store: gm.FeatureStore, *, auth: bool) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store, auth=auth), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("server")
+    (root / "data").mkdir()
+    pd.DataFrame({"acct": ["A", "A", "B"], "ts": pd.Series([datetime(2024, 1, 8), datetime(2024, 1, 9, 12),
+                                                            datetime(2024, 1, 9)]).astype("datetime64[us]"),
+                  "f1": [3.0, 5.0, 9.0]}).to_parquet(root / "data" / "rows.parquet")
+    repo = write_fs1_repo(root, source=root / "data" / "rows.parquet", lookback_days=2,
+                          settings={"offline_enabled": True, "online_enabled": True})
+    second = repo / "fs2"
+    (second / "spec").mkdir(parents=True)
+    (second / "FeatureSet.yaml").write_text((repo / "fs" / "FeatureSet.yaml").read_text().replace("fs1", "fs2"))
+    (second / "spec" / "FeatureSetSpec.yaml").write_text((repo / "fs" / "spec" / "FeatureSetSpec.yaml").read_text())
+    store = gm.FeatureStore.init(root / "store", clock=lambda: NOW)
+    assert store.apply(repo).ok
+    for name in ("fs1", "fs2"):
+        [job] = store.backfill(name, 1, start="2024-01-01", end="2024-01-10")
+        assert job.status.value == "Completed", job.error
+    access = AccessRecords(store.materializer.records)
+    grants = {"owner": ("Owner", "store"), "reader": ("Reader", "featureset:fs1"),
+              "materializer": ("Materializer", "featureset:fs1:1"), "by_entity": ("Consumer", "entity:account"),
+              "nobody": None}
+    tokens = {}
+    for name, grant in grants.items():
+        access.add_principal(name, kind="service" if name == "materializer" else "user")
+        tokens[name] = access.create_token(name)
+        if grant:
+            access.grant(name, grant[0], grant[1], by="test")
+    for url in _serve(store, auth=True):
+        yield Server(url, store, tokens, access)
+
+
+def test_health_needs_no_token(server: Server) -> None:
+    assert server.client(None).get("/health").json() == {"status": "ok", "store": "store"}
+
+
+@pytest.mark.parametrize(("token", "fragment"), [
+    (None, "a valid token is required"), ("gm_000000000000_nope", "not valid"), ("garbage", "a valid token"),
+])
+def test_missing_or_bad_tokens_are_401(server: Server, token: str | None, fragment: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{server.url}/v1/feature-sets", headers=headers)
+    assert response.status_code == 401 and fragment in response.json()["error"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_revoked_and_expired_tokens_are_refused(server: Server) -> None:
+    from datetime import timedelta
+
+    server.access.add_principal("temp")
+    server.access.grant("temp", "Reader", by="test")
+    revoked = server.access.create_token("temp")
+    server.access.revoke_token(revoked.split("_")[1])
+    expired = server.access.create_token("temp", expires_in=timedelta(seconds=-1))
+    for token, fragment in ((revoked, "was revoked"), (expired, "expired at")):
+        response = httpx.get(f"{server.url}/v1/feature-sets", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401 and fragment in response.json()["error"]
+
+
+def test_online_lookup_matches_the_sdk(server: Server) -> None:
+    body = {"features": ["fs1:1:f1"], "entities": {"acct": ["A", "B", "C"], "request_id": [1, 2, 3]}}
+    response = server.client("reader").post("/v1/online/features", json=body)
+    assert response.status_code == 200, response.text
+    expected = server.store.get_online_features(["fs1:1:f1"], {"acct": ["A", "B", "C"], "request_id": [1, 2, 3]})
+    assert response.json()["columns"] == expected.to_dict() == {"acct": ["A", "B", "C"], "request_id": [1, 2, 3],
+                                                                 "f1": [5.0, 9.0, None]}
+
+
+@pytest.mark.parametrize(("who", "path", "status"), [
+    ("reader", "/v1/feature-sets/fs1/1", 200),
+    ("reader", "/v1/feature-sets/fs2/1", 403),            # Reader on fs1 only
+    ("materializer", "/v1/feature-sets/fs1/1", 200),
+    ("by_entity", "/v1/feature-sets/fs2/1", 200),         # an entity grant covers its feature sets
+    ("nobody", "/v1/feature-sets/fs1/1", 403),
+    ("owner", "/v1/feature-sets/fs9/1", 404),
+    ("reader", "/v1/feature-sets/fs1/1/intervals", 200),
+    ("reader", "/v1/audit", 403),
+    ("owner", "/v1/audit", 200),
+])
+def test_route_permissions(server: Server, who: str, path: str, status: int) -> None:
+    response = server.client(who).get(path)
+    assert response.status_code == status, response.text
+    if status in (403, 404):
+        assert response.json()["error"]
+
+
+def test_online_lookup_needs_online_read_on_every_feature_set(server: Server) -> None:
+    body = {"features": ["fs1:1:f1", "fs2:1:f1"], "entities": {"acct": ["A"]}, "full_feature_names": True}
+    refused = server.client("reader").post("/v1/online/features", json=body)
+    assert refused.status_code == 403
+    message = refused.json()["error"]
+    assert "reader may not online.read on featureset:fs2:1" in message and "Reader on featureset:fs1" in message
+    assert server.client("materializer").post("/v1/online/features", json={**body, "features": ["fs1:1:f1"]}
+                                              ).status_code == 403     # Materializer does not read features
+    allowed = server.client("by_entity").post("/v1/online/features", json=body)
+    assert allowed.status_code == 200 and list(allowed.json()["columns"]) == ["acct", "fs1__1__f1", "fs2__1__f1"]
+
+
+def test_lists_show_only_what_the_caller_may_read(server: Server) -> None:
+    refs = [fs["ref"] for fs in server.client("reader").get("/v1/feature-sets").json()]
+    assert refs == ["fs1:1"]
+    assert [fs["ref"] for fs in server.client("owner").get("/v1/feature-sets").json()] == ["fs1:1", "fs2:1"]
+    assert server.client("nobody").get("/v1/feature-sets").json() == []
+    found = server.client("reader").get("/v1/features/search", params={"q": "f1"}).json()
+    assert [f["feature"] for f in found] == ["fs1:1:f1"]
+    jobs = server.client("reader").get("/v1/jobs").json()
+    assert jobs and {j["feature_set"] for j in jobs} == {"fs1:1"}
+    assert server.client("owner").get("/v1/entities").json()[0]["name"] == "account"
+
+
+def test_backfill_and_cancel_need_materialize(server: Server) -> None:
+    window = {"start": "2024-01-01T00:00:00", "end": "2024-01-10T00:00:00", "stores": ["offline"]}
+    assert server.client("reader").post("/v1/feature-sets/fs1/1/backfill", json=window).status_code == 403
+    done = server.client("materializer").post("/v1/feature-sets/fs1/1/backfill", json=window)
+    assert done.status_code == 200, done.text
+    [job] = done.json()
+    assert (job["status"], job["rows_written"], job["stores"]) == ("Completed", 3, ["offline"])
+    assert server.client("materializer").get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    assert server.client("materializer").post("/v1/feature-sets/fs2/1/backfill", json=window).status_code == 403
+    queued = server.store.materializer.records.create_job("fs1", "1", start=datetime(2024, 1, 10),
+                                                          end=datetime(2024, 1, 11), stores=["offline"])
+    assert server.client("reader").post(f"/v1/jobs/{queued.id}/cancel").status_code == 403
+    cancelled = server.client("materializer").post(f"/v1/jobs/{queued.id}/cancel").json()
+    assert cancelled["status"] == "Cancelled" and cancelled["error"] == "cancelled by materializer"
+
+
+def test_denied_actions_land_in_the_audit_log(server: Server) -> None:
+    server.client("nobody").get("/v1/feature-sets/fs2/1")
+    entries = server.client("owner").get("/v1/audit", params={"denied_only": True, "limit": 500}).json()
+    mine = [e for e in entries if e["principal"] == "nobody" and e["resource"] == "featureset:fs2:1"]
+    assert mine and mine[0]["action"] == "catalog.read" and mine[0]["allowed"] is False
+    assert "nobody may not catalog.read" in mine[0]["detail"]
+    everything = server.client("owner").get("/v1/audit", params={"limit": 500}).json()
+    assert any(e["action"] == "access.grant" and e["resource"] == "reader Reader on featureset:fs1"
+               for e in everything)
+
+
+def test_bad_requests_are_400_with_the_reason(server: Server) -> None:
+    response = server.client("owner").post("/v1/online/features", json={"features": ["fs1:1:nope"],
+                                                                       "entities": {"acct": ["A"]}})
+    assert response.status_code in (400, 404) and "nope" in response.json()["error"]
+    missing_key = server.client("owner").post("/v1/online/features", json={"features": ["fs1:1:f1"],
+                                                                          "entities": {"account": ["A"]}})
+    assert missing_key.status_code == 400 and "acct" in missing_key.json()["error"]
+    assert server.client("owner").post("/v1/online/features", json={"features": []}).status_code == 422
+
+
+def test_openapi_document_lists_the_routes(server: Server) -> None:
+    paths = server.client(None).get("/openapi.json").json()["paths"]
+    assert {"/v1/online/features", "/v1/feature-sets", "/v1/jobs", "/v1/features/search", "/v1/audit"} <= set(paths)
+
+
+def test_without_auth_everyone_may_do_everything(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"acct": ["A"], "ts": pd.Series([datetime(2024, 1, 9)]).astype("datetime64[us]"),
+                  "f1": [1.0]}).to_parquet(tmp_path / "data" / "rows.parquet")
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", settings={"offline_enabled": True})
+    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: NOW)
+    assert store.apply(repo).ok
+    for url in _serve(store, auth=False):
+        assert httpx.get(f"{url}/v1/whoami").json() == {"principal": "anonymous", "grants": []}
+        assert [fs["ref"] for fs in httpx.get(f"{url}/v1/feature-sets").json()] == ["fs1:1"]
+
