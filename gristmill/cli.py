@@ -416,6 +416,16 @@ def status(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered
         rows = [{"store": kind, "start": str(i.start), "end": str(i.end), "status": i.status.value}
                 for kind, intervals in s.data_intervals(name, version).items() for i in intervals]
         _print_rows(rows, as_json)
+        settings = s.get_feature_set(name, version).materialization_settings
+        if settings is not None and settings.schedule is not None and not as_json:
+            from gristmill.jobs.schedule import next_run
+            from gristmill.registry.schedules import ScheduleRecords
+
+            plan = settings.schedule
+            last = ScheduleRecords(s.materializer.records).last_run(name, version)
+            console.print(f"schedule: every {plan.interval} {plan.frequency.value}(s) from "
+                          f"{plan.start_time or 'the default alignment'} ({plan.time_zone}); last run "
+                          f"{last or 'never'} (UTC); next run {next_run(plan, after=s.now())} (UTC)", highlight=False)
 
 
 @app.command()

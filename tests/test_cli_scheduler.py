@@ -37,6 +37,10 @@ def test_two_workers_once_run_the_due_run_once(tmp_path: Path) -> None:
     assert "nothing due" in printed                                                     # the other found none
     jobs = json.loads(gristmill("jobs", "--json", "--store", store).stdout)
     assert [(j["feature_set"], j["status"], j["stores"]) for j in jobs] == [("fs1:1", "Completed", "offline+online")]
+    status = gristmill("status", "fs1:1", "--store", store)
+    assert_ok(status)
+    flat = " ".join(status.stdout.split())
+    assert "schedule: every 1 day(s)" in flat and "last run 20" in flat and "next run 20" in flat, flat
     online = json.loads(gristmill("online", "get", "--features", "fs1:1:f1", "--key", "acct=A", "--json",
                                   "--store", store).stdout)
     assert online[0]["f1"] is not None                 # the newest row before the run's window end
