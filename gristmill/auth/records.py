@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -26,6 +29,8 @@ from gristmill.errors import GristmillError, NotFoundError
 from gristmill.registry.materialization import NAME, TIMESTAMP, MaterializationRecords, _aware_utc, metadata
 
 __all__ = ["AccessRecords", "AuditEntry", "Grant", "Principal"]
+
+T = TypeVar("T")
 
 principals = sa.Table(
     "principals", metadata,
@@ -100,8 +105,13 @@ class AccessRecords:
     """Principals, tokens, grants and the audit log of one registry; ``check`` is the one authorization
     decision every door (server, CLI) goes through."""
 
-    def __init__(self, records: MaterializationRecords) -> None:
+    def __init__(self, records: MaterializationRecords, *, cache_seconds: float = 0.0) -> None:
+        """``cache_seconds`` > 0 (the server) remembers a token's principal and a principal's grants that
+        long: revocations and new grants then take effect within that time, and a lookup skips two
+        registry round trips."""
         self.records = records
+        self.cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
 
     # -- principals and tokens ------------------------------------------------------------------------
     def add_principal(self, name: str, *, kind: str = "user") -> Principal:
@@ -145,6 +155,9 @@ class AccessRecords:
 
     def authenticate(self, token: str | None) -> str:
         """The principal a bearer token belongs to, or ``AccessDeniedError`` (unknown, expired, revoked)."""
+        return self._cached("token", token or "", lambda: self._authenticate(token))
+
+    def _authenticate(self, token: str | None) -> str:
         parts = (token or "").split("_", 2)
         if len(parts) != 3 or parts[0] != "gm":
             raise AccessDeniedError("a valid token is required: send 'Authorization: Bearer gm_...' (create one "
@@ -177,6 +190,7 @@ class AccessRecords:
                 conn.execute(sa.insert(grants).values(principal=principal, role=role.value, scope=str(scope),
                                                       granted_at=_now(), granted_by=by))
             _audit(conn, by, "access.grant", f"{principal} {role.value} on {scope}", allowed=True)
+        self._cache.pop(("grants", principal), None)
         return next(g for g in self.grants(principal) if g.role == role and g.scope == scope)
 
     def revoke(self, principal: str, role: Role | str, scope: Scope | str = "store", *, by: str) -> None:
@@ -189,8 +203,14 @@ class AccessRecords:
             if not removed:
                 raise NotFoundError(f"{principal} has no {role.value} grant on {scope}")
             _audit(conn, by, "access.revoke", f"{principal} {role.value} on {scope}", allowed=True)
+        self._cache.pop(("grants", principal), None)
 
     def grants(self, principal: str | None = None) -> list[Grant]:
+        if principal is not None:
+            return self._cached("grants", principal, lambda: self._grants(principal))
+        return self._grants(None)
+
+    def _grants(self, principal: str | None) -> list[Grant]:
         query = sa.select(grants).order_by(grants.c.principal, grants.c.scope, grants.c.role)
         if principal is not None:
             query = query.where(grants.c.principal == principal)
@@ -227,6 +247,20 @@ class AccessRecords:
             rows = conn.execute(query).mappings().all()
         return [AuditEntry(_aware_utc(r["at"]), r["principal"], r["action"], r["resource"], bool(r["allowed"]),
                            r["detail"]) for r in rows]
+
+
+    def _cached(self, kind: str, key: str, load: Callable[[], T]) -> T:
+        if self.cache_seconds <= 0:
+            return load()
+        now = time.monotonic()
+        hit = self._cache.get((kind, key))
+        if hit is not None and hit[0] > now:
+            return hit[1]                                       # type: ignore[no-any-return]
+        value = load()                                          # errors (bad tokens) are not cached
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[(kind, key)] = (now + self.cache_seconds, value)
+        return value
 
 
 def _audit(conn: sa.Connection, principal: str, action: str, resource: str, *, allowed: bool,

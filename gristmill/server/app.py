@@ -34,6 +34,9 @@ __all__ = ["ANONYMOUS", "create_app"]
 log = logging.getLogger("gristmill.server")
 
 ANONYMOUS = "anonymous"          # the caller when the server runs without authentication
+#: how long the server trusts what it read about a token or a principal's grants (revocations and new
+#: grants take effect within this time)
+CACHE_SECONDS = 5.0
 
 
 class OnlineRequest(BaseModel):
@@ -60,7 +63,7 @@ class _Denied(Exception):
 def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     """The HTTP app of ``store``. ``auth=False`` (local development only) lets every caller do everything
     as ``anonymous``."""
-    access = AccessRecords(store.materializer.records)
+    access = AccessRecords(store.materializer.records, cache_seconds=CACHE_SECONDS)
     app = FastAPI(title=f"Gristmill feature store {store.name}", version="1",
                   description="Online features, catalog, search and materialization jobs of one feature store.")
 
@@ -85,7 +88,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return not auth or access.allowed(principal, action, resource)
 
     def feature_set_resource(name: str, version: str) -> tuple[FeatureSet, Resource]:
-        feature_set = store.get_feature_set(name, version)
+        feature_set = store._cached_feature_set(name, version)   # entities never change within a version
         return feature_set, _resource(feature_set)
 
     @app.exception_handler(_Denied)
@@ -120,8 +123,8 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     @app.get("/v1/feature-sets/{name}/{version}", tags=["catalog"])
     def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
-        fs, resource = feature_set_resource(name, version)
-        check(principal, Action.READ_CATALOG, resource)
+        check(principal, Action.READ_CATALOG, feature_set_resource(name, version)[1])
+        fs = store.get_feature_set(name, version)            # fresh: description, tags, settings may change
         return {**_summary(fs), "specification": fs.spec.to_dict()}
 
     @app.get("/v1/features/search", tags=["catalog"])
