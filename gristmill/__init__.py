@@ -46,11 +46,15 @@ _EXPORTS: dict[str, str] = {
     "JobStatus": "gristmill.registry.materialization",
     "MaterializationSettings": "gristmill.spec.featureset",
     "Scheduler": "gristmill.scheduler",
+    "RemoteFeatureStore": "gristmill.client",
+    "AccessDeniedError": "gristmill.auth.roles",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
+    from gristmill.auth.roles import AccessDeniedError
+    from gristmill.client import RemoteFeatureStore
     from gristmill.compute.duckdb_engine import DuckDBEngine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
     from gristmill.errors import (

@@ -32,6 +32,11 @@ class OnlineResult:
     def to_dict(self) -> dict[str, list[Any]]:
         return self._columns
 
+    @property
+    def types(self) -> dict[str, FeatureType]:
+        """The type of each feature column (observation columns pass through untyped)."""
+        return dict(self._types)
+
     def to_rows(self) -> list[dict[str, Any]]:
         names = list(self._columns)
         return [dict(zip(names, values, strict=True)) for values in zip(*self._columns.values(), strict=True)]

@@ -26,6 +26,7 @@ from gristmill.stores.offline.delta import DeltaOfflineStore
 from gristmill.stores.online.base import OnlineStore, OnlineTable
 
 if TYPE_CHECKING:
+    from gristmill.client import RemoteFeatureStore
     from gristmill.compute.engine import Engine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
     from gristmill.registry.registry import Registry
@@ -121,6 +122,17 @@ class FeatureStore:
         store.registry  # noqa: B018 - creates the registry tables now, so errors show at init
         log.info("created feature store %s in %s", config.name, folder)
         return store
+
+    @classmethod
+    def connect(cls, url: str, *, token: str | None = None, timeout: float = 30.0) -> RemoteFeatureStore:
+        """A store served by ``gristmill serve`` at ``url``, with the same methods for what the server offers
+        (online lookups, catalog, search, data intervals, jobs, backfill); see ``gristmill.client``.
+
+        >>> store = gm.FeatureStore.connect("http://features:8080", token="gm_...")   # doctest: +SKIP
+        """
+        from gristmill.client import RemoteFeatureStore
+
+        return RemoteFeatureStore(url, token=token, timeout=timeout)
 
     # -- parts ----------------------------------------------------------------------------------------
     @property

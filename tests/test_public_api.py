@@ -42,6 +42,8 @@ EXPECTED_PUBLIC_NAMES = [
     "TransformationError",
     "__version__",
     "Scheduler",
+    "RemoteFeatureStore",
+    "AccessDeniedError",
 ]
 
 HEAVY_MODULES = ["duckdb", "pandas", "sqlalchemy", "deltalake", "pyarrow"]

@@ -214,3 +214,68 @@ def test_without_auth_everyone_may_do_everything(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/v1/whoami").json() == {"principal": "anonymous", "grants": []}
         assert [fs["ref"] for fs in httpx.get(f"{url}/v1/feature-sets").json()] == ["fs1:1"]
 
+
+
+# -- the SDK connected to the server --------------------------------------------------------------------
+
+
+def test_remote_store_answers_like_the_local_one(server: Server) -> None:
+    remote = gm.FeatureStore.connect(server.url, token=server.tokens["owner"])
+    local = server.store
+    assert remote.name == local.name == "store"
+    observations = {"acct": ["A", "B", "C"]}
+    got, want = remote.get_online_features(["fs1:1:f1"], observations), local.get_online_features(["fs1:1:f1"],
+                                                                                                 observations)
+    assert got.to_dict() == want.to_dict() and got.types == want.types
+    assert got.to_arrow().equals(want.to_arrow())
+    assert [fs.ref for fs in remote.list_feature_sets()] == [fs.ref for fs in local.list_feature_sets()]
+    remote_fs, local_fs = remote.get_feature_set("fs1", 1), local.get_feature_set("fs1", "1")
+    assert remote_fs.spec.feature_names == local_fs.spec.feature_names == ["f1"]
+    assert remote_fs.materialization_settings == local_fs.materialization_settings
+    assert [e.name for e in remote.list_entities()] == ["account"]
+    assert [f.ref for f in remote.search_features("f1")] == [f.ref for f in local.search_features("f1")]
+    assert remote.data_intervals("fs1", 1) == local.data_intervals("fs1", "1")
+    remote_jobs = remote.list_jobs(feature_set="fs1", version=1)
+    assert [j.id for j in remote_jobs] == [j.id for j in local.list_jobs(feature_set="fs1", version="1")]
+    assert remote.get_job(remote_jobs[0].id).status == local.get_job(remote_jobs[0].id).status
+    [job] = remote.backfill("fs2", 1, start=datetime(2024, 1, 1), end=datetime(2024, 1, 10))
+    assert job.status.value == "Completed" and job.feature_set == "fs2" and job.rows_read == 3
+    remote.close()
+
+
+def test_remote_store_errors_are_the_local_errors(server: Server) -> None:
+    reader = gm.FeatureStore.connect(server.url, token=server.tokens["reader"])
+    with pytest.raises(gm.AccessDeniedError, match=r"reader may not online\.read on featureset:fs2:1.*HTTP 403"):
+        reader.get_online_features(["fs2:1:f1"], {"acct": ["A"]})
+    with pytest.raises(gm.NotFoundError, match="HTTP 404"):
+        reader.get_feature_set("nope", 1)
+    with pytest.raises(gm.AccessDeniedError, match="a valid token is required"):
+        gm.FeatureStore.connect(server.url).list_jobs()
+    with pytest.raises(gm.GristmillError, match=r"get_offline_features is not available through the server"):
+        reader.get_offline_features(["fs1:1:f1"], {"acct": ["A"]}, "ts")
+    with pytest.raises(gm.GristmillError, match=r"cannot reach the feature store server at http://127\.0\.0\.1:9"):
+        gm.FeatureStore.connect("http://127.0.0.1:9", token="gm_x_y").list_feature_sets()
+
+
+def test_every_type_crosses_the_wire(tmp_path: Path) -> None:
+    """Datetimes, binary, vectors, 64-bit integers and nulls come back from the server as they went in."""
+    (tmp_path / "data").mkdir()
+    when = datetime(2024, 1, 9, 1, 2, 3, 456789)
+    pd.DataFrame({"acct": ["A", "B"], "ts": pd.Series([when, when]).astype("datetime64[us]"),
+                  "big": pd.array([2**62, None], dtype="Int64"), "at": pd.Series([when, None]).astype("datetime64[us]"),
+                  "blob": [b"\x00\xff", None], "vec": [[1.5, -2.0], None],
+                  "flag": pd.array([True, None], dtype="boolean"), "word": ["ü", None]}
+                 ).to_parquet(tmp_path / "data" / "rows.parquet")
+    features = [{"name": "big", "type": "long"}, {"name": "at", "type": "datetime"}, {"name": "blob", "type": "binary"},
+                {"name": "vec", "type": "float_vector"}, {"name": "flag", "type": "boolean"},
+                {"name": "word", "type": "string"}]
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", features=features,
+                          settings={"offline_enabled": False, "online_enabled": True})
+    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: NOW)
+    assert store.apply(repo).ok
+    assert store.backfill("fs1", 1, start="2024-01-01", end="2024-01-10")[0].status.value == "Completed"
+    names = [f"fs1:1:{f['name']}" for f in features]
+    for url in _serve(store, auth=False):
+        got = gm.FeatureStore.connect(url).get_online_features(names, {"acct": ["A", "B"]}).to_dict()
+        assert got == store.get_online_features(names, {"acct": ["A", "B"]}).to_dict()
+        assert got["big"][0] == 2**62 and got["blob"][0] == b"\x00\xff" and got["at"][0].microsecond == 456789

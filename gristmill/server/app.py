@@ -10,6 +10,7 @@ The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
 from gristmill.errors import GristmillError, NotFoundError
+from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
     from gristmill.registry.materialization import JobRecord
@@ -125,7 +127,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
         check(principal, Action.READ_CATALOG, feature_set_resource(name, version)[1])
         fs = store.get_feature_set(name, version)            # fresh: description, tags, settings may change
-        return {**_summary(fs), "specification": fs.spec.to_dict()}
+        return {**_summary(fs), "spec": fs.spec.to_dict()}
 
     @app.get("/v1/features/search", tags=["catalog"])
     def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:
@@ -147,7 +149,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                 raise GristmillError(f"feature {ref!r} must look like feature_set:version:feature")
             check(principal, Action.READ_ONLINE, feature_set_resource(name, version)[1])
         result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names)
-        return {"columns": jsonable_encoder(result.to_dict())}
+        return {"columns": {name: _json_values(values, result.types.get(name))
+                            for name, values in result.to_dict().items()},
+                "types": {name: kind.value for name, kind in result.types.items()}}
 
     @app.get("/v1/feature-sets/{name}/{version}/intervals", tags=["materialization"])
     def intervals(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
@@ -197,6 +201,13 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     return app
 
 
+def _json_values(values: list[Any], kind: FeatureType | None) -> list[Any]:
+    """Feature values as JSON: datetimes ISO 8601, binary base64 (``types`` tells a client which)."""
+    if kind == FeatureType.BINARY:
+        return [None if v is None else base64.b64encode(v).decode() for v in values]
+    return jsonable_encoder(values)
+
+
 def _entity_names(feature_set: FeatureSet) -> list[str]:
     return [ref.split(":", 1)[0] for ref in feature_set.entities]
 
@@ -206,8 +217,7 @@ def _resource(feature_set: FeatureSet) -> Resource:
 
 
 def _summary(feature_set: FeatureSet) -> dict[str, Any]:
-    return jsonable_encoder({k: v for k, v in feature_set.to_dict().items() if k != "specification"}
-                            | {"ref": feature_set.ref})
+    return jsonable_encoder(feature_set.to_dict() | {"ref": feature_set.ref})
 
 
 def _job(job: JobRecord) -> dict[str, Any]:

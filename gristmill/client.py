@@ -1,0 +1,193 @@
+"""A feature store reached through its REST server (``gristmill serve``), with ``FeatureStore``'s method
+names and results (SPEC §4: "opened embedded on a local folder or connected to a server").
+
+>>> store = gm.FeatureStore.connect("http://features.internal:8080", token="gm_...")   # doctest: +SKIP
+>>> store.get_online_features(["transactions:1:amount_7d_sum"], {"account_id": ["A1"]}).to_dict()  # doctest: +SKIP
+
+What the server offers works the same as on a local store: online lookups, the catalog, search, data
+intervals, jobs, backfill and cancelling jobs. Anything else (applying YAML, offline retrieval,
+preview) raises an error that says to open the store's folder instead. Server refusals come back as
+the same errors a local store raises: ``AccessDeniedError`` (401/403), ``NotFoundError`` (404) and
+``GristmillError`` (400), with the server's message.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+from gristmill.auth.roles import AccessDeniedError
+from gristmill.errors import GristmillError, NotFoundError
+
+__all__ = ["RemoteFeatureStore"]
+
+
+class RemoteFeatureStore:
+    """``FeatureStore`` methods over HTTP; see the module docstring."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        try:
+            import httpx
+        except ImportError:
+            raise ImportError("connecting to a server needs httpx: pip install 'gristmill[server]'") from None
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._transport_errors = (httpx.TransportError,)
+        self._name: str | None = None
+
+    # -- the store --------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name = str(self._call("GET", "/health")["store"])
+        return self._name
+
+    def whoami(self) -> dict[str, Any]:
+        """The principal of this client's token and its grants."""
+        return dict(self._call("GET", "/v1/whoami"))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteFeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteFeatureStore({self.url!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise GristmillError(f"FeatureStore.{name} is not available through the server ({self.url}); open the "
+                             "store's folder for it: gm.FeatureStore(path)")
+
+    # -- online -----------------------------------------------------------------------------------------
+    def get_online_features(self, features: Any, observations: Any, *, full_feature_names: bool = False) -> Any:
+        """The latest feature values for the keys in ``observations``, as ``FeatureStore.get_online_features``."""
+        from fastapi.encoders import jsonable_encoder
+
+        from gristmill.serving import OnlineResult, observation_columns
+        from gristmill.spec.types import FeatureType
+
+        body = {"features": [features] if isinstance(features, str) else list(features),
+                "entities": jsonable_encoder(observation_columns(observations)),
+                "full_feature_names": full_feature_names}
+        answer = self._call("POST", "/v1/online/features", json=body)
+        types = {name: FeatureType(kind) for name, kind in answer.get("types", {}).items()}
+        columns = {name: _decoded(values, types.get(name)) for name, values in answer["columns"].items()}
+        return OnlineResult(columns, types)
+
+    # -- catalog ----------------------------------------------------------------------------------------
+    def list_feature_sets(self) -> list[Any]:
+        from gristmill.spec.featureset import FeatureSet
+
+        return [FeatureSet.model_validate(_asset(item)) for item in self._call("GET", "/v1/feature-sets")]
+
+    def get_feature_set(self, name: str, version: str | int) -> Any:
+        from gristmill.spec.featureset import FeatureSet
+        from gristmill.spec.featureset_spec import FeatureSetSpec
+
+        item = self._call("GET", f"/v1/feature-sets/{name}/{version}")
+        spec = FeatureSetSpec.from_dict(item["spec"], source_name=f"specification of {name}:{version} "
+                                                                           f"from {self.url}")
+        return FeatureSet.model_validate(_asset(item)).with_spec(spec)
+
+    def list_entities(self) -> list[Any]:
+        from gristmill.spec.entity import Entity
+
+        return [Entity.model_validate(item) for item in self._call("GET", "/v1/entities")]
+
+    def search_features(self, query: str, *, limit: int = 100) -> list[Any]:
+        from gristmill.registry.registry import FeatureInfo
+        from gristmill.spec.types import FeatureType
+
+        found = self._call("GET", "/v1/features/search", params={"q": query, "limit": limit})
+        return [FeatureInfo(feature_set=f["feature_set"].split(":")[0], version=f["feature_set"].split(":")[1],
+                            name=f["name"], type=FeatureType(f["type"]), description=f["description"],
+                            tags=f["tags"]) for f in found]
+
+    # -- materialization --------------------------------------------------------------------------------
+    def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
+        from gristmill.jobs.intervals import DataInterval
+
+        answer = self._call("GET", f"/v1/feature-sets/{name}/{version}/intervals")
+        return {kind: [DataInterval(datetime.fromisoformat(i["start"]), datetime.fromisoformat(i["end"]),
+                                    i["status"]) for i in items] for kind, items in answer.items()}
+
+    def backfill(self, name: str, version: str | int, *, start: Any = None, end: Any = None,
+                 data_status: list[str] | None = None, stores: list[str] | None = None) -> list[Any]:
+        """Run a backfill on the server (the call returns when its jobs have ended)."""
+        body = {"start": _iso(start), "end": _iso(end), "data_status": data_status, "stores": stores}
+        return [_job(item) for item in self._call("POST", f"/v1/feature-sets/{name}/{version}/backfill", json=body)]
+
+    def list_jobs(self, *, feature_set: str | None = None, version: str | int | None = None,
+                  status: str | None = None, limit: int = 100) -> list[Any]:
+        ref = f"{feature_set}:{version}" if feature_set and version is not None else feature_set
+        params = {k: v for k, v in {"feature_set": ref, "status": status, "limit": limit}.items() if v is not None}
+        return [_job(item) for item in self._call("GET", "/v1/jobs", params=params)]
+
+    def get_job(self, job_id: str) -> Any:
+        return _job(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel_job(self, job_id: str) -> Any:
+        return _job(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    # -- HTTP -------------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except self._transport_errors as exc:
+            raise GristmillError(f"cannot reach the feature store server at {self.url}: {exc}; is `gristmill "
+                                 "serve` running there?") from exc
+        if response.status_code < 400:
+            return response.json()
+        try:
+            message = response.json().get("error") or response.text
+        except ValueError:
+            message = response.text
+        if response.status_code == 422:
+            message = f"the server refused the request as malformed: {response.text}"
+        error = {401: AccessDeniedError, 403: AccessDeniedError, 404: NotFoundError}.get(response.status_code,
+                                                                                          GristmillError)
+        raise error(f"{message} (HTTP {response.status_code} from {self.url})")
+
+
+def _asset(item: dict[str, Any]) -> dict[str, Any]:
+    """The asset fields of a feature set as the server lists it (without its ``ref`` and ``spec``)."""
+    return {k: v for k, v in item.items() if k not in ("ref", "spec")}
+
+
+def _decoded(values: list[Any], kind: Any) -> list[Any]:
+    from gristmill.spec.types import FeatureType
+
+    if kind == FeatureType.DATETIME:
+        return [None if v is None else datetime.fromisoformat(v) for v in values]
+    if kind == FeatureType.BINARY:
+        return [None if v is None else base64.b64decode(v) for v in values]
+    return values
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _job(item: dict[str, Any]) -> Any:
+    from gristmill.registry.materialization import JobRecord, JobStatus
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    name, _, version = item["feature_set"].partition(":")
+    return JobRecord(id=item["id"], feature_set=name, version=version, start=datetime.fromisoformat(item["start"]),
+                     end=datetime.fromisoformat(item["end"]), stores=tuple(item["stores"]),
+                     status=JobStatus(item["status"]), created_at=when(item["created_at"]),  # type: ignore[arg-type]
+                     started_at=when(item["started_at"]), finished_at=when(item["finished_at"]),
+                     rows_read=item["rows_read"], rows_written=item["rows_written"],
+                     bytes_written=item["bytes_written"], cpu_seconds=item["cpu_seconds"], error=item["error"])
