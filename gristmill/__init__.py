@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "Scheduler": "gristmill.scheduler",
     "RemoteFeatureStore": "gristmill.client",
     "AccessDeniedError": "gristmill.auth.roles",
+    "Model": "gristmill.spec.model",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from gristmill.spec.entity import Entity
     from gristmill.spec.featureset import FeatureSet, MaterializationSettings
     from gristmill.spec.featureset_spec import FeatureSetSpec
+    from gristmill.spec.model import Model
     from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
     from gristmill.spec.types import FeatureType
     from gristmill.store import ApplyPlan, FeatureStore

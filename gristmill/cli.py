@@ -191,7 +191,8 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature se
             data = s.get_entity(name, version or "1").to_dict()
         else:
             feature_set = s.get_feature_set(name, version)
-            data = {**feature_set.to_dict(), "spec": feature_set.spec.to_dict()}
+            used_by = [m.ref for m in s.models_using(feature_set.name, feature_set.version)]
+            data = {**feature_set.to_dict(), "used_by_models": used_by, "spec": feature_set.spec.to_dict()}
         typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000), nl=False)
 
 
@@ -233,6 +234,8 @@ def retrieve(observations: Annotated[Path, typer.Option(help="Observation rows: 
              output: Annotated[Path, typer.Option(help="Parquet file to write.")],
              spec: Annotated[Path | None, typer.Option(help="feature_retrieval_spec.yaml or its folder.")] = None,
              features: Annotated[str | None, typer.Option(help="Comma-separated fs:version:feature list.")] = None,
+             model: Annotated[str | None, typer.Option(help="NAME[:VERSION] of a registered model: its features.")
+                              ] = None,
              store: StoreOption = Path("."),
              full_feature_names: Annotated[bool, typer.Option(help="Prefix columns with fs__version__.")] = False,
              as_known_at: Annotated[bool, typer.Option(help="Only rows created by observation time.")] = False,
@@ -243,14 +246,18 @@ def retrieve(observations: Annotated[Path, typer.Option(help="Observation rows: 
     from gristmill.spec.retrieval_spec import RETRIEVAL_SPEC_FILE_NAME, FeatureRetrievalSpec
 
     with _user_errors():
-        if (spec is None) == (features is None):
-            raise RetrievalError("give exactly one of --spec FILE and --features a:1:x,b:1:y")
+        if sum(x is not None for x in (spec, features, model)) != 1:
+            raise RetrievalError("give exactly one of --spec FILE, --features a:1:x,b:1:y and --model NAME:VERSION")
         if not observations.exists():
             raise RetrievalError(f"--observations: {observations} not found")
-        retrieval_spec = (FeatureRetrievalSpec.load(spec) if spec is not None else
-                          FeatureRetrievalSpec.from_features([f.strip() for f in (features or "").split(",")
-                                                              if f.strip()]))
         s = _open(store)
+        if model is not None:
+            model_name, model_version = _split_ref(model)
+            retrieval_spec = s.get_model(model_name, model_version).retrieval_spec
+        else:
+            retrieval_spec = (FeatureRetrievalSpec.load(spec) if spec is not None else
+                              FeatureRetrievalSpec.from_features([f.strip() for f in (features or "").split(",")
+                                                                  if f.strip()]))
         started = time.perf_counter()
         result = s.get_offline_features(retrieval_spec, str(observations), timestamp_column,
                                         full_feature_names=full_feature_names, as_known_at=as_known_at,
@@ -484,6 +491,45 @@ def demo(path: Annotated[Path, typer.Argument(help="Folder for the demo store an
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# -- models -------------------------------------------------------------------------------------------
+model_app = typer.Typer(help="Registered models and the features they use (lineage).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("register")
+def model_register(ref: Annotated[str, typer.Argument(help="NAME:VERSION of the model.")],
+                   spec: Annotated[Path, typer.Option(help="Its feature_retrieval_spec.yaml (or the folder).")],
+                   description: Annotated[str | None, typer.Option(help="What the model is.")] = None,
+                   store: StoreOption = Path(".")) -> None:
+    """Register a model version with the features it uses; every feature must be registered."""
+    with _user_errors():
+        name, version = _require_version(ref)
+        result = _open(store).register_model(name, version, spec, description=description)
+        console.print(f"{result} model {name}:{version}")
+
+
+@model_app.command("list")
+def model_list(store: StoreOption = Path("."),
+               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Registered models with the feature sets they use."""
+    with _user_errors():
+        rows = [{"model": m.ref, "feature_sets": ", ".join(m.feature_sets), "features": len(m.features),
+                 "description": m.description or ""} for m in _open(store).list_models()]
+        _print_rows(rows, as_json)
+
+
+@model_app.command("show")
+def model_show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a registered model.")],
+               store: StoreOption = Path(".")) -> None:
+    """A model and its retrieval spec, as YAML."""
+    import yaml
+
+    with _user_errors():
+        name, version = _split_ref(ref)
+        typer.echo(yaml.safe_dump(_open(store).get_model(name, version).to_dict(), sort_keys=False, width=10_000),
+                   nl=False)
 
 
 # -- the REST server and access control ---------------------------------------------------------------

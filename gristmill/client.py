@@ -4,11 +4,11 @@ names and results (SPEC §4: "opened embedded on a local folder or connected to 
 >>> store = gm.FeatureStore.connect("http://features.internal:8080", token="gm_...")   # doctest: +SKIP
 >>> store.get_online_features(["transactions:1:amount_7d_sum"], {"account_id": ["A1"]}).to_dict()  # doctest: +SKIP
 
-What the server offers works the same as on a local store: online lookups, the catalog, search, data
-intervals, jobs, backfill and cancelling jobs. Anything else (applying YAML, offline retrieval,
-preview) raises an error that says to open the store's folder instead. Server refusals come back as
-the same errors a local store raises: ``AccessDeniedError`` (401/403), ``NotFoundError`` (404) and
-``GristmillError`` (400), with the server's message.
+What the server offers works the same as on a local store: online lookups, the catalog (feature sets,
+entities, models and lineage), search, data intervals, jobs, backfill and cancelling jobs. Anything else
+(applying YAML, offline retrieval, preview) raises an error that says to open the store's folder
+instead. Server refusals come back as the same errors a local store raises: ``AccessDeniedError``
+(401/403), ``NotFoundError`` (404) and ``GristmillError`` (400), with the server's message.
 """
 
 from __future__ import annotations
@@ -111,6 +111,26 @@ class RemoteFeatureStore:
                             name=f["name"], type=FeatureType(f["type"]), description=f["description"],
                             tags=f["tags"]) for f in found]
 
+    def list_models(self) -> list[Any]:
+        from gristmill.spec.model import Model
+
+        return [Model.model_validate({k: v for k, v in m.items() if k != "ref"})
+                for m in self._call("GET", "/v1/models")]
+
+    def get_model(self, name: str, version: str | int) -> Any:
+        from gristmill.spec.model import Model
+
+        item = self._call("GET", f"/v1/models/{name}/{version}")
+        return Model.model_validate({k: v for k, v in item.items() if k != "ref"})
+
+    def models_using(self, feature_set: str, version: str | int | None = None) -> list[Any]:
+        """Lineage: the models that use ``feature_set`` (any version, or ``version``)."""
+        versions = [str(version)] if version is not None else [
+            fs.version for fs in self.list_feature_sets() if fs.name == feature_set]
+        refs = sorted({ref for v in versions
+                       for ref in self._call("GET", f"/v1/feature-sets/{feature_set}/{v}")["used_by_models"]})
+        return [self.get_model(*ref.split(":")) for ref in refs]
+
     # -- materialization --------------------------------------------------------------------------------
     def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
         from gristmill.jobs.intervals import DataInterval
@@ -159,7 +179,7 @@ class RemoteFeatureStore:
 
 def _asset(item: dict[str, Any]) -> dict[str, Any]:
     """The asset fields of a feature set as the server lists it (without its ``ref`` and ``spec``)."""
-    return {k: v for k, v in item.items() if k not in ("ref", "spec")}
+    return {k: v for k, v in item.items() if k not in ("ref", "spec", "used_by_models")}
 
 
 def _decoded(values: list[Any], kind: Any) -> list[Any]:

@@ -43,7 +43,12 @@ def parse_reference(text: str) -> FeatureRef:
 
 
 def references(features: Any) -> list[FeatureRef]:
-    """Accept a list of strings or FeatureReference objects, a FeatureRetrievalSpec, or a path to one."""
+    """Accept a list of strings or FeatureReference objects, a FeatureRetrievalSpec (or a path to one), or a
+    registered ``Model`` (its retrieval spec)."""
+    from gristmill.spec.model import Model
+
+    if isinstance(features, Model):
+        features = features.retrieval_spec
     if isinstance(features, str | Path) and (Path(features).is_dir() or str(features).endswith((".yaml", ".yml"))):
         features = FeatureRetrievalSpec.load(features)
     if isinstance(features, str):

@@ -408,6 +408,50 @@ class FeatureStore:
     def _resolve_spec(self, name: str, version: str) -> FeatureSetSpec:
         return self._cached_feature_set(name, version).spec
 
+    # -- models and lineage -----------------------------------------------------------------------------
+    def register_model(self, name: str, version: str | int, retrieval_spec: Any, *, description: str | None = None,
+                       tags: dict[str, str] | None = None) -> str:
+        """Register the model ``name:version`` with the features it uses (a ``FeatureRetrievalSpec``, a path
+        to ``feature_retrieval_spec.yaml`` or its folder, or a list of ``feature_set:version:feature``);
+        this records lineage. Every feature must be registered. Returns created / unchanged / updated.
+
+        >>> store.register_model("churn", 3, "models/churn/feature_retrieval_spec.yaml")   # doctest: +SKIP
+        """
+        from gristmill.registry.lineage import ModelRecords
+        from gristmill.spec.model import Model
+        from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
+
+        if not isinstance(retrieval_spec, FeatureRetrievalSpec):
+            if isinstance(retrieval_spec, Path) or (isinstance(retrieval_spec, str) and (
+                    Path(retrieval_spec).exists() or retrieval_spec.endswith((".yaml", ".yml")))):
+                retrieval_spec = FeatureRetrievalSpec.load(retrieval_spec)
+            else:
+                retrieval_spec = FeatureRetrievalSpec.from_features(
+                    [retrieval_spec] if isinstance(retrieval_spec, str) else list(retrieval_spec))
+        model = Model(name=name, version=str(version), retrieval_spec=retrieval_spec, description=description,
+                      tags=tags or {})
+        result = ModelRecords(self.registry).put(model)
+        log.info("model %s: %s (%d features)", model.ref, result, len(model.features))
+        return result
+
+    def get_model(self, name: str, version: str | int | None = None) -> Any:
+        """The registered model ``name:version`` (``version=None``: the latest); pass it as the features of
+        ``get_offline_features`` or ``get_online_features`` to retrieve exactly what it uses."""
+        from gristmill.registry.lineage import ModelRecords
+
+        return ModelRecords(self.registry).get(name, version)
+
+    def list_models(self) -> list[Any]:
+        from gristmill.registry.lineage import ModelRecords
+
+        return ModelRecords(self.registry).list()
+
+    def models_using(self, feature_set: str, version: str | int | None = None) -> list[Any]:
+        """Lineage: the registered models that use ``feature_set`` (any version, or ``version``)."""
+        from gristmill.registry.lineage import ModelRecords
+
+        return ModelRecords(self.registry).using(feature_set, version)
+
     # -- materialization --------------------------------------------------------------------------------
     def backfill(self, name: str, version: str | int, *, start: datetime | str | None = None,
                  end: datetime | str | None = None, data_status: Sequence[str] | None = None,

@@ -44,6 +44,7 @@ EXPECTED_PUBLIC_NAMES = [
     "Scheduler",
     "RemoteFeatureStore",
     "AccessDeniedError",
+    "Model",
 ]
 
 HEAVY_MODULES = ["duckdb", "pandas", "sqlalchemy", "deltalake", "pyarrow"]

@@ -279,3 +279,20 @@ def test_every_type_crosses_the_wire(tmp_path: Path) -> None:
         got = gm.FeatureStore.connect(url).get_online_features(names, {"acct": ["A", "B"]}).to_dict()
         assert got == store.get_online_features(names, {"acct": ["A", "B"]}).to_dict()
         assert got["big"][0] == 2**62 and got["blob"][0] == b"\x00\xff" and got["at"][0].microsecond == 456789
+
+
+def test_models_and_lineage_over_http(server: Server) -> None:
+    server.store.register_model("m_fs1", 1, ["fs1:1:f1"])
+    server.store.register_model("m_both", 1, ["fs1:1:f1", "fs2:1:f1"])
+    assert [m["ref"] for m in server.client("reader").get("/v1/models").json()] == ["m_fs1:1"]
+    assert [m["ref"] for m in server.client("owner").get("/v1/models").json()] == ["m_both:1", "m_fs1:1"]
+    assert server.client("reader").get("/v1/models/m_both/1").status_code == 403
+    model = server.client("owner").get("/v1/models/m_both/1").json()
+    assert model["retrieval_spec"]["feature_stores"][0]["features"][1] == {"feature_set": "fs2:1",
+                                                                            "feature_name": "f1"}
+    detail = server.client("reader").get("/v1/feature-sets/fs1/1").json()
+    assert detail["used_by_models"] == ["m_both:1", "m_fs1:1"]
+    remote = gm.FeatureStore.connect(server.url, token=server.tokens["owner"])
+    assert [m.ref for m in remote.models_using("fs2")] == [m.ref for m in server.store.models_using("fs2")]
+    assert remote.get_model("m_fs1", 1) == server.store.get_model("m_fs1", 1)
+    assert [m.ref for m in remote.list_models()] == ["m_both:1", "m_fs1:1"]

@@ -7,6 +7,8 @@ with ``schema_translate_map``, so one definition serves every isolated catalog.
     entities         (name, version) -> index columns, description, tags, stage, archived
     feature_sets     (name, version) -> asset fields, spec JSON, spec folder, code files, content hash
     features         (feature set, version, feature) -> type, description, tags; filled on registration
+    models           (name, version) -> retrieval spec, description, tags: the features a model uses
+    model_features   (model, version, position) -> feature set, version, feature: lineage, queryable
 """
 
 from __future__ import annotations
@@ -78,4 +80,31 @@ features = sa.Table(
     sa.ForeignKeyConstraint(
         ["feature_set", "version"], ["feature_sets.name", "feature_sets.version"], ondelete="CASCADE"
     ),
+)
+
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("version", VERSION, primary_key=True),
+    sa.Column("retrieval_spec", JSON, nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("tags", JSON, nullable=False),
+    sa.Column("archived", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", TIMESTAMP, nullable=False),
+    sa.Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+model_features = sa.Table(
+    "model_features",
+    metadata,
+    sa.Column("model", NAME, primary_key=True),
+    sa.Column("version", VERSION, primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("feature_set", NAME, nullable=False),
+    sa.Column("feature_set_version", VERSION, nullable=False),
+    sa.Column("feature", NAME, nullable=False),
+    sa.ForeignKeyConstraint(["model", "version"], ["models.name", "models.version"], ondelete="CASCADE"),
+    sa.Index("ix_model_features_feature_set", "feature_set", "feature_set_version"),
 )

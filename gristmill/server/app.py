@@ -127,7 +127,31 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
         check(principal, Action.READ_CATALOG, feature_set_resource(name, version)[1])
         fs = store.get_feature_set(name, version)            # fresh: description, tags, settings may change
-        return {**_summary(fs), "spec": fs.spec.to_dict()}
+        used_by = [m.ref for m in store.models_using(name, version)]
+        return {**_summary(fs), "used_by_models": used_by, "spec": fs.spec.to_dict()}
+
+    def model_readable(principal: str, model: Any) -> bool:
+        """A model is visible to whoever may read every feature set it uses."""
+        for ref in model.feature_sets:
+            name, version = ref.split(":")
+            try:
+                resource = feature_set_resource(name, version)[1]
+            except NotFoundError:
+                resource = Resource("featureset", name, version)
+            if not may(principal, Action.READ_CATALOG, resource):
+                return False
+        return True
+
+    @app.get("/v1/models", tags=["catalog"])
+    def models(principal: str = Caller) -> list[dict[str, Any]]:
+        return [m.to_dict() | {"ref": m.ref} for m in store.list_models() if model_readable(principal, m)]
+
+    @app.get("/v1/models/{name}/{version}", tags=["catalog"])
+    def model(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
+        found = store.get_model(name, version)
+        if not model_readable(principal, found):
+            check(principal, Action.READ_CATALOG, Resource("model", name, version))
+        return found.to_dict() | {"ref": found.ref}
 
     @app.get("/v1/features/search", tags=["catalog"])
     def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:

@@ -1,0 +1,48 @@
+"""``Model``: a registered model version and the features it uses (its retrieval spec), which records
+lineage from feature sets to models (SPEC §1 "retrieval spec", §4 "model registration")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from gristmill.spec.common import Frozen, Version, check_name, tags_as_strings
+from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
+
+
+class Model(Frozen):
+    """``name:version`` of a model and its ``retrieval_spec``; immutable except description and tags."""
+
+    name: str
+    version: Version = "1"
+    retrieval_spec: FeatureRetrievalSpec
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "model")
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value: Any) -> Any:
+        return tags_as_strings(value)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def features(self) -> list[str]:
+        """``feature_set:version:feature`` of every feature the model uses, in order."""
+        return [f.ref for f in self.retrieval_spec.features]
+
+    @property
+    def feature_sets(self) -> list[str]:
+        """``feature_set:version`` of every feature set the model uses, in first-use order."""
+        return list(dict.fromkeys(f.feature_set for f in self.retrieval_spec.features))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
