@@ -235,11 +235,21 @@ class FeatureStore:
                 plan.skipped.append(str(path))
         for path in entities:
             plan.items.append(self._apply_one(path, "entity"))
-        for path in feature_sets:
-            plan.items.append(self._apply_one(path, "feature set"))
+        # derived feature sets need their parent registered first: retry them after the others
+        waiting = feature_sets
+        while waiting:
+            results = [(path, self._apply_one(path, "feature set", defer_missing_parent=True)) for path in waiting]
+            done = [(path, item) for path, item in results if item is not None]
+            plan.items.extend(item for _, item in done if item is not None)
+            waiting = [path for path, item in results if item is None]
+            if waiting and not done:                   # no progress: report them as they are
+                plan.items.extend(self._apply_one(path, "feature set") for path in waiting)   # type: ignore[misc]
+                break
         return plan
 
-    def _apply_one(self, path: Path, kind: str) -> PlanItem:
+    def _apply_one(self, path: Path, kind: str, *, defer_missing_parent: bool = False) -> PlanItem | None:
+        """Register one file; None when ``defer_missing_parent`` and it is a derived feature set whose parent
+        is not registered yet."""
         ref = path.stem
         try:
             if kind == "entity":
@@ -252,6 +262,8 @@ class FeatureStore:
                 action = self.register_feature_set(feature_set)
         except ImmutableError as exc:
             return PlanItem(kind, ref, "refused", str(path), str(exc))
+        except MissingParentError as exc:
+            return None if defer_missing_parent else PlanItem(kind, ref, "invalid", str(path), str(exc))
         except GristmillError as exc:
             return PlanItem(kind, ref, "invalid", str(path), str(exc))
         return PlanItem(kind, ref, action, str(path))
@@ -279,6 +291,7 @@ class FeatureStore:
 
         A registered version is immutable except description, tags, stage and materialization settings."""
         spec = feature_set.spec
+        self._with_parent(spec, feature_set.ref)              # a derived one's parent must be registered
         self._check_entities(feature_set, spec)
         stored = _portable_spec(spec)
         code_files = {str(p.relative_to(spec.folder)): p.read_text(encoding="utf-8")
@@ -311,7 +324,23 @@ class FeatureStore:
         folder = self._spec_folder(record)
         spec = FeatureSetSpec.from_dict(record.spec, folder=folder,
                                         source_name=f"registered spec of {record.asset.ref}")
-        return record.asset.with_spec(spec)
+        return record.asset.with_spec(self._with_parent(spec, record.asset.ref))
+
+    def _with_parent(self, spec: FeatureSetSpec, ref: str, depth: int = 0) -> FeatureSetSpec:
+        """A derived spec (source type featureset) with its parent's spec attached, recursively."""
+        parent_ref = spec.parent_ref
+        if parent_ref is None:
+            return spec
+        if depth > 20:
+            raise SpecError(f"feature set {ref}: more than 20 levels of derived feature sets; is there a cycle?")
+        try:
+            parent = self.registry.get_feature_set(*parent_ref)
+        except NotFoundError as exc:
+            raise MissingParentError(f"feature set {ref}: source.path: {exc}; a derived feature set reads a "
+                                     "registered one, register it first") from None
+        parent_spec = FeatureSetSpec.from_dict(parent.spec, folder=self._spec_folder(parent),
+                                               source_name=f"registered spec of {parent.asset.ref}")
+        return spec.with_parent(self._with_parent(parent_spec, parent.asset.ref, depth + 1))
 
     def _spec_folder(self, record: Any) -> Path | None:
         if not record.code_files:
@@ -528,6 +557,10 @@ class FeatureStore:
         table = self.materializer.online_table(feature_set, state.materialization_version)
         self._online_tables[(name, version)] = (time.monotonic(), table)
         return table
+
+
+class MissingParentError(SpecError):
+    """A derived feature set whose parent (``source.path``) is not registered."""
 
 
 def _utc_now() -> datetime:

@@ -167,8 +167,7 @@ class SourceReader:
         elif source.type == SourceType.CUSTOM:
             raw, what = self._custom(start, end)
         else:
-            raise SpecError(f"source type '{source.type.value}' needs a registered parent feature set; "
-                            "register the parent first and compute through FeatureStore")
+            raw, what = self._parent(start, end)
         types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE SELECT * FROM {raw}").fetchall()}
         if ts not in types:
             raise SourceError(f"{what}: timestamp column '{ts}' not found (columns: {', '.join(types)}); "
@@ -185,6 +184,15 @@ class SourceReader:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM "
                          f"(SELECT {replace} FROM {raw}) {where}")
         return view
+
+    def _parent(self, start: datetime | None, end: datetime | None) -> tuple[str, str]:
+        """A derived feature set's source: the parent feature set computed over the same range (its own
+        lookbacks and DSL history included). Rows keep the parent's source order for the tie rule."""
+        from gristmill.compute.featureframe import compute_view
+
+        name, version = self.spec.parent_ref or ("", "")
+        parent = compute_view(self.con, self.spec.parent, start, end, label=f"feature set {name}:{version}")
+        return parent.name, f"parent feature set {name}:{version}"
 
     def required_columns(self) -> dict[str, FeatureType | None]:
         """Columns every source file must have (with the declared type where the source provides it as is)."""

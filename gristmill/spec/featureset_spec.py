@@ -165,6 +165,7 @@ class FeatureSetSpec(Frozen):
     temporal_join_lookback: Duration | None = None
 
     _folder: Path | None = PrivateAttr(default=None)
+    _parent: FeatureSetSpec | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -228,7 +229,9 @@ class FeatureSetSpec(Frozen):
     @property
     def timestamp_column(self) -> str:
         if self.source.timestamp_column is None:
-            raise SpecError("this feature set's timestamp column is inherited from its parent; resolve it first")
+            raise SpecError(f"this spec reads feature set {self.source.path} (source type featureset) and inherits "
+                            "its timestamp column; compute it through a FeatureStore where that feature set is "
+                            "registered")
         return self.source.timestamp_column.name
 
     @property
@@ -271,6 +274,41 @@ class FeatureSetSpec(Frozen):
     def with_folder(self, folder: str | Path | None) -> FeatureSetSpec:
         copy = self.model_copy()
         copy._folder = Path(folder).resolve() if folder is not None else None
+        copy._parent = self._parent
+        return copy
+
+    # -- derived feature sets (source type featureset) ---------------------------------------------------
+    @property
+    def parent_ref(self) -> tuple[str, str] | None:
+        """``(name, version)`` of the feature set a derived spec reads (``source.path``), else None."""
+        if self.source.type != SourceType.FEATURESET:
+            return None
+        ref = (self.source.path or "").strip().removeprefix("azureml:")
+        name, _, version = ref.partition(":")
+        if not name or not version or ":" in version:
+            raise SpecError(f"source.path '{self.source.path}' of a featureset source must name the parent as "
+                            "name:version, e.g. path: transactions:1")
+        return name, version
+
+    @property
+    def parent(self) -> FeatureSetSpec:
+        """The parent spec of a derived feature set (set by the store when it loads the spec)."""
+        if self._parent is None:
+            raise SpecError(f"this spec reads feature set {self.source.path} (source type featureset); compute it "
+                            "through a FeatureStore where that feature set is registered")
+        return self._parent
+
+    def with_parent(self, parent: FeatureSetSpec) -> FeatureSetSpec:
+        """This derived spec with its parent resolved: it reads the parent's output, whose timestamp column it
+        inherits unless it names one."""
+        copy = self
+        if self.source.timestamp_column is None:
+            source = self.source.model_copy(update={"timestamp_column": TimestampColumn(name=parent.timestamp_column)})
+            copy = self.model_copy(update={"source": source})
+        else:
+            copy = self.model_copy()
+        copy._folder = self._folder
+        copy._parent = parent
         return copy
 
     def to_dict(self) -> dict[str, Any]:
