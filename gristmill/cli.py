@@ -556,6 +556,17 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
         uvicorn.run(create_app(s, auth=not no_auth), host=host, port=port, log_level="warning")
 
 
+@app.command()
+def ui(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+       no_auth: Annotated[bool, typer.Option("--no-auth", help="No sign-in (local development only).")] = False,
+       store: StoreOption = Path(".")) -> None:
+    """The web UI (catalog, feature set pages, jobs) at http://HOST:PORT/ui: the REST server, with pages."""
+    err_console.print(f"web UI: http://{host}:{port}/ui (sign in with a token from `gristmill access token NAME`)",
+                      highlight=False)
+    serve(host=host, port=port, no_auth=no_auth, store=store)
+
+
 access_app = typer.Typer(help="Principals, tokens, role grants and the audit log (run on the store's machine).",
                          no_args_is_help=True)
 app.add_typer(access_app, name="access")

@@ -58,3 +58,26 @@ def test_access_commands_then_serve(tmp_path: Path) -> None:
     audit = json.loads(gristmill("access", "audit", "--json", "--store", store).stdout)
     assert [(e["action"], e["allowed"]) for e in audit][:3] == [("access.revoke", True), ("audit.read", False),
                                                                 ("access.grant", True)]
+
+
+def test_ui_command_serves_the_pages(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    gm.FeatureStore.init(store)
+    port = free_port()
+    server = subprocess.Popen([*_command(), "ui", "--no-auth", "--port", str(port), "--store", str(store)],
+                              env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/ui", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.communicate()
+                assert time.monotonic() < deadline, "gristmill ui did not answer within 30 s"
+                time.sleep(0.1)
+        assert page.status_code == 200 and "<h1>Catalog</h1>" in page.text
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=10)
+    assert f"web UI: http://127.0.0.1:{port}/ui" in " ".join(err.split())

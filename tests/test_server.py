@@ -296,3 +296,66 @@ def test_models_and_lineage_over_http(server: Server) -> None:
     assert [m.ref for m in remote.models_using("fs2")] == [m.ref for m in server.store.models_using("fs2")]
     assert remote.get_model("m_fs1", 1) == server.store.get_model("m_fs1", 1)
     assert [m.ref for m in remote.list_models()] == ["m_both:1", "m_fs1:1"]
+
+
+# -- the web UI -----------------------------------------------------------------------------------------
+
+
+def _browser(server: Server, who: str) -> httpx.Client:
+    """A client signed in through the login form (the token ends up in the session cookie)."""
+    client = httpx.Client(base_url=server.url, timeout=30)
+    response = client.post("/ui/login", data={"token": server.tokens[who], "next": "/ui"})
+    assert response.status_code == 303 and response.headers["location"] == "/ui"
+    assert "httponly" in response.headers["set-cookie"].lower()
+    return client
+
+
+def test_ui_needs_a_sign_in(server: Server) -> None:
+    anonymous = httpx.Client(base_url=server.url)
+    response = anonymous.get("/ui/jobs")
+    assert response.status_code == 303 and response.headers["location"] == "/ui/login?next=/ui/jobs"
+    assert "Sign in" in anonymous.get("/ui/login").text
+    refused = anonymous.post("/ui/login", data={"token": "gm_000000000000_nope"})
+    assert refused.status_code == 303 and "error=" in refused.headers["location"]
+    assert "the token is not valid" in anonymous.get(refused.headers["location"]).text
+
+
+def test_ui_catalog_and_search_show_what_the_caller_may_read(server: Server) -> None:
+    reader = _browser(server, "reader")
+    page = reader.get("/ui").text
+    assert "/ui/feature-sets/fs1/1" in page and "/ui/feature-sets/fs2/1" not in page
+    found = reader.get("/ui", params={"q": "f1"}).text
+    assert "1 feature(s) matching" in found and "fs1:1:f1" in found and "fs2:1:f1" not in found
+    owner = _browser(server, "owner")
+    assert "/ui/feature-sets/fs2/1" in owner.get("/ui").text
+
+
+def test_ui_feature_set_page(server: Server) -> None:
+    server.store.register_model("ui_model", 1, ["fs1:1:f1"])
+    page = _browser(server, "reader").get("/ui/feature-sets/fs1/1")
+    assert page.status_code == 200
+    html = page.text
+    for fragment in ("<h1>fs1:1</h1>", "<td>acct</td><td>string</td><td>index column</td>",
+                     "<td>f1</td><td>double</td><td>feature</td>", "ui_model:1", "class='timeline'",
+                     "<td>Complete</td>", "Recent jobs", "Completed"):
+        assert fragment in html, fragment
+    refused = _browser(server, "reader").get("/ui/feature-sets/fs2/1")
+    assert refused.status_code == 403 and "reader may not catalog.read on featureset:fs2:1" in refused.text
+    assert _browser(server, "owner").get("/ui/feature-sets/nope/1").status_code == 404
+
+
+def test_ui_jobs_and_models_pages(server: Server) -> None:
+    jobs = _browser(server, "reader").get("/ui/jobs")
+    assert jobs.status_code == 200 and '<meta http-equiv="refresh" content="10">' in jobs.text
+    assert "fs1:1" in jobs.text and ">fs2:1<" not in jobs.text
+    failed_only = _browser(server, "owner").get("/ui/jobs", params={"status": "Failed"}).text
+    assert "<span class='Completed'>" not in failed_only
+    server.store.register_model("ui_jobs_model", 1, ["fs2:1:f1"])
+    assert "ui_jobs_model:1" in _browser(server, "owner").get("/ui/models").text
+    assert "ui_jobs_model:1" not in _browser(server, "reader").get("/ui/models").text      # reads fs1 only
+
+
+def test_ui_escapes_what_users_wrote(server: Server) -> None:
+    server.store.update_feature_set("fs2", 1, description="<script>alert(1)</script>")
+    html = _browser(server, "owner").get("/ui/feature-sets/fs2/1").text
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

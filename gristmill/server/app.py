@@ -222,6 +222,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                  "allowed": e.allowed, "detail": e.detail}
                 for e in access.audit_entries(limit=limit, denied_only=denied_only)]
 
+    from gristmill.server.ui import add_ui
+
+    add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS)
     return app
 
 

@@ -1,0 +1,242 @@
+"""The web UI (SPEC §4): catalog search, feature set pages (versions, schema, lineage, data interval
+timeline, jobs) and job monitoring, as server-rendered HTML on the REST server's routes and access rules.
+
+Pages live under ``/ui``. A browser signs in once with a token (``/ui/login``), kept in an HttpOnly,
+same-site cookie; every page then checks the same roles as the API, and shows only what the caller may
+read. No JavaScript: pages are plain HTML with a little CSS, and the jobs page refreshes itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from html import escape
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from gristmill.auth import AccessDeniedError, Action, Resource
+from gristmill.errors import GristmillError, NotFoundError
+
+if TYPE_CHECKING:
+    from gristmill.auth import AccessRecords
+    from gristmill.store import FeatureStore
+
+__all__ = ["COOKIE", "add_ui"]
+
+COOKIE = "gristmill_token"
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f7f8fa}
+header{background:#24324a;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2rem;align-items:center}
+header a{color:#fff;text-decoration:none}header .who{margin-left:auto;opacity:.8}
+main{padding:1rem 1.2rem;max-width:1100px}h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+table{border-collapse:collapse;width:100%;background:#fff}td,th{border:1px solid #dde1e8;padding:.3rem .5rem;
+text-align:left;font-size:.9rem}th{background:#eef1f5}.muted{color:#6b7385}.error{color:#a12a2a}
+.timeline{display:flex;height:1.2rem;border:1px solid #dde1e8;background:#fff}.timeline span{display:block}
+.Complete{background:#3c9a5f}.Incomplete{background:#d0a02a}.Pending{background:#5a7fc4}.None{background:#e6e8ec}
+.Completed{color:#2d7a49}.Failed{color:#a12a2a}.Running{color:#3b5fa6}.Cancelled{color:#8a6d1c}
+input[type=text],input[type=password]{padding:.35rem;width:22rem}button{padding:.35rem .8rem}
+"""
+
+
+def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bool,
+           may: Callable[[str, Action, Resource], bool], anonymous: str) -> None:
+    """Add the ``/ui`` pages to ``app``."""
+
+    def caller(request: Request) -> str | None:
+        if not auth:
+            return anonymous
+        try:
+            return access.authenticate(request.cookies.get(COOKIE))
+        except AccessDeniedError:
+            return None
+
+    def resource_of(name: str, version: str) -> Resource:
+        feature_set = store._cached_feature_set(name, version)
+        return Resource("featureset", name, version, tuple(e.split(":", 1)[0] for e in feature_set.entities))
+
+    def page(title: str, who: str | None, body: str, *, status: int = 200, refresh: int | None = None) -> HTMLResponse:
+        meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+        links = ('<a href="/ui">Catalog</a><a href="/ui/jobs">Jobs</a><a href="/ui/models">Models</a>'
+                 if who else "")
+        account = (f'<span class="who">{escape(who)} · <a href="/ui/logout">sign out</a></span>'
+                   if who and auth else "")
+        return HTMLResponse(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} · Gristmill</title>{meta}"
+            f"<style>{_STYLE}</style></head><body><header><strong>Gristmill · {escape(store.name)}</strong>"
+            f"{links}{account}</header><main>{body}</main></body></html>", status_code=status)
+
+    def signed_in(request: Request, render: Callable[[str], Response]) -> Response:
+        who = caller(request)
+        if who is None:
+            return RedirectResponse(f"/ui/login?next={quote(str(request.url.path))}", status_code=303)
+        try:
+            return render(who)
+        except NotFoundError as exc:
+            return page("Not found", who, f"<h1>Not found</h1><p class='error'>{escape(str(exc))}</p>", status=404)
+        except AccessDeniedError as exc:
+            return page("Not allowed", who, f"<h1>Not allowed</h1><p class='error'>{escape(str(exc))}</p>",
+                        status=403)
+        except GristmillError as exc:
+            return page("Error", who, f"<h1>Error</h1><p class='error'>{escape(str(exc))}</p>", status=400)
+
+    @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form(next: str = "/ui", error: str = "") -> HTMLResponse:
+        message = f"<p class='error'>{escape(error)}</p>" if error else ""
+        return page("Sign in", None, f"<h1>Sign in</h1>{message}<form method='post' action='/ui/login'>"
+                                     f"<input type='hidden' name='next' value='{escape(next, quote=True)}'>"
+                                     "<p><input type='password' name='token' placeholder='gm_… token' autofocus>"
+                                     " <button>Sign in</button></p></form><p class='muted'>A token comes from "
+                                     "<code>gristmill access token NAME</code>.</p>")
+
+    @app.post("/ui/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))   # a plain form: no multipart needed
+        token, next = form.get("token", [""])[0], form.get("next", ["/ui"])[0]
+        try:
+            access.authenticate(token)
+        except AccessDeniedError as exc:
+            return RedirectResponse(f"/ui/login?error={quote(str(exc))}&next={quote(next)}", status_code=303)
+        target = next if next.startswith("/ui") else "/ui"
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+        return response
+
+    @app.get("/ui/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    def catalog(request: Request, q: str = "") -> Response:
+        def render(who: str) -> Response:
+            sets = [fs for fs in store.list_feature_sets()
+                    if may(who, Action.READ_CATALOG, resource_of(fs.name, fs.version))]
+            rows = [[_link(f"/ui/feature-sets/{fs.name}/{fs.version}", fs.ref), fs.stage.value,
+                     escape(fs.description or ""), escape(", ".join(fs.entities))] for fs in sets]
+            body = (f"<h1>Catalog</h1><form action='/ui'><input type='text' name='q' value='{escape(q, quote=True)}' "
+                    "placeholder='search features: name, description, tags'> <button>Search</button></form>")
+            if q:
+                found = [f for f in store.search_features(q, limit=200)
+                         if may(who, Action.READ_CATALOG, resource_of(f.feature_set, f.version))]
+                body += f"<h2>{len(found)} feature(s) matching “{escape(q)}”</h2>" + _table(
+                    ["feature", "type", "description", "tags"],
+                    [[_link(f"/ui/feature-sets/{f.feature_set}/{f.version}", f.ref), escape(f.type.value),
+                      escape(f.description or ""), escape(_tags(f.tags))] for f in found])
+            body += "<h2>Feature sets</h2>" + _table(["feature set", "stage", "description", "entities"], rows)
+            return page("Catalog", who, body)
+
+        return signed_in(request, render)
+
+    @app.get("/ui/feature-sets/{name}/{version}", response_class=HTMLResponse, include_in_schema=False)
+    def feature_set_page(request: Request, name: str, version: str) -> Response:
+        def render(who: str) -> Response:
+            resource = resource_of(name, version)
+            if not may(who, Action.READ_CATALOG, resource):
+                access.check(who, Action.READ_CATALOG, resource)          # records the refusal, raises
+            fs = store.get_feature_set(name, version)
+            spec = fs.spec
+            versions = " ".join(_link(f"/ui/feature-sets/{name}/{v.version}", v.version) if v.version != version
+                                else f"<strong>{escape(v.version)}</strong>"
+                                for v in store.list_feature_sets(name=name))
+            schema = [[escape(c.name), escape(c.type.value), "index column", ""] for c in spec.index_columns]
+            schema.append([escape(spec.timestamp_column), "datetime", "timestamp", ""])
+            schema += [[escape(f.name), escape(f.type.value), "feature", escape(f.description or "")]
+                       for f in spec.features]
+            models = store.models_using(name, version)
+            lineage = (", ".join(escape(m.ref) for m in models) if models
+                       else "<span class='muted'>no registered model uses it</span>")
+            body = (f"<h1>{escape(fs.ref)}</h1><p>{escape(fs.description or '')}</p>"
+                    f"<p class='muted'>stage {escape(fs.stage.value)} · entities {escape(', '.join(fs.entities))}"
+                    f" · tags {escape(_tags(fs.tags)) or '–'} · source {escape(spec.source.type.value)}"
+                    f"{(' ' + escape(spec.source.path)) if spec.source.path else ''}</p>"
+                    f"<p>Versions: {versions}</p><h2>Schema</h2>"
+                    + _table(["column", "type", "role", "description"], schema)
+                    + f"<h2>Lineage</h2><p>Used by: {lineage}</p>")
+            if may(who, Action.READ_JOBS, resource):
+                intervals = store.data_intervals(name, version)
+                body += "<h2>Data intervals</h2>" + "".join(
+                    f"<h3 class='muted'>{kind}</h3>" + _timeline(items) + _table(
+                        ["start", "end", "status"], [[_when(i.start), _when(i.end), i.status.value] for i in items])
+                    for kind, items in intervals.items() if items) + (
+                    "" if any(intervals.values()) else "<p class='muted'>nothing materialized</p>")
+                jobs = store.list_jobs(feature_set=name, version=version, limit=20)
+                body += "<h2>Recent jobs</h2>" + _jobs_table(jobs)
+            return page(fs.ref, who, body)
+
+        return signed_in(request, render)
+
+    @app.get("/ui/jobs", response_class=HTMLResponse, include_in_schema=False)
+    def jobs_page(request: Request, status: str | None = None) -> Response:
+        def render(who: str) -> Response:
+            listed = store.list_jobs(status=status or None, limit=200)
+            readable: dict[str, bool] = {}
+            shown = []
+            for job in listed:
+                if job.ref not in readable:
+                    try:
+                        readable[job.ref] = may(who, Action.READ_JOBS, resource_of(job.feature_set, job.version))
+                    except NotFoundError:
+                        readable[job.ref] = may(who, Action.READ_JOBS, Resource("featureset", job.feature_set,
+                                                                                  job.version))
+                if readable[job.ref]:
+                    shown.append(job)
+            filters = " · ".join(_link(f"/ui/jobs?status={s}" if s else "/ui/jobs", s or "all")
+                                 for s in ("", "Running", "Failed", "Completed", "Queued", "Cancelled"))
+            return page("Jobs", who, f"<h1>Jobs</h1><p>{filters} <span class='muted'>(refreshes every 10 s)</span>"
+                                     f"</p>{_jobs_table(shown)}", refresh=10)
+
+        return signed_in(request, render)
+
+    @app.get("/ui/models", response_class=HTMLResponse, include_in_schema=False)
+    def models_page(request: Request) -> Response:
+        def render(who: str) -> Response:
+            rows = []
+            for model in store.list_models():
+                sets = [ref.split(":") for ref in model.feature_sets]
+                if all(may(who, Action.READ_CATALOG, resource_of(n, v)) for n, v in sets):
+                    rows.append([escape(model.ref), escape(model.description or ""),
+                                 ", ".join(_link(f"/ui/feature-sets/{n}/{v}", f"{n}:{v}") for n, v in sets),
+                                 escape(", ".join(model.features))])
+            return page("Models", who, "<h1>Models</h1>" + _table(["model", "description", "feature sets",
+                                                                   "features"], rows))
+
+        return signed_in(request, render)
+
+
+def _link(href: str, text: str) -> str:
+    return f"<a href='{escape(href, quote=True)}'>{escape(text)}</a>"
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in tags.items())
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else escape(value.strftime("%Y-%m-%d %H:%M"))
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    return f"<table><tr>{head}</tr>{body or f'<tr><td colspan={len(header)} class=muted>none</td></tr>'}</table>"
+
+
+def _timeline(items: list[Any]) -> str:
+    """The intervals as one bar, each segment as wide as its share of the covered time."""
+    total = sum((i.end - i.start).total_seconds() for i in items) or 1.0
+    spans = "".join(f"<span class='{i.status.value}' title='{_when(i.start)} – {_when(i.end)}: {i.status.value}' "
+                    f"style='width:{100 * (i.end - i.start).total_seconds() / total:.3f}%'></span>" for i in items)
+    return f"<div class='timeline'>{spans}</div>"
+
+
+def _jobs_table(jobs: list[Any]) -> str:
+    return _table(["job", "feature set", "window", "stores", "status", "rows read", "rows written", "CPU s", "error"],
+                  [[escape(j.id), _link(f"/ui/feature-sets/{j.feature_set}/{j.version}", j.ref),
+                    f"{_when(j.start)} – {_when(j.end)}", escape("+".join(j.stores)),
+                    f"<span class='{j.status.value}'>{j.status.value}</span>", str(j.rows_read), str(j.rows_written),
+                    f"{j.cpu_seconds:.2f}", escape(j.error or "")] for j in jobs])
