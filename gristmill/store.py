@@ -238,13 +238,20 @@ class FeatureStore:
         # derived feature sets need their parent registered first: retry them after the others
         waiting = feature_sets
         while waiting:
-            results = [(path, self._apply_one(path, "feature set", defer_missing_parent=True)) for path in waiting]
-            done = [(path, item) for path, item in results if item is not None]
-            plan.items.extend(item for _, item in done if item is not None)
-            waiting = [path for path, item in results if item is None]
-            if waiting and not done:                   # no progress: report them as they are
-                plan.items.extend(self._apply_one(path, "feature set") for path in waiting)   # type: ignore[misc]
+            deferred = []
+            for path in waiting:
+                item = self._apply_one(path, "feature set", defer_missing_parent=True)
+                if item is None:
+                    deferred.append(path)
+                else:
+                    plan.items.append(item)
+            if len(deferred) == len(waiting):          # no progress: report them with their error
+                for path in deferred:
+                    item = self._apply_one(path, "feature set")
+                    if item is not None:
+                        plan.items.append(item)
                 break
+            waiting = deferred
         return plan
 
     def _apply_one(self, path: Path, kind: str, *, defer_missing_parent: bool = False) -> PlanItem | None:
@@ -473,7 +480,7 @@ class FeatureStore:
     def list_models(self) -> list[Any]:
         from gristmill.registry.lineage import ModelRecords
 
-        return ModelRecords(self.registry).list()
+        return ModelRecords(self.registry).every()
 
     def models_using(self, feature_set: str, version: str | int | None = None) -> list[Any]:
         """Lineage: the registered models that use ``feature_set`` (any version, or ``version``)."""

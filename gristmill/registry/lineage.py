@@ -52,7 +52,8 @@ class ModelRecords:
             row = self.registry._find(conn, models.models, "model", name, version)
         return _model(row)
 
-    def list(self) -> list[Model]:
+    def every(self) -> list[Model]:
+        """Every registered (not archived) model version, by name and version."""
         with self.registry._transaction() as conn:
             rows = conn.execute(sa.select(models.models).where(models.models.c.archived.is_(False))).mappings().all()
         return [_model(r) for r in _sorted_rows(rows)]

@@ -116,3 +116,50 @@ def test_the_parent_path_must_name_a_version(tmp_path: Path) -> None:
                                         "features": [{"name": "f1", "type": "double"}]})
     with pytest.raises(gm.SpecError, match="must name the parent as name:version"):
         assert spec.parent_ref
+
+
+def test_a_pass_through_child_answers_like_its_parent(tmp_path: Path) -> None:
+    """Property: a derived feature set that only re-declares its parent's feature returns, at every
+    observation, exactly the parent's value (ties on (key, ts), create times, nulls and empty windows
+    included), computed from source and materialized alike."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    (tmp_path / "data").mkdir()
+    ROWS.to_parquet(tmp_path / "data" / "rows.parquet")
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", settings={"offline_enabled": True},
+                          lookback_days=2)
+    _derived(repo, "child", "fs1:1", {"temporal_join_lookback": {"days": 2},
+                                      "features": [{"name": "f1", "type": "double"}]})
+    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: datetime(2024, 2, 1))
+    assert store.apply(repo).ok
+    hours = st.integers(min_value=0, max_value=24 * 6)
+    row = st.tuples(st.sampled_from(["A", "B", None]), hours, st.integers(0, 3),
+                    st.one_of(st.none(), st.floats(-5, 5, allow_nan=False)))
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(rows=st.lists(row, min_size=1, max_size=25), observed=st.lists(st.tuples(st.sampled_from(["A", "B", "C"]),
+                                                                                    hours), min_size=1, max_size=10))
+    def check(rows: list[tuple[Any, int, int, Any]], observed: list[tuple[str, int]]) -> None:
+        base = datetime(2024, 1, 1)
+        pd.DataFrame({"acct": pd.array([r[0] for r in rows], dtype="string"),
+                      "ts": pd.Series([base + pd.Timedelta(hours=r[1]) for r in rows]).astype("datetime64[us]"),
+                      "create_timestamp": pd.Series([base + pd.Timedelta(days=10 + r[2]) for r in rows]
+                                                    ).astype("datetime64[us]"),
+                      "f1": pd.array([r[3] for r in rows], dtype="Float64")}
+                     ).to_parquet(tmp_path / "data" / "rows.parquet")
+        observations = pd.DataFrame({"acct": [o[0] for o in observed], "ts": pd.Series(
+            [base + pd.Timedelta(hours=o[1]) for o in observed]).astype("datetime64[us]")})
+        got = store.get_offline_features(["fs1:1:f1", "child:1:f1"], observations, "ts", full_feature_names=True,
+                                         from_source=True).to_pandas()
+        parent, child = got["fs1__1__f1"], got["child__1__f1"]
+        assert parent.isna().tolist() == child.isna().tolist()
+        assert parent.dropna().tolist() == child.dropna().tolist()
+        for name in ("fs1", "child"):
+            [job] = store.backfill(name, 1, start="2023-12-25", end="2024-01-08")
+            assert job.status.value == "Completed", job.error
+        stored = store.get_offline_features(["fs1:1:f1", "child:1:f1"], observations, "ts", full_feature_names=True,
+                                            materialized_only=True).to_pandas()
+        pd.testing.assert_frame_equal(stored, got)
+
+    check()
