@@ -68,6 +68,9 @@ class StoreConfig(_Config):
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     engine: EngineConfig = EngineConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    # other feature stores a query may span: name -> store folder (relative to this one), used by feature
+    # references like "risk/scores:1:score"
+    peers: dict[str, str] = {}
 
     @classmethod
     def load(cls, folder: Path) -> StoreConfig:

@@ -61,8 +61,9 @@ def references(features: Any) -> list[FeatureRef]:
     refs = []
     for item in features:
         if isinstance(item, FeatureReference):
-            name, version = item.feature_set.split(":")
-            refs.append(FeatureRef(None, name, version, item.feature_name, item.output_name))
+            store, _, feature_set = item.feature_set.rpartition("/")      # "risk/scores:2": another store's
+            name, version = feature_set.split(":")
+            refs.append(FeatureRef(store or None, name, version, item.feature_name, item.output_name))
         elif isinstance(item, FeatureRef):
             refs.append(item)
         else:
@@ -73,30 +74,31 @@ def references(features: Any) -> list[FeatureRef]:
     return refs
 
 
-def plan_requests(refs: list[FeatureRef], resolve: Callable[[str, str], FeatureSetSpec], *,
+def plan_requests(refs: list[FeatureRef], resolve: Callable[[str | None, str, str], FeatureSetSpec], *,
                   full_feature_names: bool = False, store_name: str | None = None) -> list[FeatureSetRequest]:
-    """Group references by feature set version (keeping request order) and name the output columns.
+    """Group references by (store, feature set version), keeping request order, and name the output columns.
 
-    Two outputs with the same name are an error unless renamed (``output_name``) or prefixed
-    (``full_feature_names=True`` gives ``feature_set__version__feature``)."""
-    specs: dict[tuple[str, str], FeatureSetSpec] = {}
-    grouped: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+    ``resolve(store, name, version)`` gives the spec; ``store`` is None for this store (``store_name``) and
+    the prefix of a reference into another one (``other/feature_set:version:feature``). Two outputs with the
+    same name are an error unless renamed (``output_name``) or prefixed (``full_feature_names=True`` gives
+    ``feature_set__version__feature``, and ``store__feature_set__version__feature`` for another store)."""
+    specs: dict[tuple[str | None, str, str], FeatureSetSpec] = {}
+    grouped: dict[tuple[str | None, str, str], list[tuple[int, str, str]]] = {}
     names: dict[str, list[str]] = {}
     for position, ref in enumerate(refs):
-        if ref.store and store_name and ref.store != store_name:
-            raise RetrievalError(f"features: '{ref.text}' names store '{ref.store}', but this store is "
-                                 f"'{store_name}'; retrieve from that store or drop the prefix")
-        key = (ref.feature_set, ref.version)
+        store = ref.store if ref.store and ref.store != store_name else None
+        key = (store, ref.feature_set, ref.version)
         if key not in specs:
-            specs[key] = resolve(ref.feature_set, ref.version)
+            specs[key] = resolve(store, ref.feature_set, ref.version)
         spec = specs[key]
         if spec.feature(ref.feature) is None:
-            raise NotFoundError(f"features: feature set {ref.feature_set}:{ref.version} has no feature "
+            where = f"{store}/" if store else ""
+            raise NotFoundError(f"features: feature set {where}{ref.feature_set}:{ref.version} has no feature "
                                 f"'{ref.feature}' (features: {', '.join(spec.feature_names)})")
         if ref.output_name:
             output = ref.output_name
         elif full_feature_names:
-            output = f"{ref.feature_set}__{ref.version}__{ref.feature}"
+            output = f"{store + '__' if store else ''}{ref.feature_set}__{ref.version}__{ref.feature}"
         else:
             output = ref.feature
         names.setdefault(output, []).append(ref.text)
@@ -106,7 +108,8 @@ def plan_requests(refs: list[FeatureRef], resolve: Callable[[str, str], FeatureS
         detail = "; ".join(f"'{name}' from {', '.join(texts)}" for name, texts in clashes.items())
         raise RetrievalError(f"features: two requested features would get the same column name: {detail}; "
                              "give an output_name or pass full_feature_names=True")
-    return [FeatureSetRequest(label=f"{name}:{version}", spec=specs[(name, version)],
+    return [FeatureSetRequest(label=f"{store + '/' if store else ''}{name}:{version}",
+                              spec=specs[(store, name, version)],
                               outputs=tuple((feature, output) for _, feature, output in items),
-                              position=tuple(position for position, _, _ in items))
-            for (name, version), items in grouped.items()]
+                              position=tuple(position for position, _, _ in items), store=store)
+            for (store, name, version), items in grouped.items()]

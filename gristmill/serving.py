@@ -106,9 +106,11 @@ def _coerce_key(value: Any, kind: FeatureType) -> Any:
     return value
 
 
-def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], store: OnlineStore,
+def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores: OnlineStore | list[OnlineStore],
            observations: Any, *, now: datetime) -> OnlineResult:
-    """Read every request's features for the observation rows' keys."""
+    """Read every request's features for the observation rows' keys (``stores``: one online store, or one per
+    request when they come from several feature stores)."""
+    per_request = stores if isinstance(stores, list) else [stores] * len(requests)
     columns = observation_columns(observations)
     rows = len(next(iter(columns.values()), []))
     missing = {r.label: [k for k in r.spec.index_column_names if k not in columns] for r in requests}
@@ -118,7 +120,7 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], store: 
         raise RetrievalError(f"observations lack index column(s): {detail} (columns: {', '.join(columns)})")
     taken = set(columns)
     outputs: list[tuple[int, str, list[Any], FeatureType]] = []
-    for request, table in zip(requests, tables, strict=True):
+    for request, table, store in zip(requests, tables, per_request, strict=True):
         key_types = [kind for _, kind in table.keys]
         key_columns = [columns[name] for name in table.key_names]
         keys = [tuple(_coerce_key(v, kind) for v, kind in zip(values, key_types, strict=True))

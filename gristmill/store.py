@@ -93,6 +93,7 @@ class FeatureStore:
         self._spec_cache: dict[tuple[str, str], FeatureSet] = {}
         self._online_tables: dict[tuple[str, str], tuple[float, OnlineTable]] = {}
         self._online_plans: dict[Any, tuple[float, list[FeatureSetRequest], list[OnlineTable]]] = {}
+        self._peers: dict[str, FeatureStore] = {}
 
     @classmethod
     def init(cls, path: str | Path, *, name: str | None = None, registry_url: str | None = None,
@@ -189,6 +190,8 @@ class FeatureStore:
         return to_utc_naive(self._clock(), name="clock")
 
     def close(self) -> None:
+        for peer in self._peers.values():
+            peer.close()
         if self._online_store is not None:
             self._online_store.close()
             self._online_store = None
@@ -415,15 +418,17 @@ class FeatureStore:
 
         >>> store.get_offline_features(["transactions:1:amount_7d_sum"], obs, "ts").to_pandas()  # doctest: +SKIP
         """
-        requests = plan_requests(references(features), self._resolve_spec, full_feature_names=full_feature_names,
+        requests = plan_requests(references(features), self._resolve, full_feature_names=full_feature_names,
                                  store_name=self.name)
         if not from_source:
-            requests = [self._with_materialized(r, strict=materialized_only) for r in requests]
+            requests = [self._with_materialized(r, strict=materialized_only) if r.store is None else
+                        replace(self.peer(r.store)._with_materialized(replace(r, store=None), strict=materialized_only),
+                                store=r.store) for r in requests]
         return self.engine.retrieve(requests, observations, timestamp_column, as_known_at=as_known_at,
                                     aggregation_mode=aggregation_mode)
 
     def _with_materialized(self, request: FeatureSetRequest, *, strict: bool) -> FeatureSetRequest:
-        name, version = request.label.split(":")
+        name, version = request.feature_set
         state = self.materializer.records.state(name, version, "offline")
         complete = tuple((i.start, i.end) for i in state.timeline.intervals(include_none=False)
                          if i.status == DataStatus.COMPLETE)
@@ -440,6 +445,23 @@ class FeatureStore:
         if key not in self._spec_cache:
             self._spec_cache[key] = self.get_feature_set(name, version)
         return self._spec_cache[key]
+
+    def peer(self, name: str) -> FeatureStore:
+        """Another feature store named under ``peers:`` in ``featurestore.yaml`` (opened once, same clock)."""
+        opened = self._peers.get(name)
+        if opened is None:
+            folder = self.config.peers.get(name)
+            if folder is None:
+                known = ", ".join(sorted(self.config.peers)) or "none"
+                raise RetrievalError(f"features: store '{name}' is not a known store (this one is '{self.name}'; "
+                                     f"peers: {known}); add it under peers: in {self.path / CONFIG_FILE_NAME}, e.g. "
+                                     f"peers: {{{name}: ../{name}}}")
+            path = Path(folder) if Path(folder).is_absolute() else self.path / folder
+            opened = self._peers[name] = FeatureStore(path, clock=self._clock)
+        return opened
+
+    def _resolve(self, store: str | None, name: str, version: str) -> FeatureSetSpec:
+        return (self if store is None else self.peer(store))._resolve_spec(name, version)
 
     def _resolve_spec(self, name: str, version: str) -> FeatureSetSpec:
         return self._cached_feature_set(name, version).spec
@@ -466,6 +488,13 @@ class FeatureStore:
                     [retrieval_spec] if isinstance(retrieval_spec, str) else list(retrieval_spec))
         model = Model(name=name, version=str(version), retrieval_spec=retrieval_spec, description=description,
                       tags=tags or {})
+        for ref in model.retrieval_spec.features:           # features of other stores: they must exist there
+            store, _, feature_set = ref.feature_set.rpartition("/")
+            if store and store != self.name:
+                spec = self.peer(store)._resolve_spec(*feature_set.split(":"))
+                if spec.feature(ref.feature_name) is None:
+                    raise NotFoundError(f"model {model.ref}: feature set {ref.feature_set} has no feature "
+                                        f"{ref.feature_name}; register it first or fix the retrieval spec")
         result = ModelRecords(self.registry).put(model)
         log.info("model %s: %s (%d features)", model.ref, result, len(model.features))
         return result
@@ -542,14 +571,16 @@ class FeatureStore:
         if cached is not None and time.monotonic() - cached[0] < _ONLINE_TABLE_TTL:
             requests, tables = cached[1], cached[2]
         else:
-            requests = plan_requests(references(features), self._resolve_spec,
+            requests = plan_requests(references(features), self._resolve,
                                      full_feature_names=full_feature_names, store_name=self.name)
-            tables = [self._online_table(*r.label.split(":")) for r in requests]
+            tables = [(self if r.store is None else self.peer(r.store))._online_table(*r.feature_set)
+                      for r in requests]
             if cache_key is not None:
                 if len(self._online_plans) > 1_000:
                     self._online_plans.clear()
                 self._online_plans[cache_key] = (time.monotonic(), requests, tables)
-        return lookup(requests, tables, self.online_store, observations, now=self.now())
+        stores = [self.online_store if r.store is None else self.peer(r.store).online_store for r in requests]
+        return lookup(requests, tables, stores, observations, now=self.now())
 
     def _online_table(self, name: str, version: str) -> OnlineTable:
         """The online table of a version; its materialization version is re-read every few seconds."""

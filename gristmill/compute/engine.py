@@ -26,11 +26,18 @@ class AggregationMode(StrEnum):
 class FeatureSetRequest:
     """The features wanted from one feature set version, with their output column names."""
 
-    label: str                             # e.g. "transactions:1"
+    label: str                             # e.g. "transactions:1", or "risk_store/scores:2" for another store's
     spec: FeatureSetSpec
     outputs: tuple[tuple[str, str], ...]   # (feature name, output column name)
     position: tuple[int, ...] = ()         # index of each output in the user's request (column order)
     materialized: MaterializedData | None = None  # offline data to read where its interval is Complete
+    store: str | None = None               # the feature store holding it (None: the one asked)
+
+    @property
+    def feature_set(self) -> tuple[str, str]:
+        """(name, version) of the feature set within its store."""
+        name, version = self.label.rpartition("/")[2].split(":")
+        return name, version
 
     def __post_init__(self) -> None:
         if not self.position:

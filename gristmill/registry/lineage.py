@@ -73,6 +73,8 @@ class ModelRecords:
 
     def _check_features(self, conn: Connection, model: Model) -> None:
         for ref in model.retrieval_spec.features:
+            if "/" in ref.feature_set:              # another store's feature: checked by the FeatureStore
+                continue
             name, version = ref.feature_set.split(":")
             found = conn.execute(sa.select(models.features.c.name).where(
                 models.features.c.feature_set == name, models.features.c.version == version,
