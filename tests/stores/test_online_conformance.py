@@ -615,3 +615,38 @@ def test_redis_cluster_slot_moved_after_the_store_read_the_slot_map(redis_cluste
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_redis_cluster_follows_ask_while_a_slot_migrates(redis_cluster: Any) -> None:
+    """A slot half-way through a migration (MIGRATING on its owner, IMPORTING on the target): keys that are
+    not on the owner any more answer ASK, and the store writes and reads them on the target with ASKING."""
+    from redis.crc import key_slot
+
+    for store in _redis_store(redis_cluster.url):
+        store.write(FS1, rows(FS1, ("warm", "2024-01-09", 0.0)), now=NOW)
+        clients = [server.client() for server in redis_cluster.servers]
+        ids = [_text(client.execute_command("CLUSTER", "MYID")) for client in clients]
+        for n in range(1000):
+            key = f"migrating{n}"
+            slot = key_slot(_redis_key(store, FS1, (key,)).encode())
+            if all(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0 for client in clients):
+                break
+        owner = ids.index(next(_text(primary[2]) for start, end, primary, *_ in
+                               clients[0].execute_command("CLUSTER", "SLOTS") if start <= slot <= end))
+        target = (owner + 1) % len(clients)
+        clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+        clients[owner].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        try:
+            batch = rows(FS1, (key, "2024-01-09", 7.0), ("other", "2024-01-09", 1.0))
+            assert store.write(FS1, batch, now=NOW) == 2
+            asking = clients[target].pipeline(transaction=False)     # the target answers MOVED without ASKING
+            asking.execute_command("ASKING")
+            asking.exists(_redis_key(store, FS1, (key,)))
+            assert asking.execute()[1] == 1                              # written where ASK said
+            assert amounts(store, [key]) == [7.0] and amounts(store, [key, "other", "none"]) == [7.0, 1.0, None]
+            assert store.write(FS1, rows(FS1, (key, "2024-01-08", 3.0)), now=NOW) == 0    # older: compare-and-set
+            assert amounts(store, [key]) == [7.0]
+        finally:
+            for client in clients:                     # finish the migration: the slot goes to the target
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+                client.close()

@@ -133,6 +133,16 @@ def _redirected(reply: Any) -> bool:
     return isinstance(reply, Exception) and str(reply).startswith(_REDIRECTS)
 
 
+def _asked(reply: Any) -> str | None:
+    """The target ``host:port`` of an ``ASK`` reply (a key of a slot being migrated), else None."""
+    if isinstance(reply, Exception) and str(reply).startswith("ASK "):
+        return str(reply).split()[-1]
+    return None
+
+
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
 @dataclass(eq=False)
 class _Node:
     """One server the store talks to: the standalone server, or one primary of a Redis Cluster."""
@@ -143,14 +153,18 @@ class _Node:
 
 
 class _Route:
-    """Which node holds which key: everything on one server, or by hash slot on a cluster's primaries."""
+    """Which node holds which key: everything on one server, or by hash slot on a cluster's primaries.
+
+    The slot map is one immutable snapshot, replaced whole under a lock, so lookup threads never see half of
+    an old map and half of a new one."""
 
     def __init__(self, client: Any, cluster: Any | None) -> None:
         self.cluster = cluster
         self._single = _Node("server", client) if cluster is None else None
         self._nodes: dict[str, _Node] = {}
-        self._owner = np.zeros(0, dtype=np.int32)       # hash slot -> index into _by_index
-        self._by_index: list[_Node] = []
+        self._lock = threading.Lock()
+        # hash slot -> index into the node list
+        self._map: tuple[np.ndarray, list[_Node]] = (np.zeros(0, dtype=np.int32), [])
         if cluster is not None:
             self.refresh(reload=False)
 
@@ -158,33 +172,52 @@ class _Route:
         """Re-read the cluster's slot map (after a MOVED reply: slots moved between nodes)."""
         if self.cluster is None:
             return
-        manager = self.cluster.nodes_manager
-        if reload:
-            manager.initialize()
-        owner = np.full(16384, -1, dtype=np.int32)
-        by_index: list[_Node] = []
-        index: dict[str, int] = {}
-        for slot, holders in manager.slots_cache.items():
-            primary = holders[0]
-            if primary.name not in index:
-                node = self._nodes.get(primary.name)
-                if node is None:
-                    node = self._nodes[primary.name] = _Node(primary.name, self.cluster.get_redis_connection(primary))
-                index[primary.name] = len(by_index)
-                by_index.append(node)
-            owner[slot] = index[primary.name]
-        self._owner, self._by_index = owner, by_index
+        with self._lock:
+            manager = self.cluster.nodes_manager
+            if reload:
+                manager.initialize()
+            owner = np.full(16384, -1, dtype=np.int32)
+            by_index: list[_Node] = []
+            index: dict[str, int] = {}
+            for slot, holders in manager.slots_cache.items():
+                primary = holders[0]
+                if primary.name not in index:
+                    index[primary.name] = len(by_index)
+                    by_index.append(self._node(primary))
+                owner[slot] = index[primary.name]
+            self._map = (owner, by_index)
+
+    def _node(self, cluster_node: Any) -> _Node:
+        node = self._nodes.get(cluster_node.name)
+        if node is None:
+            node = self._nodes[cluster_node.name] = _Node(cluster_node.name,
+                                                          self.cluster.get_redis_connection(cluster_node))
+        return node
+
+    def node_at(self, address: str) -> _Node:
+        """The node at ``host:port`` (an ``ASK`` reply's target, possibly not in the slot map yet)."""
+        if self._single is not None:
+            return self._single
+        with self._lock:
+            node = self._nodes.get(address)
+            if node is None:
+                from redis.cluster import ClusterNode
+
+                host, _, port = address.rpartition(":")
+                node = self._node(ClusterNode(host, int(port), server_type="primary"))
+            return node
 
     def nodes(self) -> list[_Node]:
-        return [self._single] if self._single is not None else list(self._by_index)
+        return [self._single] if self._single is not None else list(self._map[1])
 
     def slots(self, names: Iterable[bytes]) -> np.ndarray:
         from redis.crc import key_slot
 
         return np.fromiter((key_slot(name) for name in names), dtype=np.int32)
 
-    def owner(self, slots: np.ndarray) -> np.ndarray:
-        owners = self._owner[slots]
+    @staticmethod
+    def _owners(owner: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        owners = owner[slots]
         if (owners < 0).any():
             raise OnlineStoreError(f"Redis Cluster: hash slot {int(slots[owners < 0][0])} is served by no node "
                                    "(is the cluster healthy? `redis-cli --cluster check`)")
@@ -194,19 +227,21 @@ class _Route:
         """``batch`` cut into one batch per node that holds some of its keys."""
         if self._single is not None:
             return [(self._single, batch)]
+        owner, by_index = self._map
         batch = batch.with_slots(self.slots(batch.names.cast(pa.binary()).to_pylist()))
-        owners = self.owner(batch.slots)                                       # type: ignore[arg-type]
-        return [(self._by_index[i], batch.take(np.flatnonzero(owners == i))) for i in np.unique(owners).tolist()]
+        owners = self._owners(owner, batch.slots)                              # type: ignore[arg-type]
+        return [(by_index[i], batch.take(np.flatnonzero(owners == i))) for i in np.unique(owners).tolist()]
 
     def group(self, names: list[bytes]) -> list[tuple[_Node, list[int]]]:
         """Positions of ``names`` per node that holds them."""
         if self._single is not None:
             return [(self._single, list(range(len(names))))]
-        owners = self.owner(self.slots(names)).tolist()
+        owner, by_index = self._map
+        owners = self._owners(owner, self.slots(names)).tolist()
         groups: dict[int, list[int]] = {}
-        for position, owner in enumerate(owners):
-            groups.setdefault(owner, []).append(position)
-        return [(self._by_index[i], positions) for i, positions in groups.items()]
+        for position, index in enumerate(owners):
+            groups.setdefault(index, []).append(position)
+        return [(by_index[i], positions) for i, positions in groups.items()]
 
 
 @dataclass
@@ -239,6 +274,7 @@ class _NodeWrite:
         self.new_keys = True
         self.written = 0
         self.redirected: list[Batch] = []           # rows a cluster sent elsewhere: to route again
+        self.asked: list[tuple[str, Batch]] = []    # rows of migrating slots: (target node, rows), ASKING there
 
     def send(self, batch: Batch) -> None:
         self._send(batch, set_nx=self.new_keys)
@@ -267,8 +303,7 @@ class _NodeWrite:
             if failure is not None:
                 raise OnlineStoreError(f"Redis at {self.store._where(self.node)} refused a write: {failure}")
             existing = [i for i, a in enumerate(answers) if a is None]
-            if redirected:
-                self.redirected.append(sent.batch.take(np.array(redirected)))
+            self._keep_redirected(sent.batch, [(i, answers[i]) for i in redirected])
             if existing:
                 self._send(sent.batch.take(np.array(existing)), set_nx=False)
             self.written += len(answers) - len(existing) - len(redirected)
@@ -281,7 +316,7 @@ class _NodeWrite:
             elif str(answer).startswith("NOSCRIPT"):      # nothing of that call ran
                 lost.append(i)
             elif _redirected(answer):
-                self.redirected.append(sent.batch.take(sent.rows[i]))
+                self._keep_redirected(sent.batch, [(int(r), answer) for r in sent.rows[i]])
             else:
                 raise OnlineStoreError(f"Redis at {self.store._where(self.node)} refused a write: {answer}")
         if lost:         # the server lost the script (restart, SCRIPT FLUSH): load it, send those calls again
@@ -290,6 +325,20 @@ class _NodeWrite:
             self.node.script_loaded = False
             self.store._load_script(self.node)
             self._send(sent.batch.take(np.concatenate([sent.rows[i] for i in lost])), set_nx=False, retried=True)
+
+    def _keep_redirected(self, batch: Batch, replies: list[tuple[int, Any]]) -> None:
+        """Rows answered MOVED/TRYAGAIN/CLUSTERDOWN go to ``redirected``, rows answered ASK to ``asked``."""
+        by_target: dict[str, list[int]] = {}
+        moved = []
+        for position, reply in replies:
+            target = _asked(reply)
+            if target is None:
+                moved.append(position)
+            else:
+                by_target.setdefault(target, []).append(position)
+        if moved:
+            self.redirected.append(batch.take(np.array(moved)))
+        self.asked.extend((target, batch.take(np.array(rows))) for target, rows in by_target.items())
 
     def close(self, *, failed: bool) -> None:
         self.store._release(self.node, self.connection, failed=failed)
@@ -312,8 +361,9 @@ class RedisOnlineStore:
     rows_per_pipeline = 20_000
     #: keys per MGET
     keys_per_read = 1000
-    #: how often a write or read sent elsewhere by a cluster (slots moving) is routed again
-    redirect_attempts = 5
+    #: how often a write or read sent elsewhere by a cluster (slots moving, a failover) is routed again, with
+    #: back-off (about 6 s in all); ``ASK`` replies (a slot being migrated) are followed at once
+    redirect_attempts = 8
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gristmill",
                  socket_timeout: float = 30.0) -> None:
@@ -355,13 +405,17 @@ class RedisOnlineStore:
                 for start in range(0, len(prepared), self.rows_per_pipeline))
             written = 0
             for attempt in range(self.redirect_attempts + 1):
-                done, redirected = self._write_batches(route, batches, offset_ms)
+                done, redirected, asked = self._write_batches(route, batches, offset_ms)
                 written += done
+                if asked:                             # keys of slots being migrated: write them where Redis said
+                    done, more = self._write_asked(route, asked, offset_ms)
+                    written += done
+                    redirected += more
                 if not redirected:
                     return written
                 if attempt == self.redirect_attempts:
                     break
-                time.sleep(0.05 * attempt)
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
                 route.refresh()
                 batches = redirected
             raise OnlineStoreError(f"Redis Cluster at {_redacted(self.url)} kept redirecting writes (slots moving "
@@ -466,8 +520,10 @@ class RedisOnlineStore:
             connection.disconnect()
         node.client.connection_pool.release(connection)
 
-    def _write_batches(self, route: _Route, batches: Iterable[Batch], offset_ms: int) -> tuple[int, list[Batch]]:
-        """Write ``batches``, each split by node; returns (rows written, rows a cluster redirected)."""
+    def _write_batches(self, route: _Route, batches: Iterable[Batch], offset_ms: int
+                       ) -> tuple[int, list[Batch], list[tuple[str, Batch]]]:
+        """Write ``batches``, each split by node; returns (rows written, rows a cluster redirected, rows it
+        asked to write on another node)."""
         writers: dict[str, _NodeWrite] = {}
         failed = True
         try:
@@ -485,7 +541,36 @@ class RedisOnlineStore:
             for writer in writers.values():
                 writer.close(failed=failed)
         return (sum(w.written for w in writers.values()),
-                [batch for w in writers.values() for batch in w.redirected])
+                [batch for w in writers.values() for batch in w.redirected],
+                [asked for w in writers.values() for asked in w.asked])
+
+    def _write_asked(self, route: _Route, asked: list[tuple[str, Batch]], offset_ms: int) -> tuple[int, list[Batch]]:
+        """Rows of migrating slots, written on the node an ``ASK`` named: ``ASKING`` then the compare-and-set
+        script, one row per call (keys of one slot; a handful of rows). Returns (written, rows to route again)."""
+        written = 0
+        again: list[Batch] = []
+        for target, batch in asked:
+            node = route.node_at(target)
+            self._load_script(node)
+            calls = script_calls(batch.with_slots(None), sha=self._write_sha, offset_ms=offset_ms,  # type: ignore[arg-type]
+                                 rows_per_call=1)
+            connection = self._acquire(node)
+            failed = True
+            try:
+                connection.send_packed_command([part for command, _ in calls for part in (_ASKING, command)],
+                                               check_health=False)
+                answers = replies_of(connection)(2 * len(calls))[1::2]
+                failed = False
+            finally:
+                self._release(node, connection, failed=failed)
+            for (_, rows), answer in zip(calls, answers, strict=True):
+                if not isinstance(answer, Exception):
+                    written += answer
+                elif _redirected(answer):
+                    again.append(batch.take(rows))
+                else:
+                    raise OnlineStoreError(f"Redis at {self._where(node)} refused a write: {answer}")
+        return written, again
 
     def _unlink(self, node: _Node, names: list[bytes], *, cluster: bool) -> None:
         if not cluster:
@@ -503,11 +588,15 @@ class RedisOnlineStore:
         route = self._route()
         for attempt in range(self.redirect_attempts + 1):
             moved: list[int] = []
+            asked: dict[str, list[int]] = {}
             for node, positions in route.group([names[i] for i in todo]):
                 wanted = [todo[p] for p in positions]
                 for position, reply in zip(wanted, self._fetch(node, [names[i] for i in wanted],
                                                                cluster=route.cluster is not None), strict=True):
-                    if _redirected(reply):
+                    target = _asked(reply)
+                    if target is not None:
+                        asked.setdefault(target, []).append(position)
+                    elif _redirected(reply):
                         moved.append(position)
                     elif isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE"):
                         pass                # a key of another layout: unreadable, so missing
@@ -515,10 +604,21 @@ class RedisOnlineStore:
                         raise OnlineStoreError(f"Redis at {self._where(node)} refused a read: {reply}")
                     else:
                         out[position] = reply
+            for target, positions in asked.items():     # keys of a slot being migrated: ASKING, then GET
+                node = route.node_at(target)
+                commands = [part for i in positions for part in (_ASKING, b"*2\r\n$3\r\nGET\r\n%s" % bulk(names[i]))]
+                for position, reply in zip(positions, self._request(node, commands, len(commands))[1::2],
+                                           strict=True):
+                    if _redirected(reply):
+                        moved.append(position)
+                    elif isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
+                        raise OnlineStoreError(f"Redis at {self._where(node)} refused a read: {reply}")
+                    elif not isinstance(reply, Exception):
+                        out[position] = reply
             if not moved:
                 return out
             if attempt < self.redirect_attempts:
-                time.sleep(0.05 * attempt)
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
                 route.refresh()
                 todo = moved
         raise OnlineStoreError(f"Redis Cluster at {_redacted(self.url)} kept redirecting reads (slots moving "
