@@ -593,7 +593,7 @@ def access_add(name: Annotated[str, typer.Argument(help="Principal name.")],
                store: StoreOption = Path(".")) -> None:
     """Add a principal (a user or a service principal)."""
     with _user_errors():
-        principal = _access(store).add_principal(name, kind=kind)
+        principal = _access(store).add_principal(name, kind=kind, by=_local_actor())
         console.print(f"{principal.kind} {principal.name} added")
 
 
@@ -605,7 +605,8 @@ def access_token(name: Annotated[str, typer.Argument(help="Principal name.")],
     from datetime import timedelta
 
     with _user_errors():
-        token = _access(store).create_token(name, expires_in=timedelta(days=expires_days) if expires_days else None)
+        token = _access(store).create_token(name, expires_in=timedelta(days=expires_days) if expires_days else None,
+                                            by=_local_actor())
         print(token)
 
 
@@ -614,7 +615,7 @@ def access_revoke_token(token_id: Annotated[str, typer.Argument(help="The id par
                         store: StoreOption = Path(".")) -> None:
     """Revoke a token."""
     with _user_errors():
-        _access(store).revoke_token(token_id)
+        _access(store).revoke_token(token_id, by=_local_actor())
         console.print(f"token {token_id} revoked")
 
 

@@ -92,7 +92,7 @@ class RemoteFeatureStore:
         from gristmill.spec.featureset import FeatureSet
         from gristmill.spec.featureset_spec import FeatureSetSpec
 
-        item = self._call("GET", f"/v1/feature-sets/{name}/{version}")
+        item = self._call("GET", f"/v1/feature-sets/{_q(name)}/{_q(version)}")
         spec = FeatureSetSpec.from_dict(item["spec"], source_name=f"specification of {name}:{version} "
                                                                            f"from {self.url}")
         return FeatureSet.model_validate(_asset(item)).with_spec(spec)
@@ -120,7 +120,7 @@ class RemoteFeatureStore:
     def get_model(self, name: str, version: str | int) -> Any:
         from gristmill.spec.model import Model
 
-        item = self._call("GET", f"/v1/models/{name}/{version}")
+        item = self._call("GET", f"/v1/models/{_q(name)}/{_q(version)}")
         return Model.model_validate({k: v for k, v in item.items() if k != "ref"})
 
     def models_using(self, feature_set: str, version: str | int | None = None) -> list[Any]:
@@ -128,14 +128,14 @@ class RemoteFeatureStore:
         versions = [str(version)] if version is not None else [
             fs.version for fs in self.list_feature_sets() if fs.name == feature_set]
         refs = sorted({ref for v in versions
-                       for ref in self._call("GET", f"/v1/feature-sets/{feature_set}/{v}")["used_by_models"]})
+                       for ref in self._call("GET", f"/v1/feature-sets/{_q(feature_set)}/{_q(v)}")["used_by_models"]})
         return [self.get_model(*ref.split(":")) for ref in refs]
 
     # -- materialization --------------------------------------------------------------------------------
     def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
         from gristmill.jobs.intervals import DataInterval
 
-        answer = self._call("GET", f"/v1/feature-sets/{name}/{version}/intervals")
+        answer = self._call("GET", f"/v1/feature-sets/{_q(name)}/{_q(version)}/intervals")
         return {kind: [DataInterval(datetime.fromisoformat(i["start"]), datetime.fromisoformat(i["end"]),
                                     i["status"]) for i in items] for kind, items in answer.items()}
 
@@ -143,7 +143,8 @@ class RemoteFeatureStore:
                  data_status: list[str] | None = None, stores: list[str] | None = None) -> list[Any]:
         """Run a backfill on the server (the call returns when its jobs have ended)."""
         body = {"start": _iso(start), "end": _iso(end), "data_status": data_status, "stores": stores}
-        return [_job(item) for item in self._call("POST", f"/v1/feature-sets/{name}/{version}/backfill", json=body)]
+        path = f"/v1/feature-sets/{_q(name)}/{_q(version)}/backfill"
+        return [_job(item) for item in self._call("POST", path, json=body)]
 
     def list_jobs(self, *, feature_set: str | None = None, version: str | int | None = None,
                   status: str | None = None, limit: int = 100) -> list[Any]:
@@ -152,10 +153,10 @@ class RemoteFeatureStore:
         return [_job(item) for item in self._call("GET", "/v1/jobs", params=params)]
 
     def get_job(self, job_id: str) -> Any:
-        return _job(self._call("GET", f"/v1/jobs/{job_id}"))
+        return _job(self._call("GET", f"/v1/jobs/{_q(job_id)}"))
 
     def cancel_job(self, job_id: str) -> Any:
-        return _job(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+        return _job(self._call("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
 
     # -- HTTP -------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -175,6 +176,13 @@ class RemoteFeatureStore:
         error = {401: AccessDeniedError, 403: AccessDeniedError, 404: NotFoundError}.get(response.status_code,
                                                                                           GristmillError)
         raise error(f"{message} (HTTP {response.status_code} from {self.url})")
+
+
+def _q(part: Any) -> str:
+    """One URL path segment."""
+    from urllib.parse import quote
+
+    return quote(str(part), safe="")
 
 
 def _asset(item: dict[str, Any]) -> dict[str, Any]:

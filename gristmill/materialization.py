@@ -21,6 +21,7 @@ from gristmill.jobs.backfill import BackfillError, plan_backfill
 from gristmill.jobs.intervals import DataInterval, DataStatus
 from gristmill.jobs.materialize import materialize_window
 from gristmill.jobs.notify import Notifier
+from gristmill.registry.materialization import ConflictError
 from gristmill.spec.featureset import FeatureSet, MaterializationSettings
 from gristmill.stores.offline.delta import OfflineTable
 from gristmill.stores.online.base import OnlineTable
@@ -154,8 +155,13 @@ class Materializer:
         return job
 
     def run(self, feature_set: FeatureSet, job: JobRecord) -> JobRecord:
-        """Run one recorded job in this process."""
-        self.records.start_job(job.id)
+        """Run one recorded job in this process (a job cancelled or taken before it starts is left as it is)."""
+        try:
+            self.records.start_job(job.id)
+        except ConflictError:
+            current = self.records.get_job(job.id)
+            log.warning("%s: job %s not started: it is %s", feature_set.ref, job.id, current.status.value)
+            return current
         cpu_started = time.process_time()
         wall_started = time.perf_counter()
         try:
@@ -177,13 +183,22 @@ class Materializer:
             message = str(exc) if isinstance(exc, GristmillError) else f"{type(exc).__name__}: {exc}"
             # the job record carries the error to the caller; the log line is for operators' files
             log.info("%s: job %s [%s, %s) failed: %s", feature_set.ref, job.id, job.start, job.end, message)
-            return self.ended(self.records.fail_job(job.id, message, cpu_seconds=time.process_time() - cpu_started),
-                              feature_set)
+            try:
+                failed = self.records.fail_job(job.id, message, cpu_seconds=time.process_time() - cpu_started)
+            except ConflictError:             # it ended elsewhere meanwhile (cancelled, reaped)
+                return self.records.get_job(job.id)
+            return self.ended(failed, feature_set)
         log.info("%s: job %s [%s, %s) completed: %d rows read, %d written in %.2f s", feature_set.ref, job.id,
                  job.start, job.end, result.rows_read, result.rows_written, time.perf_counter() - wall_started)
-        return self.ended(self.records.finish_job(job.id, rows_read=result.rows_read, rows_written=result.rows_written,
-                                                  bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds),
-                          feature_set)
+        try:
+            finished = self.records.finish_job(job.id, rows_read=result.rows_read, rows_written=result.rows_written,
+                                               bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds)
+        except ConflictError:                 # cancelled meanwhile, or failed by a worker that thought us dead
+            current = self.records.get_job(job.id)
+            log.warning("%s: job %s finished its work but was already %s (%s); its status stands", feature_set.ref,
+                        job.id, current.status.value, current.error)
+            return current
+        return self.ended(finished, feature_set)
 
 
 def parse_window_time(value: Any, name: str) -> datetime | None:

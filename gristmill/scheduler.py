@@ -136,6 +136,8 @@ class Scheduler:
         """Fail the queued or running jobs whose worker sent no heartbeat for ``lease``."""
         failed = []
         for stale in self.schedules.stale(silent_for=self.lease):
+            if not self.schedules.still_stale(stale.job.id, silent_for=self.lease):    # it beat meanwhile
+                continue
             reason = (f"worker {stale.worker} stopped: no heartbeat since {stale.heartbeat_at:%Y-%m-%d %H:%M:%S} "
                       f"UTC; retry with: gristmill backfill {stale.job.ref} --job-id {stale.job.id}")
             try:

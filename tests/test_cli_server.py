@@ -56,8 +56,10 @@ def test_access_commands_then_serve(tmp_path: Path) -> None:
     assert_ok(gristmill("access", "revoke-token", token_id, "--store", store))
     assert_ok(gristmill("access", "revoke", "svc-model", "Reader", "--store", store))
     audit = json.loads(gristmill("access", "audit", "--json", "--store", store).stdout)
-    assert [(e["action"], e["allowed"]) for e in audit][:3] == [("access.revoke", True), ("audit.read", False),
-                                                                ("access.grant", True)]
+    assert [(e["action"], e["allowed"]) for e in audit][:5] == [
+        ("access.revoke", True), ("access.token.revoke", True), ("audit.read", False), ("access.token.create", True),
+        ("access.grant", True)]
+    assert audit[-1]["action"] == "access.principal.add" and audit[-1]["principal"].startswith("local")
 
 
 def test_ui_command_serves_the_pages(tmp_path: Path) -> None:

@@ -291,7 +291,8 @@ def test_models_and_lineage_over_http(server: Server) -> None:
     assert model["retrieval_spec"]["feature_stores"][0]["features"][1] == {"feature_set": "fs2:1",
                                                                             "feature_name": "f1"}
     detail = server.client("reader").get("/v1/feature-sets/fs1/1").json()
-    assert detail["used_by_models"] == ["m_both:1", "m_fs1:1"]
+    assert detail["used_by_models"] == ["m_fs1:1"]             # m_both also reads fs2, which reader may not
+    assert server.client("owner").get("/v1/feature-sets/fs1/1").json()["used_by_models"] == ["m_both:1", "m_fs1:1"]
     remote = gm.FeatureStore.connect(server.url, token=server.tokens["owner"])
     assert [m.ref for m in remote.models_using("fs2")] == [m.ref for m in server.store.models_using("fs2")]
     assert remote.get_model("m_fs1", 1) == server.store.get_model("m_fs1", 1)
@@ -359,3 +360,17 @@ def test_ui_escapes_what_users_wrote(server: Server) -> None:
     server.store.update_feature_set("fs2", 1, description="<script>alert(1)</script>")
     html = _browser(server, "owner").get("/ui/feature-sets/fs2/1").text
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_refused_tokens_and_access_changes_are_audited(server: Server) -> None:
+    httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": "Bearer gm_abcdefabcdef_wrong"})
+    entries = server.access.audit_entries(limit=1000)
+    refused = [e for e in entries if e.action == "authenticate" and e.resource == "token:abcdefabcdef"]
+    assert refused and refused[0].allowed is False and refused[0].detail == "the token is not valid"
+    assert any(e.action == "access.token.create" and "of owner" in e.resource for e in entries)
+
+
+def test_ui_login_refuses_cross_site_posts(server: Server) -> None:
+    response = httpx.post(f"{server.url}/ui/login", data={"token": server.tokens["owner"]},
+                          headers={"Origin": "https://evil.example"})
+    assert response.status_code == 403 and "set-cookie" not in response.headers

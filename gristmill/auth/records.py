@@ -112,9 +112,10 @@ class AccessRecords:
         self.records = records
         self.cache_seconds = cache_seconds
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._refusals: dict[str, float] = {}
 
     # -- principals and tokens ------------------------------------------------------------------------
-    def add_principal(self, name: str, *, kind: str = "user") -> Principal:
+    def add_principal(self, name: str, *, kind: str = "user", by: str = "local") -> Principal:
         if kind not in PRINCIPAL_KINDS:
             raise GristmillError(f"principal kind {kind!r} must be one of {', '.join(PRINCIPAL_KINDS)}")
         if not name or any(c.isspace() for c in name):
@@ -123,6 +124,7 @@ class AccessRecords:
             if conn.execute(sa.select(principals.c.name).where(principals.c.name == name)).first():
                 raise GristmillError(f"principal {name} exists already")
             conn.execute(sa.insert(principals).values(name=name, kind=kind, created_at=_now(), disabled=False))
+            _audit(conn, by, "access.principal.add", f"{kind} {name}", allowed=True)
         return self.principal(name)
 
     def principal(self, name: str) -> Principal:
@@ -137,7 +139,7 @@ class AccessRecords:
             rows = conn.execute(sa.select(principals).order_by(principals.c.name)).mappings().all()
         return [Principal(r["name"], r["kind"], _aware_utc(r["created_at"]), bool(r["disabled"])) for r in rows]
 
-    def create_token(self, principal: str, *, expires_in: timedelta | None = None) -> str:
+    def create_token(self, principal: str, *, expires_in: timedelta | None = None, by: str = "local") -> str:
         """A new token for ``principal``; the secret is returned once and only its hash is kept."""
         self.principal(principal)
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
@@ -146,12 +148,15 @@ class AccessRecords:
                 id=token_id, principal=principal, secret_sha256=_sha256(secret), created_at=_now(),
                 expires_at=_now() + expires_in if expires_in is not None else None, revoked_at=None,
                 last_used_at=None))
+            _audit(conn, by, "access.token.create", f"token:{token_id} of {principal}", allowed=True)
         return f"gm_{token_id}_{secret}"
 
-    def revoke_token(self, token_id: str) -> None:
+    def revoke_token(self, token_id: str, *, by: str = "local") -> None:
         with self.records._transaction(write=True) as conn:
             if not conn.execute(sa.update(tokens).where(tokens.c.id == token_id).values(revoked_at=_now())).rowcount:
                 raise NotFoundError(f"token {token_id} not found")
+            _audit(conn, by, "access.token.revoke", f"token:{token_id}", allowed=True)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != "token"}
 
     def authenticate(self, token: str | None) -> str:
         """The principal a bearer token belongs to, or ``AccessDeniedError`` (unknown, expired, revoked)."""
@@ -163,21 +168,39 @@ class AccessRecords:
             raise AccessDeniedError("a valid token is required: send 'Authorization: Bearer gm_...' (create one "
                                     "with `gristmill access token NAME`)")
         token_id, secret = parts[1], parts[2]
-        with self.records._transaction(write=True) as conn:
+        with self.records._transaction() as conn:                 # a read: refusals take no write lock
             row = conn.execute(sa.select(tokens, principals.c.disabled).join(
                 principals, principals.c.name == tokens.c.principal).where(tokens.c.id == token_id)
             ).mappings().one_or_none()
-            if row is None or not hmac.compare_digest(row["secret_sha256"], _sha256(secret)):
-                raise AccessDeniedError("the token is not valid")
-            if row["revoked_at"] is not None:
-                raise AccessDeniedError(f"token {token_id} was revoked")
-            if row["expires_at"] is not None and _aware_utc(row["expires_at"]) <= _now():
-                raise AccessDeniedError(f"token {token_id} expired at {_aware_utc(row['expires_at']):%Y-%m-%d %H:%M} "
-                                        "UTC; create a new one")
-            if row["disabled"]:
-                raise AccessDeniedError(f"principal {row['principal']} is disabled")
-            conn.execute(sa.update(tokens).where(tokens.c.id == token_id).values(last_used_at=_now()))
-            return str(row["principal"])
+        problem = None
+        if row is None or not hmac.compare_digest(row["secret_sha256"], _sha256(secret)):
+            problem = "the token is not valid"
+        elif row["revoked_at"] is not None:
+            problem = f"token {token_id} was revoked"
+        elif row["expires_at"] is not None and _aware_utc(row["expires_at"]) <= _now():
+            ended = _aware_utc(row["expires_at"])
+            problem = f"token {token_id} expired at {ended:%Y-%m-%d %H:%M} UTC; create a new one"
+        elif row["disabled"]:
+            problem = f"principal {row['principal']} is disabled"
+        if problem is not None:
+            self._audit_refused_token(token_id[:40], problem)
+            raise AccessDeniedError(problem)
+        last = row["last_used_at"]
+        if last is None or _now() - _aware_utc(last) > timedelta(minutes=1):      # a write at most once a minute
+            with self.records._transaction(write=True) as conn:
+                conn.execute(sa.update(tokens).where(tokens.c.id == token_id).values(last_used_at=_now()))
+        return str(row["principal"])
+
+    def _audit_refused_token(self, token_id: str, problem: str) -> None:
+        """Record a refused token, at most once a minute per token (a flood must not flood the log)."""
+        now = time.monotonic()
+        last = self._refusals.get(token_id)
+        if last is not None and now - last < 60:
+            return
+        if len(self._refusals) > 10_000:
+            self._refusals.clear()
+        self._refusals[token_id] = now
+        self.audit("?", "authenticate", f"token:{token_id}", allowed=False, detail=problem)
 
     # -- grants ---------------------------------------------------------------------------------------
     def grant(self, principal: str, role: Role | str, scope: Scope | str = "store", *, by: str) -> Grant:

@@ -69,7 +69,7 @@ class ModelRecords:
             rows = [conn.execute(sa.select(models.models).where(models.models.c.name == name,
                                                                 models.models.c.version == model_version)
                                  ).mappings().one() for name, model_version in keys]
-        return [_model(r) for r in _sorted_rows(rows)]
+        return [_model(r) for r in _sorted_rows(rows) if not r["archived"]]
 
     def _check_features(self, conn: Connection, model: Model) -> None:
         for ref in model.retrieval_spec.features:

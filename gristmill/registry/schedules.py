@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -103,7 +104,8 @@ class ScheduleRecords:
                     return None
                 job_id = insert_job(conn, name, version, start=start, end=end, stores=stores)
                 conn.execute(sa.insert(schedule_runs).values(**key, job_id=job_id, worker=worker, claimed_at=_now()))
-                conn.execute(sa.insert(job_heartbeats).values(job_id=job_id, worker=worker, heartbeat_at=_now()))
+                conn.execute(sa.insert(job_heartbeats).values(job_id=job_id, worker=worker,
+                                                              heartbeat_at=_db_now(conn)))
                 return _job(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one())
         except sa_exc.IntegrityError:      # PostgreSQL: a concurrent worker inserted the same run first
             return None
@@ -125,20 +127,37 @@ class ScheduleRecords:
                 for r in rows]
 
     def heartbeat(self, job_id: str, worker: str) -> None:
-        """Record that ``worker`` is still running ``job_id``."""
+        """Record that ``worker`` is still running ``job_id`` (on the database's clock, so workers on machines
+        whose clocks differ still agree on who went silent)."""
         with self.records._transaction(write=True) as conn:
+            now = _db_now(conn)
             updated = conn.execute(sa.update(job_heartbeats).where(job_heartbeats.c.job_id == job_id)
-                                   .values(worker=worker, heartbeat_at=_now())).rowcount
+                                   .values(worker=worker, heartbeat_at=now)).rowcount
             if not updated:
-                conn.execute(sa.insert(job_heartbeats).values(job_id=job_id, worker=worker, heartbeat_at=_now()))
+                conn.execute(sa.insert(job_heartbeats).values(job_id=job_id, worker=worker, heartbeat_at=now))
 
     def stale(self, *, silent_for: timedelta) -> list[StaleJob]:
         """Queued or running jobs whose worker has sent no heartbeat for ``silent_for``."""
-        limit = _now() - silent_for
-        query = (sa.select(jobs, job_heartbeats.c.worker, job_heartbeats.c.heartbeat_at)
-                 .join(job_heartbeats, job_heartbeats.c.job_id == jobs.c.id)
-                 .where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-                        job_heartbeats.c.heartbeat_at < limit))
         with self.records._transaction() as conn:
-            rows = conn.execute(query).mappings().all()
+            rows = conn.execute(self._stale_query(conn, silent_for)).mappings().all()
         return [StaleJob(_job(r), r["worker"], _aware_utc(r["heartbeat_at"])) for r in rows]
+
+    def still_stale(self, job_id: str, *, silent_for: timedelta) -> bool:
+        """Whether ``job_id`` is still silent now (checked right before failing it)."""
+        with self.records._transaction() as conn:
+            return conn.execute(self._stale_query(conn, silent_for).where(jobs.c.id == job_id)).first() is not None
+
+    @staticmethod
+    def _stale_query(conn: sa.Connection, silent_for: timedelta) -> sa.Select[Any]:
+        return (sa.select(jobs, job_heartbeats.c.worker, job_heartbeats.c.heartbeat_at)
+                .join(job_heartbeats, job_heartbeats.c.job_id == jobs.c.id)
+                .where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                       job_heartbeats.c.heartbeat_at < _db_now(conn) - silent_for))
+
+
+def _db_now(conn: sa.Connection) -> datetime:
+    """The database server's time on PostgreSQL (one clock for all workers); this machine's on SQLite (whose
+    workers share this machine anyway)."""
+    if conn.dialect.name == "postgresql":
+        return _aware_utc(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+    return _now()

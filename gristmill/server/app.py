@@ -127,7 +127,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
         check(principal, Action.READ_CATALOG, feature_set_resource(name, version)[1])
         fs = store.get_feature_set(name, version)            # fresh: description, tags, settings may change
-        used_by = [m.ref for m in store.models_using(name, version)]
+        used_by = [m.ref for m in store.models_using(name, version) if model_readable(principal, m)]
         return {**_summary(fs), "used_by_models": used_by, "spec": fs.spec.to_dict()}
 
     def model_readable(principal: str, model: Any) -> bool:

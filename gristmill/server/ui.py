@@ -94,6 +94,10 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):     # a cross-site form post
+            return page("Sign in", None, "<h1>Sign in</h1><p class='error'>sign in from this server's own page"
+                                         "</p>", status=403)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))   # a plain form: no multipart needed
         token, next = form.get("token", [""])[0], form.get("next", ["/ui"])[0]
         try:
@@ -102,7 +106,8 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             return RedirectResponse(f"/ui/login?error={quote(str(exc))}&next={quote(next)}", status_code=303)
         target = next if next.startswith("/ui") else "/ui"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600,
+                            secure=request.url.scheme == "https")
         return response
 
     @app.get("/ui/logout", include_in_schema=False)
@@ -147,7 +152,9 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             schema.append([escape(spec.timestamp_column), "datetime", "timestamp", ""])
             schema += [[escape(f.name), escape(f.type.value), "feature", escape(f.description or "")]
                        for f in spec.features]
-            models = store.models_using(name, version)
+            models = [m for m in store.models_using(name, version)
+                      if all(may(who, Action.READ_CATALOG, resource_of(*ref.split(":")))
+                             for ref in m.feature_sets if "/" not in ref)]
             lineage = (", ".join(escape(m.ref) for m in models) if models
                        else "<span class='muted'>no registered model uses it</span>")
             body = (f"<h1>{escape(fs.ref)}</h1><p>{escape(fs.description or '')}</p>"

@@ -323,3 +323,26 @@ def test_notifications_follow_email_on_and_never_fail_a_job(tmp_path: Path, webh
     assert [(h["path"], h["body"]["event"]) for h in hooks.received] == [("/x", "JobCancelled")]
     assert "answered HTTP 500" in caplog.text and "unreachable" in caplog.text
     assert "no mail server configured" in caplog.text
+
+
+def test_a_job_cancelled_while_it_runs_does_not_stop_the_pass(tmp_path: Path) -> None:
+    """An operator cancels a running scheduled job (or another worker fails it): its work is not recorded
+    over that, and the pass goes on with the next due run."""
+    clock = Clock(datetime(2024, 1, 1, 1, 0))
+    store = _store(tmp_path, _rows(datetime(2024, 1, 1), 6), clock, schedule=HOURLY)
+    gm.Scheduler(store).tick()                                       # 01:00
+    clock.now = datetime(2024, 1, 1, 3, 0)                           # due: 02:00, 03:00
+    records = store.materializer.records
+    finish = records.finish_job
+    cancelled: list[str] = []
+
+    def cancelled_meanwhile(job_id: str, **metrics: Any) -> Any:
+        if not cancelled:                      # the first job did its work; an operator cancelled it meanwhile
+            store.cancel_job(job_id, "stopped by an operator")
+            cancelled.append(job_id)
+        return finish(job_id, **metrics)
+
+    records.finish_job = cancelled_meanwhile                        # type: ignore[method-assign]
+    ran = gm.Scheduler(store).tick().ran
+    assert [(j.id == cancelled[0], j.status.value) for j in ran] == [(True, "Cancelled"), (False, "Completed")]
+    assert ran[0].error == "stopped by an operator"

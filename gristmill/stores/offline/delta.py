@@ -139,8 +139,12 @@ class DeltaOfflineStore:
                         f"WHERE NOT ({ts} >= TIMESTAMPTZ '{_naive(start)}+00' "
                         f"AND {ts} < TIMESTAMPTZ '{_naive(end)}+00')")
             token = uuid.uuid4().hex
-            con.execute(f"COPY ({new_rows}{kept}) TO {lit(uri)} (FORMAT parquet, PARTITION_BY ({DAY_COLUMN}), "
-                        f"APPEND true, FILENAME_PATTERN 'part-{token}-{{uuid}}')")
+            try:
+                con.execute(f"COPY ({new_rows}{kept}) TO {lit(uri)} (FORMAT parquet, PARTITION_BY ({DAY_COLUMN}), "
+                            f"APPEND true, FILENAME_PATTERN 'part-{token}-{{uuid}}')")
+            except BaseException:              # a failed or interrupted write leaves no stray files behind
+                _delete(Path(uri).glob(f"{DAY_COLUMN}=*/part-{token}-*.parquet"))
+                raise
             written_files = sorted(Path(uri).glob(f"{DAY_COLUMN}=*/part-{token}-*.parquet"))
             actions = []
             rows = 0
@@ -161,15 +165,18 @@ class DeltaOfflineStore:
                     partition_filters=[(DAY_COLUMN, "in", sorted(d.isoformat() for d in days))],
                     commit_properties=CommitProperties(max_commit_retries=0))
                 break
-            except CommitFailedError:
-                for path in written_files:
-                    path.unlink(missing_ok=True)
+            except CommitFailedError as exc:
+                _delete(written_files)
                 if attempt == _COMMIT_ATTEMPTS:
-                    raise OfflineStoreError(f"offline store {uri}: {_COMMIT_ATTEMPTS} attempts to write [{start}, "
-                                            f"{end}) met concurrent writes to the same table; retry the job") from None
+                    raise OfflineStoreError(f"offline store {uri}: {_COMMIT_ATTEMPTS} attempts to commit [{start}, "
+                                            f"{end}) failed (last: {exc}); other jobs writing the same table? retry "
+                                            "the job") from None
                 log.info("offline store: a concurrent commit to %s; writing [%s, %s) again (attempt %d)", uri,
                          start, end, attempt + 1)
                 time.sleep(random.uniform(0.02, 0.2) * attempt)
+            except BaseException:
+                _delete(written_files)
+                raise
         written = DeltaTable(uri, storage_options=self.storage_options)
         log.info("offline store: rewrote %d day partition(s) of [%s, %s) in %s (version %d)", len(days), start, end,
                  uri, written.version())
@@ -282,3 +289,8 @@ def _file_day_in(uri: str, windows: set[tuple[Any, Any]]) -> bool:
 
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _delete(paths: Any) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
