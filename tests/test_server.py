@@ -308,7 +308,20 @@ def _browser(server: Server, who: str) -> httpx.Client:
     response = client.post("/ui/login", data={"token": server.tokens[who], "next": "/ui"})
     assert response.status_code == 303 and response.headers["location"] == "/ui"
     assert "httponly" in response.headers["set-cookie"].lower()
+    assert server.tokens[who] not in response.headers["set-cookie"]      # a session token, not the API token
     return client
+
+
+def test_ui_sign_out_revokes_the_session(server: Server) -> None:
+    browser = _browser(server, "reader")
+    session = browser.cookies["gristmill_token"]
+    assert httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {session}"}).status_code == 200
+    browser.get("/ui/logout")
+    import time as clock
+
+    clock.sleep(5.1)                                          # the server trusts what it read for 5 s
+    refused = httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {session}"})
+    assert refused.status_code == 401 and "was revoked" in refused.json()["error"]
 
 
 def test_ui_needs_a_sign_in(server: Server) -> None:

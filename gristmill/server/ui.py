@@ -1,20 +1,22 @@
 """The web UI (SPEC §4): catalog search, feature set pages (versions, schema, lineage, data interval
 timeline, jobs) and job monitoring, as server-rendered HTML on the REST server's routes and access rules.
 
-Pages live under ``/ui``. A browser signs in once with a token (``/ui/login``), kept in an HttpOnly,
-same-site cookie; every page then checks the same roles as the API, and shows only what the caller may
-read. No JavaScript: pages are plain HTML with a little CSS, and the jobs page refreshes itself.
+Pages live under ``/ui``. A browser signs in once with a token (``/ui/login``) and gets a session token
+of its own (12 hours, revoked at sign-out) in an HttpOnly, same-site cookie (Secure over https). Every
+page then checks the same roles as the API, and shows only what the caller may read. No JavaScript:
+pages are plain HTML with a little CSS, and the jobs page refreshes itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gristmill.auth import AccessDeniedError, Action, Resource
@@ -101,17 +103,28 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         form = parse_qs((await request.body()).decode("utf-8", "replace"))   # a plain form: no multipart needed
         token, next = form.get("token", [""])[0], form.get("next", ["/ui"])[0]
         try:
-            access.authenticate(token)
+            principal = await run_in_threadpool(access.authenticate, token)
         except AccessDeniedError as exc:
             return RedirectResponse(f"/ui/login?error={quote(str(exc))}&next={quote(next)}", status_code=303)
+        # the browser gets a session token of its own (12 hours, revoked at sign-out), never the API token
+        session = await run_in_threadpool(access.create_token, principal, expires_in=timedelta(hours=12),
+                                          by=principal)
         target = next if next.startswith("/ui") else "/ui"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600,
+        response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=12 * 3600,
                             secure=request.url.scheme == "https")
         return response
 
     @app.get("/ui/logout", include_in_schema=False)
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        session = request.cookies.get(COOKIE, "")
+        parts = session.split("_", 2)
+        if auth and len(parts) == 3 and parts[0] == "gm":
+            try:
+                access.authenticate(session)          # only a valid session token is revoked
+                access.revoke_token(parts[1], by="ui sign-out")
+            except (AccessDeniedError, NotFoundError):
+                pass
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
