@@ -387,3 +387,20 @@ def test_ui_login_refuses_cross_site_posts(server: Server) -> None:
     response = httpx.post(f"{server.url}/ui/login", data={"token": server.tokens["owner"]},
                           headers={"Origin": "https://evil.example"})
     assert response.status_code == 403 and "set-cookie" not in response.headers
+
+
+def test_ui_cancel_and_retry_need_materialize(server: Server) -> None:
+    queued = server.store.materializer.records.create_job("fs1", "1", start=datetime(2024, 1, 9),
+                                                          end=datetime(2024, 1, 10), stores=["offline"])
+    reader, materializer = _browser(server, "reader"), _browser(server, "materializer")
+    assert f"/ui/jobs/{queued.id}/cancel" not in reader.get("/ui/jobs").text          # no buttons for a Reader
+    assert reader.post(f"/ui/jobs/{queued.id}/cancel").status_code == 403
+    assert f"/ui/jobs/{queued.id}/cancel" in materializer.get("/ui/jobs").text
+    cancelled = materializer.post(f"/ui/jobs/{queued.id}/cancel")
+    assert cancelled.status_code == 303 and "cancelled" in materializer.get(cancelled.headers["location"]).text
+    assert server.store.get_job(queued.id).status.value == "Cancelled"
+    retried = materializer.post(f"/ui/jobs/{queued.id}/retry")
+    assert retried.status_code == 303 and "Completed" in retried.headers["location"].replace("%3A", ":")
+    assert server.store.data_intervals("fs1", 1)["offline"][-1].status.value == "Complete"
+    cross_site = materializer.post(f"/ui/jobs/{queued.id}/cancel", headers={"Origin": "https://evil.example"})
+    assert cross_site.status_code == 403

@@ -191,7 +191,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         return signed_in(request, render)
 
     @app.get("/ui/jobs", response_class=HTMLResponse, include_in_schema=False)
-    def jobs_page(request: Request, status: str | None = None) -> Response:
+    def jobs_page(request: Request, status: str | None = None, done: str = "") -> Response:
         def render(who: str) -> Response:
             listed = store.list_jobs(status=status or None, limit=200)
             readable: dict[str, bool] = {}
@@ -207,8 +207,43 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     shown.append(job)
             filters = " · ".join(_link(f"/ui/jobs?status={s}" if s else "/ui/jobs", s or "all")
                                  for s in ("", "Running", "Failed", "Completed", "Queued", "Cancelled"))
-            return page("Jobs", who, f"<h1>Jobs</h1><p>{filters} <span class='muted'>(refreshes every 10 s)</span>"
-                                     f"</p>{_jobs_table(shown)}", refresh=10)
+            actions = {job.id: _action(job) for job in shown if job_resource(job) is not None
+                       and may(who, Action.MATERIALIZE, job_resource(job))}   # type: ignore[arg-type]
+            notice = f"<p class='muted'>{escape(done)}</p>" if done else ""
+            return page("Jobs", who, f"<h1>Jobs</h1>{notice}<p>{filters} <span class='muted'>(refreshes every 10 s)"
+                                     f"</span></p>{_jobs_table(shown, actions)}", refresh=10)
+
+        return signed_in(request, render)
+
+    def job_resource(job: Any) -> Resource | None:
+        try:
+            return resource_of(job.feature_set, job.version)
+        except NotFoundError:
+            return None
+
+    @app.post("/ui/jobs/{job_id}/{action}", include_in_schema=False)
+    def job_action(request: Request, job_id: str, action: str) -> Response:
+        """Cancel a queued or running job, or retry a failed or cancelled one's window (Materializer)."""
+        def render(who: str) -> Response:
+            origin = request.headers.get("origin")
+            if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+                raise AccessDeniedError("act from this server's own pages")
+            job = store.get_job(job_id)
+            resource = job_resource(job) or Resource("featureset", job.feature_set, job.version)
+            if auth:
+                access.check(who, Action.MATERIALIZE, resource)
+            if action == "cancel":
+                access.audit(who, "job.cancel", str(resource), allowed=True, detail=f"job {job_id} (web UI)")
+                store.cancel_job(job_id, f"cancelled by {who} in the web UI")
+                message = f"job {job_id} cancelled"
+            elif action == "retry":
+                access.audit(who, Action.MATERIALIZE.value, str(resource), allowed=True,
+                             detail=f"retry of job {job_id} (web UI)")
+                [retry] = store.backfill(job.feature_set, job.version, job_id=job_id)
+                message = f"job {job_id} retried as {retry.id}: {retry.status.value}"
+            else:
+                raise NotFoundError(f"unknown job action '{action}'; use cancel or retry")
+            return RedirectResponse(f"/ui/jobs?done={quote(message)}", status_code=303)
 
         return signed_in(request, render)
 
@@ -254,9 +289,23 @@ def _timeline(items: list[Any]) -> str:
     return f"<div class='timeline'>{spans}</div>"
 
 
-def _jobs_table(jobs: list[Any]) -> str:
-    return _table(["job", "feature set", "window", "stores", "status", "rows read", "rows written", "CPU s", "error"],
-                  [[escape(j.id), _link(f"/ui/feature-sets/{j.feature_set}/{j.version}", j.ref),
-                    f"{_when(j.start)} – {_when(j.end)}", escape("+".join(j.stores)),
-                    f"<span class='{j.status.value}'>{j.status.value}</span>", str(j.rows_read), str(j.rows_written),
-                    f"{j.cpu_seconds:.2f}", escape(j.error or "")] for j in jobs])
+def _action(job: Any) -> str:
+    """A cancel button for a queued or running job, a retry button for a failed or cancelled one."""
+    verb = {"Queued": "cancel", "Running": "cancel", "Failed": "retry", "Cancelled": "retry"}.get(job.status.value)
+    if verb is None:
+        return ""
+    return (f"<form method='post' action='/ui/jobs/{escape(job.id, quote=True)}/{verb}' style='margin:0'>"
+            f"<button>{verb.capitalize()}</button></form>")
+
+
+def _jobs_table(jobs: list[Any], actions: dict[str, str] | None = None) -> str:
+    header = ["job", "feature set", "window", "stores", "status", "rows read", "rows written", "CPU s", "error"]
+    rows = [[escape(j.id), _link(f"/ui/feature-sets/{j.feature_set}/{j.version}", j.ref),
+             f"{_when(j.start)} – {_when(j.end)}", escape("+".join(j.stores)),
+             f"<span class='{j.status.value}'>{j.status.value}</span>", str(j.rows_read), str(j.rows_written),
+             f"{j.cpu_seconds:.2f}", escape(j.error or "")] for j in jobs]
+    if actions:
+        header.append("")
+        for row, job in zip(rows, jobs, strict=True):
+            row.append(actions.get(job.id, ""))
+    return _table(header, rows)
