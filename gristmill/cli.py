@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(name="gristmill", help="Gristmill feature store.", no_args_is_help=True,
@@ -53,7 +54,7 @@ def _user_errors() -> Iterator[None]:
     except GristmillError as exc:
         if os.environ.get("GRISTMILL_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -127,7 +128,7 @@ def apply(folder: Annotated[Path, typer.Argument(help="Folder with entity and fe
             colour = colours.get(item.action, "white")
             console.print(f"[{colour}]{item.action:>9}[/{colour}]  {item.kind} {item.ref}", highlight=False)
             if item.detail:
-                console.print(f"           {item.detail}", highlight=False, soft_wrap=True)
+                console.print(f"           {escape(item.detail)}", highlight=False, soft_wrap=True)
         console.print(str(plan).splitlines()[-1])
         if not plan.ok:
             raise typer.Exit(1)
@@ -280,6 +281,13 @@ def _require_version(ref: str) -> tuple[str, str]:
     return name, version
 
 
+def _job_failed(job: Any, *, retry: bool) -> None:
+    """One line on stderr for a job that did not complete (with the command that retries it)."""
+    hint = f"  (retry: gristmill backfill {job.ref} --job-id {job.id})" if retry else ""
+    err_console.print(f"[red]job {job.id} {job.status.value.lower()}:[/red] {escape(job.error or '')}"
+                      f"{hint}", highlight=False, soft_wrap=True)
+
+
 def _job_row(job: Any) -> dict[str, Any]:
     return {"id": job.id, "feature_set": job.ref, "window": f"[{job.start:%Y-%m-%d %H:%M}, {job.end:%Y-%m-%d %H:%M})",
             "stores": "+".join(job.stores), "status": job.status.value, "rows_read": job.rows_read,
@@ -322,8 +330,7 @@ def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a register
         console.print(f"{len(jobs) - len(failed)} of {len(jobs)} job(s) completed")
         if failed:
             for job in failed:
-                err_console.print(f"[red]job {job.id} failed:[/red] {job.error}  (retry: gristmill backfill {ref} "
-                                  f"--job-id {job.id})", highlight=False, soft_wrap=True)
+                _job_failed(job, retry=True)
             raise typer.Exit(1)
 
 
@@ -392,15 +399,13 @@ def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due
             while True:
                 tick = runner.tick()
                 for job in tick.reaped:
-                    err_console.print(f"[red]job {job.id} of {job.ref} failed:[/red] {job.error}", highlight=False,
-                                      soft_wrap=True)
+                    _job_failed(job, retry=False)
                 finished = tick.ran
                 if finished:
                     _print_rows([_job_row(j) for j in finished], False)
                 for job in finished:
                     if job.status.value != "Completed":
-                        err_console.print(f"[red]job {job.id} failed:[/red] {job.error}  (retry: gristmill backfill "
-                                          f"{job.ref} --job-id {job.id})", highlight=False, soft_wrap=True)
+                        _job_failed(job, retry=True)
                 if once:
                     if not finished:
                         console.print("nothing due")

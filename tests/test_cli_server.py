@@ -83,3 +83,9 @@ def test_ui_command_serves_the_pages(tmp_path: Path) -> None:
         server.terminate()
         _, err = server.communicate(timeout=10)
     assert f"web UI: http://127.0.0.1:{port}/ui" in " ".join(err.split())
+
+
+def test_error_messages_keep_their_brackets(tmp_path: Path) -> None:
+    """Messages are printed as text, not as console markup: "[bold]" or "gristmill[server]" stay as written."""
+    gm.FeatureStore.init(tmp_path / "store")
+    assert_user_error(gristmill("access", "add", "[bold]x y", "--store", tmp_path / "store"), "'[bold]x y'")
