@@ -304,8 +304,14 @@ class FeatureStore:
         self._with_parent(spec, feature_set.ref)              # a derived one's parent must be registered
         self._check_entities(feature_set, spec)
         stored = _portable_spec(spec)
-        code_files = {str(p.relative_to(spec.folder)): p.read_text(encoding="utf-8")
-                      for p in spec._code_files()} if spec.folder else {}
+        code_files = {}
+        for path in spec._code_files() if spec.folder else []:
+            if not path.resolve().is_relative_to(spec.folder.resolve()):      # type: ignore[union-attr]
+                raise SpecError(f"feature set {feature_set.ref}: code file {path} is outside the spec folder "
+                                f"{spec.folder}; code is stored with the feature set, so keep it in the spec folder "
+                                "and give its path relative to it")
+            code_files[str(path.resolve().relative_to(spec.folder.resolve()))] = path.read_text(  # type: ignore[union-attr]
+                encoding="utf-8")
         action = self.registry.put_feature_set(
             feature_set, spec=stored.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
             code_files=code_files, content_hash=stored.content_hash())

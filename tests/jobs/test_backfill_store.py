@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -146,3 +147,69 @@ def test_a_job_left_running_can_be_cancelled_and_retried(tmp_path: Path) -> None
         store.cancel_job(orphan.id)
     [retry] = store.backfill("fs1", 1, job_id=orphan.id)
     assert retry.status.value == "Completed" and retry.rows_written == 3
+
+
+ROWS_TYPES = pd.DataFrame({"acct": ["A", "A", "B", "A"],
+                           "ts": _ts("2024-01-01 10:00", "2024-01-02 10:00", "2024-01-02 12:00", "2024-01-04 09:00"),
+                           "f1": [1.0, 2.0, 10.0, 4.0]})
+
+
+def _source_of(kind: str, root: Path) -> dict[str, Any]:
+    """The same rows as a csv, delta, custom or parquet source."""
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "csv":
+        ROWS_TYPES.to_csv(root / "rows.csv", index=False)
+        return {"type": "csv", "path": str(root / "rows.csv")}
+    if kind == "delta":
+        from deltalake import write_deltalake
+
+        write_deltalake(str(root / "table"), ROWS_TYPES, partition_by=["acct"])
+        return {"type": "delta", "path": str(root / "table")}
+    if kind == "custom":
+        ROWS_TYPES.to_parquet(root / "rows.parquet")
+        code = root.parent / "repo" / "fs" / "spec" / "code"        # code lives in the spec folder
+        code.mkdir(parents=True)
+        (code / "reader.py").write_text(
+            "import pandas as pd\n"
+            "class Reader:\n"
+            "    def process(self, start_time, end_time, *, path):\n"
+            "        rows = pd.read_parquet(path)\n"
+            "        if start_time is not None:\n"
+            "            rows = rows[rows.ts >= start_time]\n"
+            "        return rows[rows.ts < end_time] if end_time is not None else rows\n")
+        return {"type": "custom", "source_process_code": {"path": "code", "process_class": "reader.Reader"},
+                "kwargs": {"path": str(root / "rows.parquet")}}
+    ROWS_TYPES.to_parquet(root / "rows.parquet")
+    return {"type": "parquet", "path": str(root / "rows.parquet")}
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "delta", "custom"])
+def test_backfill_from_every_source_type(tmp_path: Path, kind: str) -> None:
+    """Each source type materializes offline and online, and retrieval from the materialized data equals
+    retrieval computed from source."""
+    repo = write_fs1_repo(tmp_path, source=_source_of(kind, tmp_path / "data"), lookback_days=2,
+                          settings={"offline_enabled": True, "online_enabled": True})
+    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: datetime(2024, 1, 5))
+    assert store.apply(repo).ok
+    [job] = store.backfill("fs1", 1, start="2023-12-25", end="2024-01-05")
+    assert (job.status.value, job.rows_read) == ("Completed", 4), job.error
+    observations = pd.DataFrame({"acct": ["A", "A", "B", "B"], "ts": _ts("2024-01-01 11:00", "2024-01-04 10:00",
+                                                                         "2024-01-02 12:00", "2024-01-04 13:00")})
+    stored = store.get_offline_features(["fs1:1:f1"], observations, "ts", materialized_only=True).to_pandas()
+    computed = store.get_offline_features(["fs1:1:f1"], observations, "ts", from_source=True).to_pandas()
+    pd.testing.assert_frame_equal(stored, computed)
+    assert stored["f1"].tolist()[:3] == [1.0, 4.0, 10.0] and pd.isna(stored["f1"].iloc[3])
+    # B's newest row (01-02 12:00) expired at 01-04 12:00, before now (01-05)
+    assert store.get_online_features(["fs1:1:f1"], {"acct": ["A", "B"]}).to_dict()["f1"] == [4.0, None]
+
+
+def test_code_outside_the_spec_folder_is_a_clear_error(tmp_path: Path) -> None:
+    code = tmp_path / "shared"
+    code.mkdir()
+    (code / "reader.py").write_text("class Reader:\n    def process(self, start_time, end_time):\n        pass\n")
+    repo = write_fs1_repo(tmp_path, settings={"offline_enabled": True}, source={
+        "type": "custom", "source_process_code": {"path": str(code), "process_class": "reader.Reader"}})
+    store = gm.FeatureStore.init(tmp_path / "store")
+    [item] = [i for i in store.apply(repo).items if i.kind == "feature set"]
+    assert item.action == "invalid" and "is outside the spec folder" in item.detail
+    assert "keep it in the spec folder" in item.detail
