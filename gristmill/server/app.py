@@ -156,7 +156,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     @app.get("/v1/features/search", tags=["catalog"])
     def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:
         found = []
-        for info in store.search_features(q, limit=max(limit, 0) * 4 or 1):
+        for info in store.search_features(q, limit=100_000):       # filter first, then cut to limit
             fs = store.list_feature_sets(name=info.feature_set)
             entities = next((tuple(_entity_names(f)) for f in fs if f.version == info.version), ())
             if may(principal, Action.READ_CATALOG, Resource("featureset", info.feature_set, info.version, entities)):
