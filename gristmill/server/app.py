@@ -155,15 +155,19 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     @app.get("/v1/features/search", tags=["catalog"])
     def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:
-        found = []
-        for info in store.search_features(q, limit=100_000):       # filter first, then cut to limit
-            fs = store.list_feature_sets(name=info.feature_set)
-            entities = next((tuple(_entity_names(f)) for f in fs if f.version == info.version), ())
-            if may(principal, Action.READ_CATALOG, Resource("featureset", info.feature_set, info.version, entities)):
+        found: list[dict[str, Any]] = []
+        readable: dict[tuple[str, str], bool] = {}
+        for info in store.search_features(q, limit=100_000):       # filter by access first, then cut to limit
+            if len(found) >= limit:
+                break
+            key = (info.feature_set, info.version)
+            if key not in readable:
+                readable[key] = may(principal, Action.READ_CATALOG, feature_set_resource(*key)[1])
+            if readable[key]:
                 found.append({"feature": info.ref, "feature_set": f"{info.feature_set}:{info.version}",
                               "name": info.name, "type": info.type.value, "description": info.description,
                               "tags": info.tags})
-        return found[:max(limit, 0)]
+        return found
 
     @app.post("/v1/online/features", tags=["online"])
     def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
