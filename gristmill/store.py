@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -306,12 +307,13 @@ class FeatureStore:
         stored = _portable_spec(spec)
         code_files = {}
         for path in spec._code_files() if spec.folder else []:
-            if not path.resolve().is_relative_to(spec.folder.resolve()):      # type: ignore[union-attr]
+            folder = spec.folder.resolve()                                     # type: ignore[union-attr]
+            lexical = Path(os.path.normpath(path.absolute()))
+            if not (lexical.is_relative_to(folder) and path.resolve().is_relative_to(folder)):
                 raise SpecError(f"feature set {feature_set.ref}: code file {path} is outside the spec folder "
                                 f"{spec.folder}; code is stored with the feature set, so keep it in the spec folder "
                                 "and give its path relative to it")
-            code_files[str(path.resolve().relative_to(spec.folder.resolve()))] = path.read_text(  # type: ignore[union-attr]
-                encoding="utf-8")
+            code_files[str(lexical.relative_to(folder))] = path.read_text(encoding="utf-8")  # keyed as written
         action = self.registry.put_feature_set(
             feature_set, spec=stored.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
             code_files=code_files, content_hash=stored.content_hash())
@@ -492,6 +494,13 @@ class FeatureStore:
             else:
                 retrieval_spec = FeatureRetrievalSpec.from_features(
                     [retrieval_spec] if isinstance(retrieval_spec, str) else list(retrieval_spec))
+        own = f"{self.name}/"                              # a prefix naming this store is no prefix
+        if any(f.feature_set.startswith(own) for f in retrieval_spec.features):
+            data = retrieval_spec.to_dict()
+            for entry in data["feature_stores"]:
+                for feature in entry["features"]:
+                    feature["feature_set"] = feature["feature_set"].removeprefix(own)
+            retrieval_spec = FeatureRetrievalSpec.model_validate(data)
         model = Model(name=name, version=str(version), retrieval_spec=retrieval_spec, description=description,
                       tags=tags or {})
         for ref in model.retrieval_spec.features:           # features of other stores: they must exist there

@@ -105,3 +105,13 @@ def test_retrieval_specs_and_models_may_span_stores(stores: tuple[gm.FeatureStor
     pd.testing.assert_frame_equal(by_model, got)
     with pytest.raises(gm.NotFoundError, match="risk/fs1:1 has no feature nope"):
         marketing.register_model("bad", 1, ["risk/fs1:1:nope"])
+
+
+def test_a_models_reference_to_this_store_itself_is_a_plain_reference(
+        stores: tuple[gm.FeatureStore, gm.FeatureStore]) -> None:
+    marketing, _ = stores
+    assert marketing.register_model("own", 1, ["marketing/fs1:1:f1"]) == "created"
+    assert marketing.get_model("own").features == ["fs1:1:f1"]
+    assert [m.ref for m in marketing.models_using("fs1")] == ["own:1"]
+    with pytest.raises(gm.NotFoundError, match="fs1:1 has no feature nope"):
+        marketing.register_model("own_bad", 1, ["marketing/fs1:1:nope"])

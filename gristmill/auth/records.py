@@ -49,6 +49,8 @@ tokens = sa.Table(
     sa.Column("expires_at", TIMESTAMP, nullable=True),
     sa.Column("revoked_at", TIMESTAMP, nullable=True),
     sa.Column("last_used_at", TIMESTAMP, nullable=True),
+    # a web UI session: the token it was signed in with; it dies with it (revoked, expired)
+    sa.Column("session_of", sa.String(16), nullable=True),
 )
 
 grants = sa.Table(
@@ -142,13 +144,39 @@ class AccessRecords:
     def create_token(self, principal: str, *, expires_in: timedelta | None = None, by: str = "local") -> str:
         """A new token for ``principal``; the secret is returned once and only its hash is kept."""
         self.principal(principal)
+        return self._new_token(principal, expires_at=_now() + expires_in if expires_in is not None else None,
+                               session_of=None, by=by)
+
+    def create_session(self, token: str, *, lasts: timedelta) -> str:
+        """A web UI session for the principal of ``token``: it ends at ``lasts``, at ``token``'s own expiry,
+        or when ``token`` is revoked, whichever comes first. Sessions cannot start other sessions."""
+        principal = self.authenticate(token)
+        token_id = token.split("_", 2)[1]
+        with self.records._transaction() as conn:
+            parent = conn.execute(sa.select(tokens).where(tokens.c.id == token_id)).mappings().one()
+        if parent["session_of"] is not None:
+            raise AccessDeniedError("sign in with an API token (gristmill access token NAME), not a session")
+        ends = _now() + lasts
+        if parent["expires_at"] is not None:
+            ends = min(ends, _aware_utc(parent["expires_at"]))
+        return self._new_token(principal, expires_at=ends, session_of=token_id, by=principal)
+
+    def is_session(self, token: str) -> bool:
+        parts = token.split("_", 2)
+        if len(parts) != 3:
+            return False
+        with self.records._transaction() as conn:
+            row = conn.execute(sa.select(tokens.c.session_of).where(tokens.c.id == parts[1])).first()
+        return row is not None and row[0] is not None
+
+    def _new_token(self, principal: str, *, expires_at: datetime | None, session_of: str | None, by: str) -> str:
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         with self.records._transaction(write=True) as conn:
             conn.execute(sa.insert(tokens).values(
                 id=token_id, principal=principal, secret_sha256=_sha256(secret), created_at=_now(),
-                expires_at=_now() + expires_in if expires_in is not None else None, revoked_at=None,
-                last_used_at=None))
-            _audit(conn, by, "access.token.create", f"token:{token_id} of {principal}", allowed=True)
+                expires_at=expires_at, revoked_at=None, last_used_at=None, session_of=session_of))
+            what = "access.session.create" if session_of else "access.token.create"
+            _audit(conn, by, what, f"token:{token_id} of {principal}", allowed=True)
         return f"gm_{token_id}_{secret}"
 
     def revoke_token(self, token_id: str, *, by: str = "local") -> None:
@@ -172,6 +200,8 @@ class AccessRecords:
             row = conn.execute(sa.select(tokens, principals.c.disabled).join(
                 principals, principals.c.name == tokens.c.principal).where(tokens.c.id == token_id)
             ).mappings().one_or_none()
+            parent = None if row is None or row["session_of"] is None else conn.execute(
+                sa.select(tokens).where(tokens.c.id == row["session_of"])).mappings().one_or_none()
         problem = None
         if row is None or not hmac.compare_digest(row["secret_sha256"], _sha256(secret)):
             problem = "the token is not valid"
@@ -182,8 +212,10 @@ class AccessRecords:
             problem = f"token {token_id} expired at {ended:%Y-%m-%d %H:%M} UTC; create a new one"
         elif row["disabled"]:
             problem = f"principal {row['principal']} is disabled"
+        elif row["session_of"] is not None and (parent is None or parent["revoked_at"] is not None):
+            problem = "this session's sign-in token was revoked; sign in again"
         if problem is not None:
-            self._audit_refused_token(token_id[:40], problem)
+            self._audit_refused_token(token_id[:40] if row is not None else "(unknown)", problem)
             raise AccessDeniedError(problem)
         last = row["last_used_at"]
         if last is None or _now() - _aware_utc(last) > timedelta(minutes=1):      # a write at most once a minute
@@ -192,7 +224,8 @@ class AccessRecords:
         return str(row["principal"])
 
     def _audit_refused_token(self, token_id: str, problem: str) -> None:
-        """Record a refused token, at most once a minute per token (a flood must not flood the log)."""
+        """Record a refused token, at most once a minute per token id; made-up ids share one bucket, so a
+        flood of them writes one row a minute."""
         now = time.monotonic()
         last = self._refusals.get(token_id)
         if last is not None and now - last < 60:

@@ -171,6 +171,10 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     @app.post("/v1/online/features", tags=["online"])
     def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
+        other = [f for f in body.features if "/" in f]
+        if other:
+            raise GristmillError(f"features: {other[0]} belongs to another feature store; this server serves "
+                                 f"{store.name} only: ask that store's server")
         for ref in {f.rsplit(":", 1)[0] for f in body.features}:
             name, _, version = ref.partition(":")
             if not version:

@@ -9,6 +9,8 @@ pages are plain HTML with a little CSS, and the jobs page refreshes itself.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from html import escape
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["COOKIE", "add_ui"]
 
 COOKIE = "gristmill_token"
+
+log = logging.getLogger("gristmill.server")
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f7f8fa}
@@ -96,23 +100,21 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        origin = request.headers.get("origin")
-        if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):     # a cross-site form post
+        if not _same_origin(request):                          # a cross-site form post
             return page("Sign in", None, "<h1>Sign in</h1><p class='error'>sign in from this server's own page"
                                          "</p>", status=403)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))   # a plain form: no multipart needed
         token, next = form.get("token", [""])[0], form.get("next", ["/ui"])[0]
         try:
-            principal = await run_in_threadpool(access.authenticate, token)
+            # the browser gets a session of its own (12 hours at most, revoked at sign-out, ended with the
+            # token it was signed in with), never the API token
+            session = await run_in_threadpool(access.create_session, token, lasts=timedelta(hours=12))
         except AccessDeniedError as exc:
             return RedirectResponse(f"/ui/login?error={quote(str(exc))}&next={quote(next)}", status_code=303)
-        # the browser gets a session token of its own (12 hours, revoked at sign-out), never the API token
-        session = await run_in_threadpool(access.create_token, principal, expires_in=timedelta(hours=12),
-                                          by=principal)
         target = next if next.startswith("/ui") else "/ui"
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, session, httponly=True, samesite="strict", max_age=12 * 3600,
-                            secure=request.url.scheme == "https")
+                            secure=_scheme(request) == "https")
         return response
 
     @app.get("/ui/logout", include_in_schema=False)
@@ -121,8 +123,9 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         parts = session.split("_", 2)
         if auth and len(parts) == 3 and parts[0] == "gm":
             try:
-                access.authenticate(session)          # only a valid session token is revoked
-                access.revoke_token(parts[1], by="ui sign-out")
+                principal = access.authenticate(session)
+                if access.is_session(session):        # never an API token someone put in the cookie
+                    access.revoke_token(parts[1], by=principal)
             except (AccessDeniedError, NotFoundError):
                 pass
         response = RedirectResponse("/ui/login", status_code=303)
@@ -225,22 +228,31 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
     def job_action(request: Request, job_id: str, action: str) -> Response:
         """Cancel a queued or running job, or retry a failed or cancelled one's window (Materializer)."""
         def render(who: str) -> Response:
-            origin = request.headers.get("origin")
-            if origin and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+            if not _same_origin(request):
                 raise AccessDeniedError("act from this server's own pages")
             job = store.get_job(job_id)
             resource = job_resource(job) or Resource("featureset", job.feature_set, job.version)
             if auth:
                 access.check(who, Action.MATERIALIZE, resource)
             if action == "cancel":
-                access.audit(who, "job.cancel", str(resource), allowed=True, detail=f"job {job_id} (web UI)")
                 store.cancel_job(job_id, f"cancelled by {who} in the web UI")
+                access.audit(who, "job.cancel", str(resource), allowed=True, detail=f"job {job_id} (web UI)")
                 message = f"job {job_id} cancelled"
             elif action == "retry":
+                busy = [j for j in store.list_jobs(feature_set=job.feature_set, version=job.version,
+                                                   status=None, limit=500)
+                        if j.status.value in ("Queued", "Running") and j.start < job.end and job.start < j.end]
+                if busy:
+                    raise GristmillError(f"job {busy[0].id} is already {busy[0].status.value.lower()} over this "
+                                         "window; wait for it")
+                if job.status.value not in ("Failed", "Cancelled"):
+                    raise GristmillError(f"job {job_id} is {job.status.value}; only a failed or cancelled job is "
+                                         "retried")
+                # the retry runs in the background, so a long window never holds the request open
+                threading.Thread(target=_retry, args=(store, job), name=f"retry-{job_id}", daemon=True).start()
                 access.audit(who, Action.MATERIALIZE.value, str(resource), allowed=True,
-                             detail=f"retry of job {job_id} (web UI)")
-                [retry] = store.backfill(job.feature_set, job.version, job_id=job_id)
-                message = f"job {job_id} retried as {retry.id}: {retry.status.value}"
+                             detail=f"retry of job {job_id} started (web UI)")
+                message = f"retry of job {job_id} started; it appears below"
             else:
                 raise NotFoundError(f"unknown job action '{action}'; use cancel or retry")
             return RedirectResponse(f"/ui/jobs?done={quote(message)}", status_code=303)
@@ -261,6 +273,29 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                                                                    "features"], rows))
 
         return signed_in(request, render)
+
+
+def _retry(store: FeatureStore, job: Any) -> None:
+    try:
+        store.backfill(job.feature_set, job.version, job_id=job.id)
+    except GristmillError as exc:                     # the new job records its own failure; this is the rest
+        log.warning("retry of job %s from the web UI failed: %s", job.id, exc)
+
+
+def _scheme(request: Request) -> str:
+    """``http`` or ``https`` as the browser sees it (``X-Forwarded-Proto`` behind a proxy)."""
+    return request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip().lower()
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a POST comes from this server's own pages: no ``Origin`` (not a browser form from elsewhere),
+    or one naming this server, directly or through a proxy (``Host`` / ``X-Forwarded-Host``)."""
+    origin = request.headers.get("origin")
+    if not origin:
+        return True
+    hosts = {request.url.netloc, request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+    return origin.rstrip("/") in {f"{scheme}://{host}" for host in hosts if host
+                                  for scheme in ("http", "https", _scheme(request))}
 
 
 def _link(href: str, text: str) -> str:

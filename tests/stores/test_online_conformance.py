@@ -650,3 +650,11 @@ def test_redis_cluster_follows_ask_while_a_slot_migrates(redis_cluster: Any) -> 
             for client in clients:                     # finish the migration: the slot goes to the target
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
                 client.close()
+
+
+def test_redis_cluster_redirects_without_hiredis(redis_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py's own reply reader drops MOVED/ASK from error messages: redirects are still recognised."""
+    from gristmill.stores.online import redis_wire
+
+    monkeypatch.setattr(redis_wire, "_hiredis_reader", lambda: None)
+    test_redis_cluster_follows_ask_while_a_slot_migrates(redis_cluster)

@@ -92,15 +92,21 @@ def replies_of(connection: Any) -> Callable[[int], list[Any]]:
     sock = getattr(connection, "_sock", None)
     reader = _hiredis_reader()
     if reader is None or sock is None:
-        from redis.exceptions import ResponseError
+        from redis import exceptions
+
+        # redis-py drops the error code of these replies from the message; hiredis (and Redis) keep it
+        codes = {exceptions.AskError: "ASK", exceptions.MovedError: "MOVED", exceptions.TryAgainError: "TRYAGAIN",
+                 exceptions.ClusterDownError: "CLUSTERDOWN", exceptions.NoScriptError: "NOSCRIPT"}
 
         def read_slowly(count: int) -> list[Any]:
             out: list[Any] = []
             for _ in range(count):
                 try:
                     out.append(connection.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
+                except exceptions.ResponseError as exc:
+                    code = next((c for kind, c in codes.items() if isinstance(exc, kind)), None)
+                    out.append(exceptions.ResponseError(f"{code} {exc}") if code and not str(exc).startswith(code)
+                               else exc)
             return out
 
         return read_slowly
