@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -40,6 +40,28 @@ class Frozen(BaseModel):
     """Base of every spec object: immutable, unknown fields rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Asset(Frozen):
+    """What every registered asset (entity, feature set, model) shares: a checked ``name``, ``tags`` as
+    strings, and ``ref`` = ``name:version``. Subclasses declare the fields (their order is the YAML's) and
+    name their kind in ``asset_kind`` for error messages."""
+
+    asset_kind: ClassVar[str] = "asset"
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _checked_name(cls, value: str) -> str:
+        return check_name(value, cls.asset_kind)
+
+    @field_validator("tags", mode="before", check_fields=False)
+    @classmethod
+    def _tags_as_strings(cls, value: Any) -> Any:
+        return tags_as_strings(value)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"                  # type: ignore[attr-defined]
 
 
 class Stage(StrEnum):

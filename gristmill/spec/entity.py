@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from gristmill.spec.common import Column, Frozen, Stage, StageName, Version, check_name, tags_as_strings
+from gristmill.spec.common import Asset, Column, Stage, StageName, Version
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
 
-class Entity(Frozen):
+class Entity(Asset):
     """An entity: ``name``, ``version`` and its typed ``index_columns``."""
+
+    asset_kind: ClassVar[str] = "entity"
 
     name: str
     version: Version = "1"
@@ -20,20 +22,6 @@ class Entity(Frozen):
     description: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     stage: StageName = Stage.DEVELOPMENT
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "entity")
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags(cls, value: Any) -> Any:
-        return tags_as_strings(value)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
 
     @property
     def index_column_names(self) -> list[str]:

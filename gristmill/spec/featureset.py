@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, PrivateAttr, field_validator
 
 from gristmill.errors import SpecError
-from gristmill.spec.common import Frozen, Stage, StageName, Version, _lower_enum, check_name, tags_as_strings
+from gristmill.spec.common import Asset, Frozen, Stage, StageName, Version, _lower_enum
 from gristmill.spec.featureset_spec import FeatureSetSpec
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
@@ -72,8 +72,10 @@ def _entity_ref(value: Any) -> Any:
 EntityRef = Annotated[str, BeforeValidator(_entity_ref)]
 
 
-class FeatureSet(Frozen):
+class FeatureSet(Asset):
     """A feature set asset. ``spec`` is the loaded specification (not part of the YAML)."""
+
+    asset_kind: ClassVar[str] = "feature set"
 
     name: str
     version: Version = "1"
@@ -86,20 +88,6 @@ class FeatureSet(Frozen):
 
     _spec: FeatureSetSpec | None = PrivateAttr(default=None)
     _file: Path | None = PrivateAttr(default=None)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "feature set")
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags(cls, value: Any) -> Any:
-        return tags_as_strings(value)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
 
     @property
     def spec(self) -> FeatureSetSpec:

@@ -3,36 +3,24 @@ lineage from feature sets to models (SPEC §1 "retrieval spec", §4 "model regis
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from gristmill.spec.common import Frozen, Version, check_name, tags_as_strings
+from gristmill.spec.common import Asset, Version
 from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
 
 
-class Model(Frozen):
+class Model(Asset):
     """``name:version`` of a model and its ``retrieval_spec``; immutable except description and tags."""
+
+    asset_kind: ClassVar[str] = "model"
 
     name: str
     version: Version = "1"
     retrieval_spec: FeatureRetrievalSpec
     description: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "model")
-
-    @field_validator("tags", mode="before")
-    @classmethod
-    def _tags(cls, value: Any) -> Any:
-        return tags_as_strings(value)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
 
     @property
     def features(self) -> list[str]:

@@ -584,7 +584,6 @@ def test_redis_cluster_is_detected_and_spreads_keys_over_every_node(redis_cluste
 def test_redis_cluster_slot_moved_after_the_store_read_the_slot_map(redis_cluster: Any) -> None:
     """A slot that moves to another node after a store cached the slot map: MOVED replies make the store
     re-read the map and send the rows again, for writes and reads alike."""
-    from redis.crc import key_slot
 
     from gristmill.stores.online.redis import RedisOnlineStore
 
@@ -592,15 +591,7 @@ def test_redis_cluster_slot_moved_after_the_store_read_the_slot_map(redis_cluste
         reader = RedisOnlineStore(redis_cluster.url, prefix=store.prefix)       # another process, say
         store.write(FS1, rows(FS1, ("warm", "2024-01-09", 0.0)), now=NOW)      # both cache the slot map now
         assert amounts(reader, ["warm"]) == [0.0]
-        clients = [server.client() for server in redis_cluster.servers]
-        ids = [_text(client.execute_command("CLUSTER", "MYID")) for client in clients]
-        for n in range(1000):                          # a key whose slot holds nothing: movable as it is
-            key = f"moving{n}"
-            slot = key_slot(_redis_key(store, FS1, (key,)).encode())
-            if all(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0 for client in clients):
-                break
-        owner = ids.index(next(_text(primary[2]) for start, end, primary, *_ in
-                               clients[0].execute_command("CLUSTER", "SLOTS") if start <= slot <= end))
+        clients, ids, key, slot, owner = _empty_slot(redis_cluster, store, "moving")
         target = (owner + 1) % len(clients)
         for client in clients:
             client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
@@ -617,22 +608,30 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _empty_slot(redis_cluster: Any, store: Any, stem: str) -> tuple[list[Any], list[str], str, int, int]:
+    """(a client per node, their ids, an entity key whose hash slot holds no key yet, that slot, the index
+    of the node that owns it): such a slot can be moved as it is."""
+    from redis.crc import key_slot
+
+    clients = [server.client() for server in redis_cluster.servers]
+    ids = [_text(client.execute_command("CLUSTER", "MYID")) for client in clients]
+    for n in range(1000):
+        key = f"{stem}{n}"
+        slot = key_slot(_redis_key(store, FS1, (key,)).encode())
+        if all(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0 for client in clients):
+            break
+    owner = ids.index(next(_text(primary[2]) for start, end, primary, *_ in
+                           clients[0].execute_command("CLUSTER", "SLOTS") if start <= slot <= end))
+    return clients, ids, key, slot, owner
+
+
 def test_redis_cluster_follows_ask_while_a_slot_migrates(redis_cluster: Any) -> None:
     """A slot half-way through a migration (MIGRATING on its owner, IMPORTING on the target): keys that are
     not on the owner any more answer ASK, and the store writes and reads them on the target with ASKING."""
-    from redis.crc import key_slot
 
     for store in _redis_store(redis_cluster.url):
         store.write(FS1, rows(FS1, ("warm", "2024-01-09", 0.0)), now=NOW)
-        clients = [server.client() for server in redis_cluster.servers]
-        ids = [_text(client.execute_command("CLUSTER", "MYID")) for client in clients]
-        for n in range(1000):
-            key = f"migrating{n}"
-            slot = key_slot(_redis_key(store, FS1, (key,)).encode())
-            if all(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0 for client in clients):
-                break
-        owner = ids.index(next(_text(primary[2]) for start, end, primary, *_ in
-                               clients[0].execute_command("CLUSTER", "SLOTS") if start <= slot <= end))
+        clients, ids, key, slot, owner = _empty_slot(redis_cluster, store, "migrating")
         target = (owner + 1) % len(clients)
         clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
         clients[owner].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
