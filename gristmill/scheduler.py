@@ -28,7 +28,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gristmill.errors import GristmillError
 from gristmill.jobs.schedule import recurrence_window, runs_between
@@ -136,13 +136,15 @@ class Scheduler:
         """Fail the queued or running jobs whose worker sent no heartbeat for ``lease``."""
         failed = []
         for stale in self.schedules.stale(silent_for=self.lease):
-            if not self.schedules.still_stale(stale.job.id, silent_for=self.lease):    # it beat meanwhile
-                continue
             reason = (f"worker {stale.worker} stopped: no heartbeat since {stale.heartbeat_at:%Y-%m-%d %H:%M:%S} "
                       f"UTC; retry with: gristmill backfill {stale.job.ref} --job-id {stale.job.id}")
-            try:
-                job = self.store.materializer.records.fail_job(stale.job.id, reason, status=JobStatus.FAILED)
-            except ConflictError:                     # it ended meanwhile, or another worker reaped it
+            def still_silent(conn: Any, job_id: str = stale.job.id) -> bool:
+                return self.schedules.still_stale(conn, job_id, silent_for=self.lease)
+
+            try:                                      # fails it only if its worker is still silent, atomically
+                job = self.store.materializer.records.fail_job(stale.job.id, reason, status=JobStatus.FAILED,
+                                                               only_if=still_silent)
+            except ConflictError:                     # it beat or ended meanwhile, or another worker reaped it
                 continue
             log.warning("%s: job %s failed: %s", job.ref, job.id, reason)
             failed.append(self.store.materializer.ended(job))

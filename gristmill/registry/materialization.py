@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -320,8 +320,12 @@ class MaterializationRecords:
 
     def fail_job(self, job_id: str, error: str, *, cpu_seconds: float = 0.0, rows_read: int = 0,
                  rows_written: int = 0, bytes_written: int = 0,
-                 status: JobStatus | str = JobStatus.FAILED) -> JobRecord:
-        """Queued or Running → Failed (or Cancelled); the window becomes ``Incomplete``."""
+                 status: JobStatus | str = JobStatus.FAILED,
+                 only_if: Callable[[Connection], bool] | None = None) -> JobRecord:
+        """Queued or Running → Failed (or Cancelled); the window becomes ``Incomplete``.
+
+        ``only_if(conn)`` is checked inside the same transaction, after the job row is locked (e.g. "its
+        worker is still silent"); when it is false nothing changes and ``ConflictError`` is raised."""
         final = JobStatus(status)
         if final not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise RegistryError(f"fail_job status must be Failed or Cancelled, not {final}")
@@ -329,7 +333,7 @@ class MaterializationRecords:
                            cpu_seconds=cpu_seconds)
         return self._transition(job_id, to=final, allowed_from=(JobStatus.QUEUED, JobStatus.RUNNING),
                                 mark=DataStatus.INCOMPLETE,
-                                values={"finished_at": _now(), "error": error, **metrics})
+                                values={"finished_at": _now(), "error": error, **metrics}, only_if=only_if)
 
     def get_job(self, job_id: str) -> JobRecord:
         """The job ``job_id``, or ``NotFoundError``."""
@@ -392,7 +396,7 @@ class MaterializationRecords:
 
     # -- internals ----------------------------------------------------------------------------------
     def _transition(self, job_id: str, *, to: JobStatus, allowed_from: Sequence[JobStatus], mark: DataStatus,
-                    values: Mapping[str, Any]) -> JobRecord:
+                    values: Mapping[str, Any], only_if: Callable[[Connection], bool] | None = None) -> JobRecord:
         """Move a job to ``to`` and apply ``mark`` to its window, atomically."""
         with self._transaction(write=True) as conn:
             row = self._job_row(conn, job_id, lock=True)
@@ -401,6 +405,8 @@ class MaterializationRecords:
                 allowed = " or ".join(s.value for s in allowed_from)
                 raise ConflictError(f"job {job_id} is {current.value}; it must be {allowed} to become "
                                     f"{to.value}")
+            if only_if is not None and not only_if(conn):
+                raise ConflictError(f"job {job_id}: the condition for becoming {to.value} no longer holds")
             conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(status=to.value, **values))
             for kind in STORE_KINDS:
                 if not row[kind]:

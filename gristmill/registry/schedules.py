@@ -142,10 +142,12 @@ class ScheduleRecords:
             rows = conn.execute(self._stale_query(conn, silent_for)).mappings().all()
         return [StaleJob(_job(r), r["worker"], _aware_utc(r["heartbeat_at"])) for r in rows]
 
-    def still_stale(self, job_id: str, *, silent_for: timedelta) -> bool:
-        """Whether ``job_id`` is still silent now (checked right before failing it)."""
-        with self.records._transaction() as conn:
-            return conn.execute(self._stale_query(conn, silent_for).where(jobs.c.id == job_id)).first() is not None
+    def still_stale(self, conn: sa.Connection, job_id: str, *, silent_for: timedelta) -> bool:
+        """Whether ``job_id``'s worker is still silent, inside the caller's transaction: its heartbeat row is
+        locked (PostgreSQL; SQLite serialises writers anyway), so a heartbeat cannot land in between."""
+        beat = sa.select(job_heartbeats.c.heartbeat_at).where(job_heartbeats.c.job_id == job_id)
+        at = conn.execute(beat.with_for_update() if conn.dialect.name == "postgresql" else beat).scalar()
+        return at is not None and _aware_utc(at) < _db_now(conn) - silent_for
 
     @staticmethod
     def _stale_query(conn: sa.Connection, silent_for: timedelta) -> sa.Select[Any]:

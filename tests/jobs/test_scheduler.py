@@ -346,3 +346,26 @@ def test_a_job_cancelled_while_it_runs_does_not_stop_the_pass(tmp_path: Path) ->
     ran = gm.Scheduler(store).tick().ran
     assert [(j.id == cancelled[0], j.status.value) for j in ran] == [(True, "Cancelled"), (False, "Completed")]
     assert ran[0].error == "stopped by an operator"
+
+
+def test_a_heartbeat_landing_after_the_stale_list_saves_the_job(tmp_path: Path) -> None:
+    """The reaper lists silent jobs, then fails each one only if its worker is still silent, checked in the
+    same transaction that fails it: a heartbeat that lands in between keeps the job running."""
+    clock = Clock(datetime(2024, 1, 1, 3, 0))
+    store = _store(tmp_path, _rows(datetime(2024, 1, 1), 6), clock, schedule=HOURLY)
+    schedules = ScheduleRecords(store.materializer.records)
+    job = schedules.claim("fs1", "1", datetime(2024, 1, 1, 3), start=datetime(2024, 1, 1, 2),
+                          end=datetime(2024, 1, 1, 3), stores=["offline"], worker="slow")
+    assert job is not None
+    store.materializer.records.start_job(job.id)
+    reaper = gm.Scheduler(store, worker="reaper", heartbeat=timedelta(milliseconds=10),
+                          lease=timedelta(milliseconds=50))
+    threading.Event().wait(0.1)
+    listed = schedules.stale(silent_for=reaper.lease)
+    assert [s.job.id for s in listed] == [job.id]
+    schedules.heartbeat(job.id, "slow")                             # the worker was alive after all
+    original = schedules.stale
+    reaper.schedules.stale = lambda silent_for: listed              # type: ignore[method-assign]
+    assert reaper.reap() == []
+    assert store.get_job(job.id).status.value == "Running"
+    reaper.schedules.stale = original                                # type: ignore[method-assign]
