@@ -281,6 +281,55 @@ def feast_teardown(store: Any, config: dict[str, Any]) -> None:
         delete_redis_keys(config["redis_url"], f"*{config['project']}")
 
 
+def benchmark_arguments(contenders: Sequence[str], parts: str, description: str | None) -> argparse.ArgumentParser:
+    """The options both benchmarks take; each adds its own after these."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gristmill-bench"))
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count (default 1.0)")
+    parser.add_argument("--only", help=f"comma-separated contenders ({', '.join(contenders)}) or parts of names "
+                        f"({parts})")
+    parser.add_argument("--skip-feast", action="store_true", help="do not install or run Feast")
+    parser.add_argument("--feast-requirement", default=DEFAULT_FEAST_REQUIREMENT)
+    parser.add_argument("--feast-offline", default="duckdb", choices=("duckdb", "file"),
+                        help="Feast offline store that reads the source during materialize (default duckdb)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per contender run")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--feast-child", help=argparse.SUPPRESS)
+    return parser
+
+
+@dataclass(frozen=True)
+class BenchmarkSetup:
+    """What a benchmark's driver works with once its options are read."""
+
+    contenders: list[str]
+    workdir: Path
+    dataset: Dataset
+    sizes: Any
+    start: datetime
+    end: datetime
+    now: datetime
+    logs: Path
+
+
+def benchmark_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, contenders: Sequence[str]
+                    ) -> BenchmarkSetup:
+    """Check the common options, pick the contenders, make the data (cached) and its clock."""
+    if args.scale <= 0:
+        parser.error("--scale must be > 0")
+    chosen = parse_only(args.only, contenders)
+    if args.skip_feast:
+        chosen = [c for c in chosen if not c.startswith("feast")]
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    dataset, sizes = ensure_dataset(workdir, args.scale)
+    start, end, now = data_clock(dataset)
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return BenchmarkSetup(chosen, workdir, dataset, sizes, start, end, now, logs)
+
+
 def child_entry(argv: Sequence[str], run: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """A child process: run one contender with the JSON config ``argv[0]``, write its result JSON."""
     config = json.loads(argv[0])
@@ -502,39 +551,17 @@ def print_table(outcomes: Sequence[Outcome]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gristmill-bench"))
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count (default 1.0)")
-    parser.add_argument("--only", help=f"comma-separated contenders ({', '.join(CONTENDERS)}) or parts of names "
-                        "(gristmill, feast, redis, sqlite, online)")
-    parser.add_argument("--skip-feast", action="store_true", help="do not install or run Feast")
-    parser.add_argument("--feast-requirement", default=DEFAULT_FEAST_REQUIREMENT)
-    parser.add_argument("--feast-offline", default="duckdb", choices=("duckdb", "file"),
-                        help="Feast offline store that reads the source during materialize (default duckdb)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per contender run")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--feast-child", help=argparse.SUPPRESS)
+    parser = benchmark_arguments(CONTENDERS, "gristmill, feast, redis, sqlite, online", __doc__)
     args = parser.parse_args(argv)
     if args.child:
         return child_entry([args.child], run_gristmill)
     if args.feast_child:
         return child_entry([args.feast_child], run_feast)
-
-    if args.scale <= 0:
-        parser.error("--scale must be > 0")
-    contenders = parse_only(args.only, CONTENDERS)
-    if args.skip_feast:
-        contenders = [c for c in contenders if not c.startswith("feast")]
-
-    workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset, sizes = ensure_dataset(workdir, args.scale)
-    start, end, now = data_clock(dataset)
+    setup = benchmark_setup(args, parser, CONTENDERS)
+    contenders, workdir, dataset, sizes, logs = setup.contenders, setup.workdir, setup.dataset, setup.sizes, setup.logs
+    start, end, now = setup.start, setup.end, setup.now
     source_rows = pq.ParquetFile(dataset.features).metadata.num_rows
     run_root = workdir / "runs" / f"scale-{args.scale:g}" / "materialization"
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     print(f"window [{start}, {end}), clock now = {now}, {source_rows:,} source rows", flush=True)
 
     feast_python: Path | None = None

@@ -21,7 +21,6 @@ See benchmarks/README.md for what is measured and how.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -36,9 +35,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from materialization import (
-    DEFAULT_REDIS_URL,
+    benchmark_arguments,
+    benchmark_setup,
     child_entry,
-    data_clock,
     delete_redis_keys,
     ensure_feast_with_redis,
     failure,
@@ -51,7 +50,6 @@ from materialization import (
     gristmill_backfill,
     gristmill_store,
     machine_info,
-    parse_only,
     redis_available,
     run_contender,
 )
@@ -59,9 +57,7 @@ from offline_retrieval import (
     CASE_A_FEATURE_SET,
     CASE_A_FEATURES,
     CASE_A_LOOKBACK_DAYS,
-    DEFAULT_FEAST_REQUIREMENT,
     Dataset,
-    ensure_dataset,
 )
 
 CONTENDERS = ("gristmill-redis", "gristmill-sqlite", "feast-redis", "feast-sqlite")
@@ -297,44 +293,22 @@ def print_table(outcomes: Sequence[Outcome]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gristmill-bench"))
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count (default 1.0)")
-    parser.add_argument("--only", help=f"comma-separated contenders ({', '.join(CONTENDERS)}) or parts of names "
-                        "(gristmill, feast, redis, sqlite)")
-    parser.add_argument("--skip-feast", action="store_true", help="do not install or run Feast")
-    parser.add_argument("--feast-requirement", default=DEFAULT_FEAST_REQUIREMENT)
-    parser.add_argument("--feast-offline", default="duckdb", choices=("duckdb", "file"),
-                        help="Feast offline store that reads the source during materialize (default duckdb)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    parser = benchmark_arguments(CONTENDERS, "gristmill, feast, redis, sqlite", __doc__)
     parser.add_argument("--calls", type=int, default=5000, help="timed 1-entity calls (default 5000)")
     parser.add_argument("--batch-calls", type=int, default=2000,
                         help=f"timed {BATCH_SIZE}-entity calls (default 2000)")
     parser.add_argument("--warmup", type=int, default=300, help="untimed 1-entity calls first (and a tenth as "
                         f"many {BATCH_SIZE}-entity calls)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per contender run")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--feast-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child_entry([args.child], run_gristmill)
     if args.feast_child:
         return child_entry([args.feast_child], run_feast)
-
-    if args.scale <= 0:
-        parser.error("--scale must be > 0")
-    contenders = parse_only(args.only, CONTENDERS)
-    if args.skip_feast:
-        contenders = [c for c in contenders if not c.startswith("feast")]
-
-    workdir: Path = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset, sizes = ensure_dataset(workdir, args.scale)
-    start, end, now = data_clock(dataset)
+    setup = benchmark_setup(args, parser, CONTENDERS)
+    contenders, workdir, dataset, sizes, logs = setup.contenders, setup.workdir, setup.dataset, setup.sizes, setup.logs
+    start, end, now = setup.start, setup.end, setup.now
     run_root = workdir / "runs" / f"scale-{args.scale:g}" / "online"
     run_root.mkdir(parents=True, exist_ok=True)
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
 
     expected = latest_rows(dataset, now)
     keys = key_plan(sorted(expected), args.calls, args.batch_calls, args.warmup)
