@@ -177,15 +177,20 @@ def test_workers_sharing_a_registry_run_each_window_once(tmp_path: Path, request
     assert len(stored) == 28 and not stored.duplicated(["acct", "ts"]).any()
 
 
-def test_a_dead_workers_job_is_failed_and_its_window_incomplete(tmp_path: Path) -> None:
-    clock = Clock(datetime(2024, 1, 1, 3, 0))
-    store = _store(tmp_path, _rows(datetime(2024, 1, 1), 6), clock, schedule=HOURLY)
+def _running_claimed_job(tmp_path: Path, *, worker: str) -> tuple[gm.FeatureStore, ScheduleRecords, Any]:
+    """A store whose 03:00 run ``worker`` claimed and started (its first heartbeat: now)."""
+    store = _store(tmp_path, _rows(datetime(2024, 1, 1), 6), Clock(datetime(2024, 1, 1, 3, 0)), schedule=HOURLY)
     schedules = ScheduleRecords(store.materializer.records)
-    # a worker claimed the 03:00 run, started the job and died (its last heartbeat is old)
     job = schedules.claim("fs1", "1", datetime(2024, 1, 1, 3), start=datetime(2024, 1, 1, 2),
-                          end=datetime(2024, 1, 1, 3), stores=["offline"], worker="gone")
+                          end=datetime(2024, 1, 1, 3), stores=["offline"], worker=worker)
     assert job is not None
     store.materializer.records.start_job(job.id)
+    return store, schedules, job
+
+
+def test_a_dead_workers_job_is_failed_and_its_window_incomplete(tmp_path: Path) -> None:
+    # a worker claimed the 03:00 run, started the job and died (its last heartbeat is old)
+    store, _, job = _running_claimed_job(tmp_path, worker="gone")
     scheduler = gm.Scheduler(store, worker="alive", heartbeat=timedelta(milliseconds=10),
                              lease=timedelta(milliseconds=50))
     assert scheduler.tick().reaped == []                            # its heartbeat is still fresh
@@ -351,13 +356,7 @@ def test_a_job_cancelled_while_it_runs_does_not_stop_the_pass(tmp_path: Path) ->
 def test_a_heartbeat_landing_after_the_stale_list_saves_the_job(tmp_path: Path) -> None:
     """The reaper lists silent jobs, then fails each one only if its worker is still silent, checked in the
     same transaction that fails it: a heartbeat that lands in between keeps the job running."""
-    clock = Clock(datetime(2024, 1, 1, 3, 0))
-    store = _store(tmp_path, _rows(datetime(2024, 1, 1), 6), clock, schedule=HOURLY)
-    schedules = ScheduleRecords(store.materializer.records)
-    job = schedules.claim("fs1", "1", datetime(2024, 1, 1, 3), start=datetime(2024, 1, 1, 2),
-                          end=datetime(2024, 1, 1, 3), stores=["offline"], worker="slow")
-    assert job is not None
-    store.materializer.records.start_job(job.id)
+    store, schedules, job = _running_claimed_job(tmp_path, worker="slow")
     reaper = gm.Scheduler(store, worker="reaper", heartbeat=timedelta(milliseconds=10),
                           lease=timedelta(milliseconds=50))
     threading.Event().wait(0.1)
