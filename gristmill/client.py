@@ -4,16 +4,18 @@ names and results (SPEC §4: "opened embedded on a local folder or connected to 
 >>> store = gm.FeatureStore.connect("http://features.internal:8080", token="gm_...")   # doctest: +SKIP
 >>> store.get_online_features(["transactions:1:amount_7d_sum"], {"account_id": ["A1"]}).to_dict()  # doctest: +SKIP
 
-What the server offers works the same as on a local store: online lookups, the catalog (feature sets,
-entities, models and lineage), search, data intervals, jobs, backfill and cancelling jobs. Anything else
-(applying YAML, offline retrieval, preview) raises an error that says to open the store's folder
-instead. Server refusals come back as the same errors a local store raises: ``AccessDeniedError``
-(401/403), ``NotFoundError`` (404) and ``GristmillError`` (400), with the server's message.
+What the server offers works the same as on a local store: online lookups, point-in-time training data
+(observations and result travel as Parquet), the catalog (feature sets, entities, models and lineage),
+search, data intervals, jobs, backfill and cancelling jobs. Anything else (applying YAML, preview)
+raises an error that says to open the store's folder instead. Server refusals come back as the same
+errors a local store raises: ``AccessDeniedError`` (401/403), ``NotFoundError`` (404) and
+``GristmillError`` (400), with the server's message.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +83,41 @@ class RemoteFeatureStore:
         types = {name: FeatureType(kind) for name, kind in answer.get("types", {}).items()}
         columns = {name: _decoded(values, types.get(name)) for name, values in answer["columns"].items()}
         return OnlineResult(columns, types)
+
+    # -- offline ----------------------------------------------------------------------------------------
+    def get_offline_features(self, features: Any, observations: Any, timestamp_column: str, *,
+                             full_feature_names: bool = False, as_known_at: bool = False,
+                             aggregation_mode: str = "per_event") -> Any:
+        """Point-in-time training data computed by the server, as ``FeatureStore.get_offline_features``: the
+        observations travel as Parquet, and the result converts to pandas, Arrow, Polars and Parquet."""
+        import duckdb
+        import pyarrow.parquet as pq
+
+        from gristmill.compute.duckdb_engine import _register_observations
+        from gristmill.compute.pit import ROW
+        from gristmill.compute.result import RetrievalResult, arrow_table
+        from gristmill.retrieval import references
+
+        refs = references(features)
+        renamed = [ref.text for ref in refs if ref.output_name]
+        if renamed:
+            raise GristmillError(f"features: {renamed[0]} has an output_name; renaming is not sent to the server "
+                                 "yet: rename the result's columns instead")
+        names = ",".join(ref.text for ref in refs)
+        local = duckdb.connect()      # the observations read exactly as a local store reads them (files too)
+        raw, _, _ = _register_observations(local, observations)
+        table = arrow_table(local.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
+        local.close()
+        body = io.BytesIO()
+        pq.write_table(table, body)
+        answer = self._call("POST", "/v1/offline/features", content=body.getvalue(), raw=True,
+                            headers={"Content-Type": "application/vnd.apache.parquet"},
+                            params={"features": names, "timestamp_column": timestamp_column,
+                                    "full_feature_names": full_feature_names, "as_known_at": as_known_at,
+                                    "aggregation_mode": aggregation_mode})
+        con = duckdb.connect()
+        con.register("__gm_remote_result", pq.read_table(io.BytesIO(answer)))
+        return RetrievalResult(con, "SELECT * FROM __gm_remote_result", description=f"training data from {self.url}")
 
     # -- catalog ----------------------------------------------------------------------------------------
     def list_feature_sets(self) -> list[Any]:
@@ -159,14 +196,14 @@ class RemoteFeatureStore:
         return _job(self._call("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
 
     # -- HTTP -------------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except self._transport_errors as exc:
             raise GristmillError(f"cannot reach the feature store server at {self.url}: {exc}; is `gristmill "
                                  "serve` running there?") from exc
         if response.status_code < 400:
-            return response.json()
+            return response.content if raw else response.json()
         try:
             message = response.json().get("error") or response.text
         except ValueError:
@@ -219,3 +256,4 @@ def _job(item: dict[str, Any]) -> Any:
                      started_at=when(item["started_at"]), finished_at=when(item["finished_at"]),
                      rows_read=item["rows_read"], rows_written=item["rows_written"],
                      bytes_written=item["bytes_written"], cpu_seconds=item["cpu_seconds"], error=item["error"])
+

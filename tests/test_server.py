@@ -251,8 +251,10 @@ def test_remote_store_errors_are_the_local_errors(server: Server) -> None:
         reader.get_feature_set("nope", 1)
     with pytest.raises(gm.AccessDeniedError, match="a valid token is required"):
         gm.FeatureStore.connect(server.url).list_jobs()
-    with pytest.raises(gm.GristmillError, match=r"get_offline_features is not available through the server"):
-        reader.get_offline_features(["fs1:1:f1"], {"acct": ["A"]}, "ts")
+    with pytest.raises(gm.GristmillError, match=r"preview is not available through the server"):
+        reader.preview("fs1", 1, "2024-01-01", "2024-01-02")
+    with pytest.raises(gm.AccessDeniedError, match=r"reader may not offline\.read on featureset:fs2:1"):
+        reader.get_offline_features(["fs2:1:f1"], pd.DataFrame({"acct": ["A"], "ts": [datetime(2024, 1, 9)]}), "ts")
     with pytest.raises(gm.GristmillError, match=r"cannot reach the feature store server at http://127\.0\.0\.1:9"):
         gm.FeatureStore.connect("http://127.0.0.1:9", token="gm_x_y").list_feature_sets()
 
@@ -449,3 +451,22 @@ def test_features_of_other_stores_are_refused_with_a_reason(server: Server) -> N
     response = server.client("owner").post("/v1/online/features", json={"features": ["risk/fs1:1:f1"],
                                                                        "entities": {"acct": ["A"]}})
     assert response.status_code == 400 and "belongs to another feature store" in response.json()["error"]
+
+
+def test_training_data_through_the_server_equals_the_local_one(server: Server) -> None:
+    times = [datetime(2024, 1, 8, 6), datetime(2024, 1, 9, 6), datetime(2024, 1, 1), datetime(2024, 1, 9)]
+    observations = pd.DataFrame({"acct": ["A", "B", "A", "C"], "obs_id": [1, 2, 3, 4],
+                                 "ts": pd.Series(times).astype("datetime64[us]")})
+    remote = gm.FeatureStore.connect(server.url, token=server.tokens["reader"])
+    got = remote.get_offline_features(["fs1:1:f1"], observations, "ts")
+    want = server.store.get_offline_features(["fs1:1:f1"], observations, "ts")
+    pd.testing.assert_frame_equal(got.to_pandas(), want.to_pandas())
+    path = Path(server.store.path) / "observations.parquet"                  # a file, as locally
+    observations.to_parquet(path)
+    pd.testing.assert_frame_equal(remote.get_offline_features(["fs1:1:f1"], path, "ts").to_pandas(),
+                                  want.to_pandas())
+    assert got.columns == want.columns == ["acct", "obs_id", "ts", "f1"]
+    assert got.to_pandas()["f1"].tolist()[:2] == [3.0, 9.0]
+    raw = httpx.post(f"{server.url}/v1/offline/features", params={"features": "fs1:1:f1", "timestamp_column": "ts"},
+                     content=b"not parquet", headers={"Authorization": f"Bearer {server.tokens['reader']}"})
+    assert raw.status_code == 400 and "observations as Parquet" in raw.json()["error"]

@@ -7,9 +7,9 @@ of actions, in one table:
 role            actions
 ==============  ==========================================================================
 Owner           everything, including managing access and reading the audit log
-Contributor     read and change the catalog, read online features and jobs, materialize
+Contributor     read and change the catalog, read features (online and offline) and jobs, materialize
 Materializer    read the catalog and jobs, materialize (backfill, cancel jobs)
-Reader          read the catalog, online features and jobs
+Reader          read the catalog, features (online and offline) and jobs
 ==============  ==========================================================================
 
 ``Developer`` is accepted for Contributor and ``Consumer`` for Reader (the names managed stores use).
@@ -53,13 +53,14 @@ class Action(StrEnum):
     READ_CATALOG = "catalog.read"
     WRITE_CATALOG = "catalog.write"
     READ_ONLINE = "online.read"
+    READ_OFFLINE = "offline.read"          # point-in-time training data
     READ_JOBS = "jobs.read"
     MATERIALIZE = "materialize"
     MANAGE_ACCESS = "access.manage"
     READ_AUDIT = "audit.read"
 
 
-_READ = frozenset({Action.READ_CATALOG, Action.READ_ONLINE, Action.READ_JOBS})
+_READ = frozenset({Action.READ_CATALOG, Action.READ_ONLINE, Action.READ_OFFLINE, Action.READ_JOBS})
 PERMISSIONS: Final[dict[Role, frozenset[Action]]] = {
     Role.OWNER: frozenset(Action),
     Role.CONTRIBUTOR: _READ | {Action.WRITE_CATALOG, Action.MATERIALIZE},

@@ -11,14 +11,17 @@ The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
 from __future__ import annotations
 
 import base64
+import io
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
@@ -36,6 +39,7 @@ __all__ = ["ANONYMOUS", "create_app"]
 log = logging.getLogger("gristmill.server")
 
 ANONYMOUS = "anonymous"          # the caller when the server runs without authentication
+PARQUET = "application/vnd.apache.parquet"
 #: how long the server trusts what it read about a token or a principal's grants (revocations and new
 #: grants take effect within this time)
 CACHE_SECONDS = 5.0
@@ -184,6 +188,36 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return {"columns": {name: _json_values(values, result.types.get(name))
                             for name, values in result.to_dict().items()},
                 "types": {name: kind.value for name, kind in result.types.items()}}
+
+    @app.post("/v1/offline/features", tags=["offline"],
+              responses={200: {"content": {PARQUET: {}}, "description": "the training data as Parquet"}})
+    async def offline_features(request: Request, features: str, timestamp_column: str,
+                               full_feature_names: bool = False, as_known_at: bool = False,
+                               aggregation_mode: str = "per_event", principal: str = Caller) -> Response:
+        """Point-in-time training data: the body is the observations as Parquet, the answer Parquet too
+        (``features`` comma-separated ``feature_set:version:feature``)."""
+        names = [f.strip() for f in features.split(",") if f.strip()]
+        body = await request.body()
+
+        def retrieve() -> bytes:
+            for ref in {f.rsplit(":", 1)[0] for f in names}:
+                name, _, version = ref.partition(":")
+                if "/" in ref or not version:
+                    raise GristmillError(f"features: '{ref}' must be feature_set:version of this store "
+                                         f"({store.name})")
+                check(principal, Action.READ_OFFLINE, feature_set_resource(name, version)[1])
+            try:
+                observations = pq.read_table(io.BytesIO(body))
+            except Exception as exc:
+                raise GristmillError(f"the request body must be the observations as Parquet ({exc})") from None
+            table = store.get_offline_features(names, observations, timestamp_column,
+                                               full_feature_names=full_feature_names, as_known_at=as_known_at,
+                                               aggregation_mode=aggregation_mode).to_arrow()
+            out = io.BytesIO()
+            pq.write_table(table, out)
+            return out.getvalue()
+
+        return Response(await run_in_threadpool(retrieve), media_type=PARQUET)
 
     @app.get("/v1/feature-sets/{name}/{version}/intervals", tags=["materialization"])
     def intervals(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
