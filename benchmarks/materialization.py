@@ -330,6 +330,37 @@ def benchmark_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, c
     return BenchmarkSetup(chosen, workdir, dataset, sizes, start, end, now, logs)
 
 
+@dataclass(frozen=True)
+class Services:
+    """Feast (installed in its venv when a Feast contender runs) and Redis, or why they are unavailable."""
+
+    feast_python: Path | None
+    feast_version: str | None
+    feast_error: str | None
+    redis_error: str | None
+
+    @classmethod
+    def prepare(cls, args: argparse.Namespace, contenders: Sequence[str], workdir: Path, logs: Path) -> Services:
+        feast_python = feast_version = feast_error = None
+        if any(c.startswith("feast") for c in contenders):
+            try:
+                feast_python, feast_version = ensure_feast_with_redis(workdir, args.feast_requirement,
+                                                                      logs / "feast-install.log")
+                print(f"Feast {feast_version} in {feast_python.parent.parent}", flush=True)
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+                feast_error = str(error)
+        redis_error = redis_available(args.redis_url) if any("redis" in c for c in contenders) else None
+        return cls(feast_python, feast_version, feast_error, redis_error)
+
+    def missing_for(self, contender: str) -> str | None:
+        """Why ``contender`` cannot run, or None."""
+        if contender.startswith("feast") and self.feast_python is None:
+            return self.feast_error or "Feast not installed"
+        if "redis" in contender and self.redis_error:
+            return self.redis_error
+        return None
+
+
 def child_entry(argv: Sequence[str], run: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """A child process: run one contender with the JSON config ``argv[0]``, write its result JSON."""
     config = json.loads(argv[0])
@@ -564,28 +595,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_root = workdir / "runs" / f"scale-{args.scale:g}" / "materialization"
     print(f"window [{start}, {end}), clock now = {now}, {source_rows:,} source rows", flush=True)
 
-    feast_python: Path | None = None
-    feast_version: str | None = None
-    feast_error: str | None = None
-    if any(c.startswith("feast") for c in contenders):
-        try:
-            feast_python, feast_version = ensure_feast_with_redis(workdir, args.feast_requirement,
-                                                                  logs / "feast-install.log")
-            print(f"Feast {feast_version} in {feast_python.parent.parent}", flush=True)
-        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
-            feast_error = str(error)
-    redis_error = redis_available(args.redis_url) if any("redis" in c for c in contenders) else None
+    services = Services.prepare(args, contenders, workdir, logs)
+    feast_python, feast_version = services.feast_python, services.feast_version
 
     run_id = f"{os.getpid()}"
     outcomes: list[Outcome] = []
     for contender in contenders:
         outcome = Outcome(contender, stores_of(contender))
         outcomes.append(outcome)
-        if contender.startswith("feast") and feast_python is None:
-            outcome.status, outcome.detail = "unavailable", feast_error or "Feast not installed"
-            continue
-        if "redis" in contender and redis_error:
-            outcome.status, outcome.detail = "unavailable", redis_error
+        missing = services.missing_for(contender)
+        if missing:
+            outcome.status, outcome.detail = "unavailable", missing
             continue
         result_path = run_root / f"{contender}.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)

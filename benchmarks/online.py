@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,11 +34,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from materialization import (
+    Services,
     benchmark_arguments,
     benchmark_setup,
     child_entry,
     delete_redis_keys,
-    ensure_feast_with_redis,
     failure,
     feast_entity_count,
     feast_materialize,
@@ -50,7 +49,6 @@ from materialization import (
     gristmill_backfill,
     gristmill_store,
     machine_info,
-    redis_available,
     run_contender,
 )
 from offline_retrieval import (
@@ -319,28 +317,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(newest row within {CASE_A_LOOKBACK_DAYS} days); keys drawn from them, "
           f"{UNKNOWN_FRACTION:.0%} unknown", flush=True)
 
-    feast_python: Path | None = None
-    feast_version: str | None = None
-    feast_error: str | None = None
-    if any(c.startswith("feast") for c in contenders):
-        try:
-            feast_python, feast_version = ensure_feast_with_redis(workdir, args.feast_requirement,
-                                                                  logs / "feast-install.log")
-            print(f"Feast {feast_version} in {feast_python.parent.parent}", flush=True)
-        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
-            feast_error = str(error)
-    redis_error = redis_available(args.redis_url) if any("redis" in c for c in contenders) else None
+    services = Services.prepare(args, contenders, workdir, logs)
+    feast_python, feast_version = services.feast_python, services.feast_version
 
     run_id = f"{os.getpid()}"
     outcomes: list[Outcome] = []
     for contender in contenders:
         outcome = Outcome(contender)
         outcomes.append(outcome)
-        if contender.startswith("feast") and feast_python is None:
-            outcome.status, outcome.detail = "unavailable", feast_error or "Feast not installed"
-            continue
-        if "redis" in contender and redis_error:
-            outcome.status, outcome.detail = "unavailable", redis_error
+        missing = services.missing_for(contender)
+        if missing:
+            outcome.status, outcome.detail = "unavailable", missing
             continue
         result_path = run_root / f"{contender}.json"
         result_path.unlink(missing_ok=True)
