@@ -17,10 +17,10 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from gristmill.errors import GristmillError
+from gristmill.spec.common import LenientStrEnum
 
 __all__ = ["DataInterval", "DataStatus", "IntervalError", "Timeline"]
 
@@ -29,7 +29,7 @@ class IntervalError(GristmillError, ValueError):
     """An interval that is empty or reversed, or intervals that overlap."""
 
 
-class DataStatus(StrEnum):
+class DataStatus(LenientStrEnum):
     """What a store holds for an interval of event time (SPEC §1 "data interval").
 
     Parsing is case-insensitive (``DataStatus("complete")``), as for every enum value users type.
@@ -39,15 +39,6 @@ class DataStatus(StrEnum):
     PENDING = "Pending"
     INCOMPLETE = "Incomplete"
     COMPLETE = "Complete"
-
-    @classmethod
-    def _missing_(cls, value: object) -> DataStatus | None:
-        if isinstance(value, str):
-            wanted = value.strip().lower()
-            for member in cls:
-                if member.value.lower() == wanted:
-                    return member
-        return None
 
 
 def naive_utc(value: datetime, *, name: str = "time") -> datetime:

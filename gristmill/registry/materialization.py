@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Final, Literal, get_args
 
 import sqlalchemy as sa
@@ -41,6 +40,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from gristmill.errors import NotFoundError, RegistryError
 from gristmill.jobs.intervals import DataInterval, DataStatus, Timeline, naive_utc
 from gristmill.registry.registry import _WRITE_OPTION, Registry, version_key
+from gristmill.spec.common import LenientStrEnum
 
 __all__ = [
     "ConflictError",
@@ -64,7 +64,7 @@ class ConflictError(RegistryError):
     disabled or re-enabled since the caller read it)."""
 
 
-class JobStatus(StrEnum):
+class JobStatus(LenientStrEnum):
     """Where a materialization job is in its life: Queued → Running → Completed | Failed | Cancelled."""
 
     QUEUED = "Queued"
@@ -72,13 +72,6 @@ class JobStatus(StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
-
-    @classmethod
-    def _missing_(cls, value: object) -> JobStatus | None:
-        if isinstance(value, str):
-            wanted = value.strip().lower()
-            return next((m for m in cls if m.value.lower() == wanted), None)
-        return None
 
     @property
     def finished(self) -> bool:

@@ -42,6 +42,18 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+class LenientStrEnum(StrEnum):
+    """A string enum that also accepts its values in any case and with surrounding spaces, as users type them
+    (``DataStatus(" complete ")`` is ``DataStatus.COMPLETE``)."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            return next((member for member in cls if member.value.lower() == wanted), None)
+        return None
+
+
 class Asset(Frozen):
     """What every registered asset (entity, feature set, model) shares: a checked ``name``, ``tags`` as
     strings, and ``ref`` = ``name:version``. Subclasses declare the fields (their order is the YAML's) and
