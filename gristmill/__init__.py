@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "FeatureStore": "gristmill.store",
-    "ApplyPlan": "gristmill.store",
+    "ApplyPlan": "gristmill.apply",
+    "PlanItem": "gristmill.apply",
+    "FieldChange": "gristmill.apply",
+    "DataLossError": "gristmill.errors",
     "Entity": "gristmill.spec.entity",
     "FeatureSet": "gristmill.spec.featureset",
     "FeatureSetSpec": "gristmill.spec.featureset_spec",
@@ -54,12 +57,14 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
+    from gristmill.apply import ApplyPlan, FieldChange, PlanItem
     from gristmill.auth.roles import AccessDeniedError
     from gristmill.client import RemoteFeatureStore
     from gristmill.compute.duckdb_engine import DuckDBEngine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
     from gristmill.errors import (
         ConfigError,
+        DataLossError,
         GristmillError,
         ImmutableError,
         NotFoundError,
@@ -82,7 +87,7 @@ if TYPE_CHECKING:
     from gristmill.spec.model import Model
     from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
     from gristmill.spec.types import FeatureType
-    from gristmill.store import ApplyPlan, FeatureStore
+    from gristmill.store import FeatureStore
     from gristmill.stores.online.encoding import OnlineStoreError
 
 

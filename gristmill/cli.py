@@ -117,21 +117,92 @@ def init(path: Annotated[Path, typer.Argument(help="Folder to create the store i
         console.print(f"feature store [bold]{store.name}[/bold] ready in {store.path}")
 
 
+SkipSourceCheck = Annotated[bool, typer.Option("--skip-source-check",
+                                               help="Do not check new feature set specs against their source.")]
+AllowDataLoss = Annotated[bool, typer.Option("--allow-data-loss",
+                                             help="Allow changes that drop materialized data (a store disabled).")]
+
+
+def _print_plan(plan: Any) -> None:
+    colours = {"create": "green", "created": "green", "update": "yellow", "updated": "yellow", "unchanged": "dim",
+               "refuse": "red", "refused": "red", "invalid": "red"}
+    for item in plan.items:
+        colour = colours.get(item.action, "white")
+        console.print(f"[{colour}]{item.action:>9}[/{colour}]  {item.kind} {escape(item.ref)}", highlight=False)
+        for change in item.changes:
+            console.print(f"           {escape(str(change))}", highlight=False, soft_wrap=True)
+        for line in item.detail.splitlines():
+            console.print(f"           {escape(line)}", highlight=False, soft_wrap=True)
+        for note in item.notes:
+            console.print(f"           note: {escape(note)}", highlight=False, soft_wrap=True)
+    console.print(plan.summary(), highlight=False)
+
+
+@app.command()
+def plan(folder: Annotated[Path, typer.Argument(help="Folder with entity and feature set YAML files.")],
+         store: StoreOption = Path("."),
+         skip_source_check: SkipSourceCheck = False,
+         allow_data_loss: AllowDataLoss = False,
+         detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
+                                                         help="Exit 3 when the plan has changes.")] = False) -> None:
+    """Show what `apply FOLDER` would do, changing nothing.
+
+    Exit codes: 0 nothing refused or invalid (with --detailed-exitcode: nothing to do), 1 something refused or
+    invalid, 2 a usage mistake (no such folder or store), 3 with --detailed-exitcode: changes to apply."""
+    with _user_errors():
+        result = _open(store).plan(folder, check_source=not skip_source_check, allow_data_loss=allow_data_loss)
+    _print_plan(result)
+    if not result.ok:
+        raise typer.Exit(1)
+    if detailed_exitcode and result.has_changes:
+        raise typer.Exit(3)
+
+
 @app.command()
 def apply(folder: Annotated[Path, typer.Argument(help="Folder with entity and feature set YAML files.")],
-          store: StoreOption = Path(".")) -> None:
-    """Register every entity and feature set found under FOLDER (idempotent; prints the plan)."""
+          store: StoreOption = Path("."),
+          skip_source_check: SkipSourceCheck = False,
+          allow_data_loss: AllowDataLoss = False) -> None:
+    """Register every entity and feature set found under FOLDER (idempotent; prints the plan it executed).
+
+    Exit codes: 0 applied, 1 something was refused or invalid (the rest was applied), 2 a usage mistake."""
     with _user_errors():
-        plan = _open(store).apply(folder)
-        colours = {"created": "green", "updated": "yellow", "unchanged": "dim", "refused": "red", "invalid": "red"}
-        for item in plan.items:
-            colour = colours.get(item.action, "white")
-            console.print(f"[{colour}]{item.action:>9}[/{colour}]  {item.kind} {item.ref}", highlight=False)
-            if item.detail:
-                console.print(f"           {escape(item.detail)}", highlight=False, soft_wrap=True)
-        console.print(str(plan).splitlines()[-1])
-        if not plan.ok:
-            raise typer.Exit(1)
+        result = _open(store).apply(folder, check_source=not skip_source_check, allow_data_loss=allow_data_loss)
+    _print_plan(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def archive(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a feature set (or entity with --entity).")],
+            store: StoreOption = Path("."),
+            entity: Annotated[bool, typer.Option("--entity", help="Archive an entity version.")] = False) -> None:
+    """Archive a feature set (or entity) version: hidden from lists and `latest`, still readable by version."""
+    _archive_or_restore(ref, store, entity, archive=True)
+
+
+@app.command()
+def restore(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a feature set (or entity with --entity).")],
+            store: StoreOption = Path("."),
+            entity: Annotated[bool, typer.Option("--entity", help="Restore an entity version.")] = False) -> None:
+    """Restore an archived feature set (or entity) version."""
+    _archive_or_restore(ref, store, entity, archive=False)
+
+
+def _archive_or_restore(ref: str, store: Path, entity: bool, *, archive: bool) -> None:
+    from gristmill.errors import SpecError
+
+    with _user_errors():
+        name, version = _split_ref(ref)
+        if version is None:
+            raise SpecError(f"'{ref}': give the version to {'archive' if archive else 'restore'}, e.g. {name}:1")
+        s = _open(store)
+        kind = "entity" if entity else "feature set"
+        if entity:
+            (s.archive_entity if archive else s.restore_entity)(name, version)
+        else:
+            (s.archive_feature_set if archive else s.restore_feature_set)(name, version)
+        console.print(f"{'archived' if archive else 'restored'} {kind} {name}:{version}", highlight=False)
 
 
 @app.command("list")

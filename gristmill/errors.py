@@ -6,6 +6,7 @@ what was wrong (file, field or argument) and how to fix it.
     ├── RegistryError          catalog problems
     │   ├── NotFoundError      unknown entity / feature set / version / feature
     │   └── ImmutableError     an edit of a registered version that needs a new version
+    │       └── DataLossError  a change that drops materialized data, not allowed explicitly
     ├── RetrievalError         bad retrieval request (features, observations, columns)
     ├── SourceError            a source that cannot be read (missing file, missing column, bad type)
     ├── TransformationError    user transformation code or SQL failed or returned the wrong schema
@@ -40,6 +41,10 @@ class NotFoundError(RegistryError, LookupError):
 
 class ImmutableError(RegistryError):
     """A change to a registered version that only a new version may make."""
+
+
+class DataLossError(ImmutableError):
+    """A change that would drop materialized data (a store disabled) unless data loss is allowed."""
 
 
 class RetrievalError(GristmillError, ValueError):

@@ -78,6 +78,25 @@ class Materializer:
             self.records.set_enabled(feature_set.name, feature_set.version, kind, wanted)
             log.info("%s: %s materialization %s", feature_set.ref, kind, "enabled" if wanted else "disabled")
 
+    def data_held(self, feature_set: FeatureSet, kind: str) -> str | None:
+        """What an enabled store holds for ``feature_set`` (None: nothing): its materialized windows and the
+        rows (offline) or keys (online) in it — what disabling the store would drop."""
+        state = self.records.state(feature_set.name, feature_set.version, kind)
+        if not state.enabled:
+            return None
+        windows = self.records.timeline(feature_set.name, feature_set.version, kind).intervals(include_none=False)
+        if kind == "offline":
+            amount = self.store.offline_store.row_count(self.offline_table(feature_set, state.materialization_version))
+            unit = "row"
+        else:
+            amount = self.store.online_store.count(self.online_table(feature_set, state.materialization_version))
+            unit = "key"
+        if not windows and not amount:
+            return None
+        span = f" covering [{windows[0].start:%Y-%m-%d %H:%M}, {windows[-1].end:%Y-%m-%d %H:%M})" if windows else ""
+        return (f"{amount:,} {unit}{'' if amount == 1 else 's'} in {len(windows)} materialized "
+                f"window{'' if len(windows) == 1 else 's'}{span}")
+
     def enabled_stores(self, feature_set: FeatureSet) -> list[str]:
         return [kind for kind in STORES
                 if self.records.state(feature_set.name, feature_set.version, kind).enabled]

@@ -7,22 +7,22 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gristmill.apply import ApplyPlan
 from gristmill.compute.engine import FeatureSetRequest, MaterializedData, to_utc_naive
 from gristmill.compute.sources import is_uri, resolve_local
 from gristmill.config import CONFIG_FILE_NAME, EngineConfig, OnlineStoreConfig, RegistryConfig, StoreConfig
-from gristmill.errors import ConfigError, GristmillError, ImmutableError, NotFoundError, RetrievalError, SpecError
+from gristmill.errors import ConfigError, DataLossError, NotFoundError, RetrievalError, SpecError
 from gristmill.jobs.intervals import DataStatus
 from gristmill.materialization import Materializer
 from gristmill.retrieval import plan_requests, references
 from gristmill.spec.entity import Entity
-from gristmill.spec.featureset import FeatureSet
+from gristmill.spec.featureset import FeatureSet, MaterializationSettings
 from gristmill.spec.featureset_spec import FeatureSetSpec
-from gristmill.spec.yaml_io import read_yaml
 from gristmill.stores.offline.delta import DeltaOfflineStore
 from gristmill.stores.online.base import OnlineStore, OnlineTable
 
@@ -40,36 +40,15 @@ _ONLINE_TABLE_TTL = 5.0  # seconds an online table's materialization version is 
 
 
 @dataclass(frozen=True)
-class PlanItem:
-    """What ``apply`` did (or refused) for one YAML file."""
+class Registration:
+    """A feature set version as the registry stores it: the spec with paths as written (relative ones resolve
+    against ``spec_folder`` when it is computed), the code files by path relative to the spec folder, and the
+    digest of both."""
 
-    kind: str            # "entity" | "feature set"
-    ref: str             # name:version
-    action: str          # "created" | "unchanged" | "updated" | "refused" | "invalid"
-    file: str
-    detail: str = ""
-
-
-@dataclass
-class ApplyPlan:
-    """The outcome of ``FeatureStore.apply``: one item per entity and feature set file found."""
-
-    items: list[PlanItem] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(item.action not in ("refused", "invalid") for item in self.items)
-
-    def count(self, action: str) -> int:
-        return sum(1 for item in self.items if item.action == action)
-
-    def __str__(self) -> str:
-        lines = [f"{item.action:>9}  {item.kind} {item.ref}" + (f"  ({item.detail})" if item.detail else "")
-                 for item in self.items]
-        summary = ", ".join(f"{self.count(a)} {a}" for a in ("created", "updated", "unchanged", "refused",
-                                                              "invalid") if self.count(a))
-        return "\n".join([*lines, summary or "nothing to apply"])
+    spec: dict[str, Any]
+    spec_folder: str | None
+    code_files: dict[str, str]
+    content_hash: str
 
 
 class FeatureStore:
@@ -209,75 +188,28 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore(name={self.name!r}, path={str(self.path)!r})"
 
-    # -- apply ----------------------------------------------------------------------------------------
-    def apply(self, folder: str | Path) -> ApplyPlan:
-        """Register every entity and feature set YAML under ``folder``; idempotent.
+    # -- plan and apply -------------------------------------------------------------------------------
+    def plan(self, folder: str | Path, *, check_source: bool = True, allow_data_loss: bool = False) -> ApplyPlan:
+        """What ``apply(folder)`` would do, without changing anything: per entity and feature set version
+        create / update (field by field) / unchanged / refuse / invalid, with consequences as notes.
 
-        Entity files have ``index_columns`` and no ``source``; feature set files have ``specification``.
-        Returns the plan: per file created / unchanged / updated / refused (immutable change) / invalid."""
-        root = Path(folder)
-        if not root.exists():
-            raise SpecError(f"{root}: folder not found; pass the folder holding your entity and feature set YAML")
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml")
-                                                     and p.is_file() and ".gristmill" not in p.parts)
-        plan = ApplyPlan()
-        entities: list[Path] = []
-        feature_sets: list[Path] = []
-        for path in files:
-            if path.name == CONFIG_FILE_NAME:
-                continue
-            try:
-                data = read_yaml(path)
-            except SpecError as exc:
-                plan.items.append(PlanItem("file", path.name, "invalid", str(path), str(exc)))
-                continue
-            if "specification" in data:
-                feature_sets.append(path)
-            elif "index_columns" in data and "source" not in data:
-                entities.append(path)
-            else:
-                plan.skipped.append(str(path))
-        for path in entities:
-            plan.items.append(self._apply_one(path, "entity"))
-        # derived feature sets need their parent registered first: retry them after the others
-        waiting = feature_sets
-        while waiting:
-            deferred = []
-            for path in waiting:
-                item = self._apply_one(path, "feature set", defer_missing_parent=True)
-                if item is None:
-                    deferred.append(path)
-                else:
-                    plan.items.append(item)
-            if len(deferred) == len(waiting):          # no progress: report them with their error
-                for path in deferred:
-                    item = self._apply_one(path, "feature set")
-                    if item is not None:
-                        plan.items.append(item)
-                break
-            waiting = deferred
-        return plan
+        New feature set specs are checked against a small sample of their source (``check_source=False``
+        skips it). Disabling a store that holds materialized data is refused unless ``allow_data_loss``.
 
-    def _apply_one(self, path: Path, kind: str, *, defer_missing_parent: bool = False) -> PlanItem | None:
-        """Register one file; None when ``defer_missing_parent`` and it is a derived feature set whose parent
-        is not registered yet."""
-        ref = path.stem
-        try:
-            if kind == "entity":
-                entity = Entity.load(path)
-                ref = entity.ref
-                action = self.register_entity(entity)
-            else:
-                feature_set = FeatureSet.load(path)
-                ref = feature_set.ref
-                action = self.register_feature_set(feature_set)
-        except ImmutableError as exc:
-            return PlanItem(kind, ref, "refused", str(path), str(exc))
-        except MissingParentError as exc:
-            return None if defer_missing_parent else PlanItem(kind, ref, "invalid", str(path), str(exc))
-        except GristmillError as exc:
-            return PlanItem(kind, ref, "invalid", str(path), str(exc))
-        return PlanItem(kind, ref, action, str(path))
+        >>> print(store.plan("repo/"))                      # doctest: +SKIP
+        """
+        from gristmill.apply import Planner
+
+        return Planner(self, check_source=check_source, allow_data_loss=allow_data_loss).plan(folder)[0]
+
+    def apply(self, folder: str | Path, *, check_source: bool = True, allow_data_loss: bool = False) -> ApplyPlan:
+        """Register every entity and feature set YAML under ``folder``: the create and update items of
+        ``plan(folder)``; refused and invalid items change nothing. Idempotent.
+
+        Entity files have ``index_columns`` and no ``source``; feature set files have ``specification``."""
+        from gristmill.apply import Planner
+
+        return Planner(self, check_source=check_source, allow_data_loss=allow_data_loss).apply(folder)
 
     # -- entities -------------------------------------------------------------------------------------
     def register_entity(self, entity: Entity) -> str:
@@ -297,14 +229,34 @@ class FeatureStore:
         self.registry.restore_entity(name, str(version))
 
     # -- feature sets ---------------------------------------------------------------------------------
-    def register_feature_set(self, feature_set: FeatureSet) -> str:
+    def register_feature_set(self, feature_set: FeatureSet, *, allow_data_loss: bool = False) -> str:
         """Register a feature set version (asset + spec + code snapshot); "created"/"unchanged"/"updated".
 
-        A registered version is immutable except description, tags, stage and materialization settings."""
+        A registered version is immutable except description, tags, stage and materialization settings.
+        A settings change that disables a store holding materialized data raises ``DataLossError`` unless
+        ``allow_data_loss``."""
         spec = feature_set.spec
-        self._with_parent(spec, feature_set.ref)              # a derived one's parent must be registered
+        feature_set = feature_set.with_spec(self.with_parent(spec, feature_set.ref))
         self._check_entities(feature_set, spec)
-        stored = _portable_spec(spec)
+        registration = self.registration(feature_set)
+        spec_dict = registration.spec
+        try:
+            registered = self.registry.get_feature_set(feature_set.name, feature_set.version)
+        except NotFoundError:
+            registered = None
+        if registered is not None:
+            spec_dict = _as_registered(registered, registration)
+            self._refuse_data_loss(registered.asset, feature_set, allow=allow_data_loss)
+        action = self.registry.put_feature_set(
+            feature_set, spec=spec_dict, spec_folder=registration.spec_folder,
+            code_files=registration.code_files, content_hash=registration.content_hash)
+        self.materializer.sync_settings(feature_set)
+        self._spec_cache.pop((feature_set.name, feature_set.version), None)
+        return action
+
+    def registration(self, feature_set: FeatureSet) -> Registration:
+        """How ``feature_set`` would be stored: its spec with paths as written, its code files and digest."""
+        spec = feature_set.spec
         code_files = {}
         for path in spec._code_files() if spec.folder else []:
             folder = spec.folder.resolve()                                     # type: ignore[union-attr]
@@ -314,11 +266,39 @@ class FeatureStore:
                                 f"{spec.folder}; code is stored with the feature set, so keep it in the spec folder "
                                 "and give its path relative to it")
             code_files[str(lexical.relative_to(folder))] = path.read_text(encoding="utf-8")  # keyed as written
-        action = self.registry.put_feature_set(
-            feature_set, spec=stored.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
-            code_files=code_files, content_hash=stored.content_hash())
-        self.materializer.sync_settings(feature_set)
-        return action
+        return Registration(spec=spec.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
+                            code_files=code_files, content_hash=spec.content_hash())
+
+    def immutable_changes(self, registered: Any, registration: Registration,
+                          entities: Sequence[str] | None = None) -> list[Any]:
+        """The changes of what a registered version computes (spec fields, entities, code files by name) that
+        registering ``registration`` would make; empty when it computes the same."""
+        from gristmill.apply import FieldChange, diff
+
+        changes = diff(registered.spec, _as_registered(registered, registration))
+        if entities is not None and list(registered.asset.entities) != list(entities):
+            changes.append(FieldChange("entities", list(registered.asset.entities), list(entities)))
+        old_code, new_code = registered.code_files, registration.code_files
+        for name in sorted(set(old_code) | set(new_code)):
+            if old_code.get(name) != new_code.get(name):
+                old = "(none)" if name not in old_code else "registered content"
+                new = "(removed)" if name not in new_code else "changed content"
+                changes.append(FieldChange(f"code file {name}", old, new))
+        return changes
+
+    def _refuse_data_loss(self, old: FeatureSet, new: FeatureSet, *, allow: bool) -> None:
+        before = old.materialization_settings or MaterializationSettings()
+        after = new.materialization_settings or MaterializationSettings()
+        for kind in ("offline", "online"):
+            if getattr(before, f"{kind}_enabled") and not getattr(after, f"{kind}_enabled"):
+                held = self.materializer.data_held(old, kind)
+                if not held:
+                    continue
+                if not allow:
+                    raise DataLossError(f"feature set {new.ref}: disabling {kind} materialization drops {held}; "
+                                        f"keep {kind}_enabled: true, or pass allow_data_loss=True "
+                                        "(CLI: --allow-data-loss) to drop it")
+                log.warning("%s: %s materialization disabled; dropping %s", new.ref, kind, held)
 
     def _check_entities(self, feature_set: FeatureSet, spec: FeatureSetSpec) -> None:
         declared = {c.name: c.type for c in spec.index_columns}
@@ -339,12 +319,16 @@ class FeatureStore:
     def get_feature_set(self, name: str, version: str | int | None = None) -> FeatureSet:
         """A registered feature set with its spec loaded (``version=None``: the latest)."""
         record = self.registry.get_feature_set(name, None if version is None else str(version))
-        folder = self._spec_folder(record)
-        spec = FeatureSetSpec.from_dict(record.spec, folder=folder,
-                                        source_name=f"registered spec of {record.asset.ref}")
-        return record.asset.with_spec(self._with_parent(spec, record.asset.ref))
+        return record.asset.with_spec(self.with_parent(self._registered_spec(record), record.asset.ref))
 
-    def _with_parent(self, spec: FeatureSetSpec, ref: str, depth: int = 0) -> FeatureSetSpec:
+    def _registered_spec(self, record: Any) -> FeatureSetSpec:
+        """A registered spec ready to compute: code from the registry's snapshot, relative source paths
+        resolved against the folder the version was last applied from."""
+        spec = FeatureSetSpec.from_dict(record.spec, folder=self._spec_folder(record),
+                                        source_name=f"registered spec of {record.asset.ref}")
+        return _located(spec, record.spec_folder)
+
+    def with_parent(self, spec: FeatureSetSpec, ref: str, depth: int = 0) -> FeatureSetSpec:
         """A derived spec (source type featureset) with its parent's spec attached, recursively."""
         parent_ref = spec.parent_ref
         if parent_ref is None:
@@ -356,9 +340,7 @@ class FeatureStore:
         except NotFoundError as exc:
             raise MissingParentError(f"feature set {ref}: source.path: {exc}; a derived feature set reads a "
                                      "registered one, register it first") from None
-        parent_spec = FeatureSetSpec.from_dict(parent.spec, folder=self._spec_folder(parent),
-                                               source_name=f"registered spec of {parent.asset.ref}")
-        return spec.with_parent(self._with_parent(parent_spec, parent.asset.ref, depth + 1))
+        return spec.with_parent(self.with_parent(self._registered_spec(parent), parent.asset.ref, depth + 1))
 
     def _spec_folder(self, record: Any) -> Path | None:
         if not record.code_files:
@@ -612,7 +594,7 @@ class FeatureStore:
         return table
 
 
-class MissingParentError(SpecError):
+class MissingParentError(SpecError, NotFoundError):
     """A derived feature set whose parent (``source.path``) is not registered."""
 
 
@@ -629,15 +611,27 @@ def _online_config(online_store: str | None, prefix: str | None) -> OnlineStoreC
     raise ConfigError(f"online_store: '{online_store}' is not 'sqlite' or a redis:// URL")
 
 
-def _portable_spec(spec: FeatureSetSpec) -> FeatureSetSpec:
-    """The spec as registered: a relative local source path made absolute, so it does not depend on
-    where the spec folder is when the feature set is computed later."""
+def _located(spec: FeatureSetSpec, folder: str | None) -> FeatureSetSpec:
+    """``spec`` with a relative local source path resolved against ``folder`` (where it was applied from)."""
     path = spec.source.path
-    if path is None or is_uri(path) or spec.folder is None or spec.source.type.value == "featureset":
+    if (path is None or folder is None or is_uri(path) or spec.source.type.value == "featureset"
+            or Path(path.removeprefix("file://")).expanduser().is_absolute()):
         return spec
-    absolute = str(resolve_local(path, spec.folder))
-    source = spec.source.model_copy(update={"path": absolute})
+    source = spec.source.model_copy(update={"path": str(resolve_local(path, Path(folder)))})
     return spec.model_copy(update={"source": source}).with_folder(spec.folder)
+
+
+def _as_registered(registered: Any, registration: Registration) -> dict[str, Any]:
+    """The spec dict of ``registration`` in the form ``registered`` was stored in. Versions registered before
+    paths were stored as written hold absolute source paths: the same file reached by a relative path is the
+    same spec."""
+    old_path = registered.spec.get("source", {}).get("path")
+    new_path = registration.spec.get("source", {}).get("path")
+    if (old_path and new_path and old_path != new_path and not is_uri(new_path) and Path(old_path).is_absolute()
+            and registration.spec_folder
+            and str(resolve_local(new_path, Path(registration.spec_folder))) == old_path):
+        return {**registration.spec, "source": {**registration.spec["source"], "path": old_path}}
+    return registration.spec
 
 
 def _columns_text(columns: dict[str, Any]) -> str:

@@ -301,7 +301,7 @@ def test_store_folder_without_featurestore_yaml(ran: dict[str, Result]) -> None:
 def test_apply_of_invalid_yaml_names_the_file(ran: dict[str, Result]) -> None:
     result = ran["apply invalid yaml"]
     assert_apply_failed(result)
-    assert re.search(r"invalid\s+file customer\.yaml", result.stdout), result.stdout
+    assert re.search(r"invalid\s+entity customer:1", result.stdout), result.stdout
     assert "customer.yaml" in result.stdout
     assert "not valid YAML" in result.stdout
 

@@ -11,6 +11,9 @@ import gristmill as gm
 
 EXPECTED_PUBLIC_NAMES = [
     "ApplyPlan",
+    "DataLossError",
+    "FieldChange",
+    "PlanItem",
     "BackfillError",
     "DataInterval",
     "DataStatus",

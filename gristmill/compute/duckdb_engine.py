@@ -16,7 +16,7 @@ from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import ORDER, SourceError, list_files, to_arrow_table, unique_name
 from gristmill.compute.sqltext import cols, lit, q
-from gristmill.errors import RetrievalError
+from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
 
 if TYPE_CHECKING:
@@ -70,6 +70,23 @@ class DuckDBEngine:
                            else q(c) for c in shown)
         sql = f"SELECT {select} FROM {view.name} ORDER BY {cols(view.keys)}, {ts}, {q(ORDER)}"
         return FeatureFrame(con, sql, description=f"{label} over [{lo}, {hi})")
+
+    def check(self, spec: FeatureSetSpec, *, sample_rows: int, window: tuple[datetime, datetime] | None,
+              label: str = "feature set") -> int:
+        """Compute ``spec`` on at most ``sample_rows`` source rows (of ``window``, else the first rows) and
+        raise the error a backfill would meet; also refuse undeclared output columns of SQL or code
+        transformations. Returns the number of rows computed."""
+        con = self.connect()
+        start, end = window if window is not None else (None, None)
+        view = compute_view(con, spec, start, end, label=label, sample_rows=sample_rows)
+        transformation = spec.feature_transformation
+        if view.extra_columns and transformation is not None and (transformation.transformation_sql or
+                                                                  transformation.transformation_code):
+            kind = "transformation_sql" if transformation.transformation_sql else "transformation_code"
+            raise TransformationError(
+                f"{label}: {kind} outputs column(s) {', '.join(view.extra_columns)} that are not declared under "
+                "features; declare them (name and type) or leave them out of the transformation's output")
+        return len(con.execute(f"SELECT * FROM {view.name}").fetchall())
 
     # -- retrieval -----------------------------------------------------------------------------------
     def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,

@@ -65,6 +65,9 @@ class Engine(Protocol):
     def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,
                  as_known_at: bool = False, aggregation_mode: str = "per_event") -> RetrievalResult: ...
 
+    def check(self, spec: FeatureSetSpec, *, sample_rows: int, window: tuple[datetime, datetime] | None,
+              label: str = ...) -> int: ...
+
 
 def default_engine() -> Engine:
     from gristmill.compute.duckdb_engine import DuckDBEngine

@@ -50,6 +50,8 @@ class ComputedView:
     # True when rows sharing (key, ts) always carry equal feature values (DSL windows: peers share a frame),
     # so the point-in-time join needs no tie-breaking between them.
     ties_are_equal: bool = False
+    # Columns the transformation produced beyond the index, timestamp, create_timestamp and features.
+    extra_columns: tuple[str, ...] = ()
 
     @property
     def order_key(self) -> str:
@@ -62,15 +64,17 @@ class ComputedView:
 
 
 def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: datetime | None,
-                 end: datetime | None, *, label: str = "feature set") -> ComputedView:
-    """Compute ``spec`` over ``[start, end)`` (``None`` = open end) and return the resulting view."""
+                 end: datetime | None, *, label: str = "feature set", sample_rows: int | None = None) -> ComputedView:
+    """Compute ``spec`` over ``[start, end)`` (``None`` = open end) and return the resulting view.
+
+    ``sample_rows`` reads only that many source rows (checking a spec before it is registered)."""
     expressions = spec.window_expressions
     lookback = spec.source_lookback.timedelta if spec.source_lookback else timedelta(0)
     if expressions is not None:
         lookback = max(lookback, spec.max_window)
     read_start = start - lookback if start is not None else None
     log.debug("computing %s over [%s, %s), reading source from %s", label, start, end, read_start)
-    source = SourceReader(con, spec).read(read_start, end)
+    source = SourceReader(con, spec, sample_rows=sample_rows).read(read_start, end)
     transformation = spec.feature_transformation
     if expressions is not None:
         transformed = _window_view(con, spec, source, expressions)
@@ -302,8 +306,10 @@ def _checked_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, relation
     view = unique_name("fs")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM (SELECT {', '.join(select)} "
                 f"FROM {relation}){where}")
+    known = {*spec.index_column_names, ts, CREATE_TIMESTAMP, *spec.feature_names, ORDER, MARKER}
     return ComputedView(name=view, keys=spec.index_column_names, timestamp=ts, features=spec.feature_names,
-                        has_create_timestamp=has_create, ties_are_equal=ties_are_equal)
+                        has_create_timestamp=has_create, ties_are_equal=ties_are_equal,
+                        extra_columns=tuple(n for n in types if n not in known))
 
 
 def _timestamp_cast(column: str, sql_type: str) -> str:

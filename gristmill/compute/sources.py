@@ -150,9 +150,11 @@ def with_order(table: pa.Table) -> pa.Table:
 class SourceReader:
     """Registers a spec's source in a DuckDB connection as a view of normalised rows in a time range."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, *,
+                 sample_rows: int | None = None) -> None:
         self.con = con
         self.spec = spec
+        self.sample_rows = sample_rows        # read at most this many rows (spec checks before registration)
 
     def read(self, start: datetime | None, end: datetime | None) -> str:
         """A view name with the source rows whose timestamp is in ``[start, end)`` (``None`` = open)."""
@@ -181,8 +183,9 @@ class SourceReader:
             conditions.append(f"{q(ts)} < {ts_lit(end)}")
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         replace = f"* REPLACE ({normalized} AS {q(ts)})" if normalized != q(ts) else "*"
+        limit = f" LIMIT {int(self.sample_rows)}" if self.sample_rows is not None else ""
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM "
-                         f"(SELECT {replace} FROM {raw}) {where}")
+                         f"(SELECT {replace} FROM {raw}{limit}) {where}")
         return view
 
     def _parent(self, start: datetime | None, end: datetime | None) -> tuple[str, str]:
@@ -191,7 +194,8 @@ class SourceReader:
         from gristmill.compute.featureframe import compute_view
 
         name, version = self.spec.parent_ref or ("", "")
-        parent = compute_view(self.con, self.spec.parent, start, end, label=f"feature set {name}:{version}")
+        parent = compute_view(self.con, self.spec.parent, start, end, label=f"feature set {name}:{version}",
+                              sample_rows=self.sample_rows)
         return parent.name, f"parent feature set {name}:{version}"
 
     def required_columns(self) -> dict[str, FeatureType | None]:
@@ -277,9 +281,10 @@ class SourceReader:
         self._check_files(files, "read_csv")
         file_list = "[" + ", ".join(lit(f) for f in files) + "]"
         raw = unique_name("raw")
+        limit = f" LIMIT {int(self.sample_rows)}" if self.sample_rows is not None else ""
         try:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list}, "
-                             "union_by_name=true)")
+                             f"union_by_name=true){limit}")
         except Exception as exc:
             raise SourceError(f"source.path '{path}': cannot read csv: {exc}") from exc
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ORDER} FROM {raw}_t")
@@ -314,8 +319,10 @@ class SourceReader:
                 expression = term if expression is None else expression & term
         scanner = dataset.scanner(filter=expression)
         raw = unique_name("raw")
+        batches = (scanner.head(self.sample_rows).to_batches() if self.sample_rows is not None
+                   else scanner.to_batches())
         reader = pa.RecordBatchReader.from_batches(
-            scanner.projected_schema.append(pa.field(ORDER, pa.int64())), _numbered(scanner.to_batches()))
+            scanner.projected_schema.append(pa.field(ORDER, pa.int64())), _numbered(iter(batches)))
         self.con.register(f"{raw}_reader", reader)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT * FROM {raw}_reader")
         self.con.unregister(f"{raw}_reader")
@@ -332,6 +339,8 @@ class SourceReader:
             raise SourceError(f"custom source {code.process_class}.process failed: {type(exc).__name__}: {exc}"
                               ) from exc
         table = with_order(to_arrow_table(rows, what=f"{code.process_class}.process"))
+        if self.sample_rows is not None:
+            table = table.slice(0, self.sample_rows)
         raw = unique_name("raw")
         self.con.register(f"{raw}_arrow", table)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT * FROM {raw}_arrow")

@@ -243,6 +243,7 @@ class Registry:
                 self._check_entities(conn, feature_set, spec_object)
             return self._put(models.feature_sets, feature_set.name, feature_set.version, values,
                              mutable=FEATURE_SET_MUTABLE_FIELDS + FEATURE_SET_LOCATION_FIELDS,
+                             quiet=FEATURE_SET_LOCATION_FIELDS,
                              refuse=self._refuse_feature_set_change, children=(models.features, features))
 
         return self._retry_on_conflict(put)
@@ -398,7 +399,10 @@ class Registry:
 
     def _put(self, table: sa.Table, name: str, version: str, values: dict[str, Any], *,
              mutable: Sequence[str], refuse: Callable[[Connection, RowMapping, dict[str, Any]], None],
-             children: tuple[sa.Table, list[dict[str, Any]]] | None = None) -> PutResult:
+             children: tuple[sa.Table, list[dict[str, Any]]] | None = None,
+             quiet: Sequence[str] = ()) -> PutResult:
+        """Insert ``name:version`` or update its ``mutable`` fields (``refuse`` raises for other changes).
+        A change of ``quiet`` fields only (where a spec folder lives) is stored but answers "unchanged"."""
         with self._transaction(write=True) as conn:
             row = conn.execute(sa.select(table).where(table.c.name == name, table.c.version == version)
                                ).mappings().one_or_none()
@@ -412,6 +416,10 @@ class Registry:
             refuse(conn, row, values)
             changes = {k: values[k] for k in mutable if row[k] != values[k]}
             if not changes:
+                return "unchanged"
+            if all(k in quiet for k in changes):
+                conn.execute(sa.update(table).where(table.c.name == name, table.c.version == version)
+                             .values(**changes))
                 return "unchanged"
             conn.execute(sa.update(table).where(table.c.name == name, table.c.version == version)
                          .values(**changes, updated_at=now))
@@ -428,6 +436,9 @@ class Registry:
         changed = _changed_keys(row["spec"], values["spec"])
         if row["entities"] != values["entities"]:
             changed.append("entities")
+        old_code, new_code = row["code_files"] or {}, values["code_files"]
+        changed.extend(f"code file {name}" for name in sorted(set(old_code) | set(new_code))
+                       if old_code.get(name) != new_code.get(name))
         if row["content_hash"] != values["content_hash"] and not changed:
             changed.append("code files")
         if changed:

@@ -154,7 +154,8 @@ def test_entities_and_code_are_immutable(catalog: Registry, change: dict[str, An
 
 
 def test_moving_the_spec_folder_updates_the_location_only(catalog: Registry) -> None:
-    assert put(catalog, transactions(), spec_folder="/elsewhere/spec") == "updated"
+    # The version computes the same: "unchanged", but relative paths now resolve in the new folder.
+    assert put(catalog, transactions(), spec_folder="/elsewhere/spec") == "unchanged"
     assert catalog.get_feature_set("transactions", 1).spec_folder == "/elsewhere/spec"
 
 

@@ -67,6 +67,17 @@ class DeltaOfflineStore:
 
         return DeltaTable.is_deltatable(self.table_uri(table), storage_options=self.storage_options)
 
+    def row_count(self, table: OfflineTable) -> int:
+        """How many rows ``table`` holds (from the Delta log's file statistics, without reading the data)."""
+        from deltalake import DeltaTable
+
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            return 0
+        actions = DeltaTable(uri, storage_options=self.storage_options).get_add_actions(flatten=True)
+        records = actions.column("num_records") if "num_records" in actions.schema.names else None
+        return int(sum(v or 0 for v in records.to_pylist())) if records is not None else 0
+
     def write_window(self, table: OfflineTable, rows: pa.Table | pa.RecordBatchReader, start: datetime,
                      end: datetime) -> WriteStats:
         """Atomically replace the rows of ``[start, end)`` with ``rows`` (which must lie in the window).

@@ -86,5 +86,10 @@ class InMemoryOnlineStore:
         with self._lock:
             self._tables.pop(table_path(table), None)
 
+    def count(self, table: OnlineTable) -> int:
+        """How many keys ``table`` holds."""
+        with self._lock:
+            return len(self._tables.get(table_path(table), {}))
+
     def close(self) -> None:
         """Nothing to release."""

@@ -466,6 +466,13 @@ class RedisOnlineStore:
                 if batch:
                     self._unlink(node, batch, cluster=route.cluster is not None)
 
+    def count(self, table: OnlineTable) -> int:
+        """How many keys ``table`` holds (SCAN over its key pattern on every node; Redis drops expired ones)."""
+        pattern = _glob_escape(self._layout(table).key_prefix) + "*"
+        with self._errors_as_store_errors():
+            return sum(1 for node in self._route().nodes()
+                       for _ in node.client.scan_iter(match=pattern, count=1000))
+
     def close(self) -> None:
         with self._channels_lock:
             channels, self._channels = list(self._channels), weakref.WeakSet()

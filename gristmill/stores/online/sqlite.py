@@ -214,6 +214,17 @@ class SQLiteOnlineStore:
             raise OnlineStoreError(f"cannot drop online table {plan.name} in {self.path}: {exc}") from exc
         self._tables.discard(plan.name)
 
+    def count(self, table: OnlineTable) -> int:
+        """How many keys ``table`` holds (expired ones not yet overwritten included)."""
+        plan = self._plan(table)
+        connection = self._connection()
+        if not self._exists(connection, plan):
+            return 0
+        try:
+            return int(connection.execute(f"SELECT count(*) FROM {quote(plan.name)}").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise OnlineStoreError(f"cannot count online table {plan.name} in {self.path}: {exc}") from exc
+
     def close(self) -> None:
         with self._lock:
             for connection in self._connections:

@@ -1,0 +1,447 @@
+"""``plan`` and ``apply``: what registering a folder of entity and feature set YAML would change, and doing it.
+
+The plan has one item per entity and feature set version found (a file that cannot be read counts once,
+under the name it gives):
+
+- ``create``: a new version. A new feature set spec is first checked against its source on a small sample
+  (``gristmill.compute.check``); a spec that fails is ``invalid`` and nothing is registered;
+- ``update``: only mutable fields change (description, tags, stage, materialization settings), listed
+  field by field as old → new;
+- ``unchanged``;
+- ``refuse``: the registered version differs in what it computes (immutable fields, old → new; the fix is
+  a new version), or the change would drop materialized data (a store disabled) without
+  ``allow_data_loss``;
+- ``invalid``: the file, the field, what is wrong and the fix.
+
+Consequences are notes on the item: data a disabled store drops, the next run of a new or changed
+schedule, a new version no model uses yet, a source that could not be checked from this machine.
+
+The YAML is the truth: a feature set file without ``materialization_settings`` means every store
+disabled. ``apply`` executes the ``create`` and ``update`` items of the same plan and leaves the others
+as they are."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gristmill.config import CONFIG_FILE_NAME
+from gristmill.errors import GristmillError, ImmutableError, NotFoundError, SpecError
+from gristmill.spec.entity import Entity
+from gristmill.spec.featureset import FeatureSet, MaterializationSettings
+from gristmill.spec.yaml_io import read_yaml
+
+if TYPE_CHECKING:
+    from gristmill.spec.featureset_spec import FeatureSetSpec
+    from gristmill.store import FeatureStore
+
+log = logging.getLogger("gristmill")
+
+PLANNED = ("create", "update", "unchanged", "refuse", "invalid")
+DONE = {"create": "created", "update": "updated", "unchanged": "unchanged", "refuse": "refused",
+        "invalid": "invalid"}
+_FAILED = ("refuse", "refused", "invalid")
+_SPEC_FILE_NAMES = ("featuresetspec.yaml", "featuresetspec.yml")
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One changed field: ``field`` (a dotted path such as ``features.amount_7d_sum.type``), old → new."""
+
+    field: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}: {_shown(self.old)} → {_shown(self.new)}"
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """What ``plan`` would do (or ``apply`` did) for one entity or feature set version."""
+
+    kind: str            # "entity" | "feature set" | "file" (a file whose kind could not be told)
+    ref: str             # name:version (or the file's path when the file gives no name)
+    action: str          # plan: create | update | unchanged | refuse | invalid; apply: created | updated | ...
+    file: str
+    detail: str = ""     # refuse / invalid: what is wrong and the fix
+    changes: tuple[FieldChange, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.action in _FAILED
+
+
+@dataclass
+class ApplyPlan:
+    """The plan of ``FeatureStore.plan`` or the outcome of ``FeatureStore.apply``: one item per entity and
+    feature set version found; ``applied`` tells which."""
+
+    items: list[PlanItem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    applied: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """No item refused or invalid."""
+        return not any(item.failed for item in self.items)
+
+    @property
+    def has_changes(self) -> bool:
+        """Some item creates or updates a version."""
+        return any(item.action in ("create", "update", "created", "updated") for item in self.items)
+
+    def count(self, action: str) -> int:
+        return sum(1 for item in self.items if item.action == action)
+
+    def item(self, ref: str) -> PlanItem:
+        """The item of ``ref`` (``name:version``)."""
+        for item in self.items:
+            if item.ref == ref:
+                return item
+        raise KeyError(ref)
+
+    def lines(self) -> list[str]:
+        """The plan as text lines: one per item, then its changes, notes and detail indented."""
+        lines = []
+        for item in self.items:
+            lines.append(f"{item.action:>9}  {item.kind} {item.ref}")
+            lines.extend(f"{'':11}{change}" for change in item.changes)
+            if item.detail:
+                lines.extend(f"{'':11}{part}" for part in item.detail.splitlines())
+            lines.extend(f"{'':11}note: {note}" for note in item.notes)
+        return lines
+
+    def summary(self) -> str:
+        order = [DONE[a] for a in PLANNED] if self.applied else list(PLANNED)
+        counts = ", ".join(f"{self.count(a)} {a}" for a in order if self.count(a))
+        if not self.items:
+            return "nothing to apply"
+        return counts if self.applied or self.has_changes or not self.ok else f"{counts}; nothing to do"
+
+    def __str__(self) -> str:
+        return "\n".join([*self.lines(), self.summary()])
+
+
+@dataclass
+class _Step:
+    """A planned item and how to carry it out."""
+
+    index: int
+    run: Callable[[], str]
+
+
+class Planner:
+    """Builds the plan of a folder against a store; ``apply`` runs its create and update steps."""
+
+    def __init__(self, store: FeatureStore, *, check_source: bool = True, allow_data_loss: bool = False) -> None:
+        self.store = store
+        self.check_source = check_source
+        self.allow_data_loss = allow_data_loss
+        self._entities: dict[str, Entity] = {}
+        self._feature_sets: dict[tuple[str, str], FeatureSetSpec] = {}
+
+    # -- the plan -------------------------------------------------------------------------------------
+    def plan(self, folder: str | Path) -> tuple[ApplyPlan, list[_Step]]:
+        root = Path(folder)
+        if not root.exists():
+            raise SpecError(f"{root}: folder not found; pass the folder holding your entity and feature set YAML")
+        files = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+            and ".gristmill" not in p.relative_to(root).parts)
+        plan = ApplyPlan()
+        steps: list[_Step] = []
+        entities: list[Path] = []
+        feature_sets: list[Path] = []
+        for path in files:
+            if path.name == CONFIG_FILE_NAME or path.name.lower() in _SPEC_FILE_NAMES:
+                continue       # a spec is read (and reported) through the feature set pointing at it
+            try:
+                data = read_yaml(path)
+            except SpecError as exc:
+                kind, ref = _named_by_text(path, root)
+                plan.items.append(PlanItem(kind, ref, "invalid", str(path), str(exc)))
+                continue
+            if "specification" in data:
+                feature_sets.append(path)
+            elif "index_columns" in data and "source" not in data:
+                entities.append(path)
+            else:
+                plan.skipped.append(str(path))
+        for path in entities:
+            self._add(plan, steps, self._plan_entity(path))
+        waiting = feature_sets             # derived feature sets wait for their parent (in the plan or registered)
+        while waiting:
+            deferred = []
+            for path in waiting:
+                planned = self._plan_feature_set(path, root, defer_missing_parent=True)
+                if planned is None:
+                    deferred.append(path)
+                else:
+                    self._add(plan, steps, planned)
+            if len(deferred) == len(waiting):
+                for path in deferred:
+                    planned = self._plan_feature_set(path, root, defer_missing_parent=False)
+                    if planned is not None:
+                        self._add(plan, steps, planned)
+                break
+            waiting = deferred
+        return plan, steps
+
+    def apply(self, folder: str | Path) -> ApplyPlan:
+        plan, steps = self.plan(folder)
+        for step in steps:
+            item = plan.items[step.index]
+            try:
+                result = step.run()
+            except ImmutableError as exc:        # registered by someone else since the plan was made
+                plan.items[step.index] = replace(item, action="refused", detail=str(exc))
+                continue
+            except GristmillError as exc:
+                plan.items[step.index] = replace(item, action="invalid", detail=str(exc))
+                continue
+            plan.items[step.index] = replace(item, action=result)
+            log.info("apply: %s %s %s", result, item.kind, item.ref)
+        plan.items = [item if item.action in DONE.values() else replace(item, action=DONE[item.action])
+                      for item in plan.items]
+        plan.applied = True
+        return plan
+
+    @staticmethod
+    def _add(plan: ApplyPlan, steps: list[_Step], planned: tuple[PlanItem, Callable[[], str] | None]) -> None:
+        item, run = planned
+        plan.items.append(item)
+        if run is not None and item.action in ("create", "update"):
+            steps.append(_Step(len(plan.items) - 1, run))
+
+    # -- entities -------------------------------------------------------------------------------------
+    def _plan_entity(self, path: Path) -> tuple[PlanItem, Callable[[], str] | None]:
+        ref = _named_by_text(path, path.parent)[1]
+        try:
+            entity = Entity.load(path)
+        except SpecError as exc:
+            return PlanItem("entity", ref, "invalid", str(path), str(exc)), None
+        self._entities[entity.ref] = entity
+        run = lambda: self.store.register_entity(entity)  # noqa: E731
+        try:
+            registered = self.store.registry.get_entity(entity.name, entity.version)
+        except NotFoundError:
+            return PlanItem("entity", entity.ref, "create", str(path)), run
+        old, new = registered.to_dict(), entity.to_dict()
+        fixed = diff({"index_columns": old.get("index_columns")}, {"index_columns": new.get("index_columns")})
+        if fixed:
+            return PlanItem("entity", entity.ref, "refuse", str(path),
+                            f"entity {entity.ref} is registered with other index_columns; a registered version "
+                            f"cannot change them — create a new version (version: "
+                            f"{_next_version(self.store.registry.list_entities(include_archived=True), entity.name)} "
+                            f"in {path.name})", changes=tuple(fixed)), None
+        changes = diff({k: old.get(k) for k in ("description", "tags", "stage")},
+                       {k: new.get(k) for k in ("description", "tags", "stage")})
+        return PlanItem("entity", entity.ref, "update" if changes else "unchanged", str(path),
+                        changes=tuple(changes)), run
+
+    # -- feature sets ---------------------------------------------------------------------------------
+    def _plan_feature_set(self, path: Path, root: Path, *, defer_missing_parent: bool
+                          ) -> tuple[PlanItem, Callable[[], str] | None] | None:
+        ref = _named_by_text(path, root)[1]
+        store = self.store
+        try:
+            loaded = FeatureSet.load(path)
+            ref = loaded.ref
+            spec = loaded.spec
+            parent = spec.parent_ref
+            if parent is not None:
+                planned_parent = self._feature_sets.get(parent)
+                if planned_parent is not None:
+                    spec = spec.with_parent(planned_parent)
+                else:
+                    try:
+                        spec = store.with_parent(spec, loaded.ref)
+                    except NotFoundError as exc:
+                        if defer_missing_parent:
+                            return None
+                        raise SpecError(f"{path}: source.path: {exc}; a derived feature set reads a registered "
+                                        "one — register it first or add its files to this folder") from None
+            feature_set = loaded.with_spec(spec)
+            self._check_entities(feature_set, path)
+            registration = store.registration(feature_set)
+        except GristmillError as exc:
+            return PlanItem("feature set", ref, "invalid", str(path), str(exc)), None
+        self._feature_sets[(feature_set.name, feature_set.version)] = spec
+        allow = self.allow_data_loss
+        run = lambda: store.register_feature_set(feature_set, allow_data_loss=allow)  # noqa: E731
+        try:
+            registered = store.registry.get_feature_set(feature_set.name, feature_set.version)
+        except NotFoundError:
+            registered = None
+        if registered is None:
+            return self._plan_new_feature_set(feature_set, path, run)
+        immutable = store.immutable_changes(registered, registration, feature_set.entities)
+        if immutable:
+            following = _next_version(store.registry.list_feature_sets(name=feature_set.name, include_archived=True),
+                                      feature_set.name)
+            return PlanItem("feature set", feature_set.ref, "refuse", str(path),
+                            f"feature set {feature_set.ref} is registered with a different specification; only "
+                            "description, tags, stage and materialization_settings can change — create a new "
+                            f"version (version: {following} in {path.name})", changes=tuple(immutable)), None
+        old_asset, new_asset = registered.asset.to_dict(), feature_set.to_dict()
+        mutable = ("description", "tags", "stage", "materialization_settings")
+        changes = diff({k: old_asset.get(k) for k in mutable}, {k: new_asset.get(k) for k in mutable})
+        notes: list[str] = []
+        if registered.spec_folder and registration.spec_folder and registered.spec_folder != registration.spec_folder:
+            notes.append(f"spec folder is now {registration.spec_folder} (was {registered.spec_folder}); relative "
+                         "source paths resolve there")
+        losses = self._data_losses(registered.asset, feature_set)
+        if losses and not allow:
+            return PlanItem("feature set", feature_set.ref, "refuse", str(path),
+                            "this change drops materialized data: " + "; ".join(losses) + ". Keep the store enabled "
+                            f"in {path.name} (materialization_settings), or apply with --allow-data-loss "
+                            "(Python: allow_data_loss=True) to drop it", changes=tuple(changes)), None
+        notes.extend(f"drops {loss}" for loss in losses)
+        notes.extend(self._schedule_notes(registered.asset.materialization_settings, feature_set))
+        return PlanItem("feature set", feature_set.ref, "update" if changes else "unchanged", str(path),
+                        changes=tuple(changes), notes=tuple(notes)), run
+
+    def _plan_new_feature_set(self, feature_set: FeatureSet, path: Path, run: Callable[[], str]
+                              ) -> tuple[PlanItem, Callable[[], str] | None]:
+        notes: list[str] = []
+        if self.check_source:
+            from gristmill.compute.check import check_spec
+
+            outcome = check_spec(self.store.engine, feature_set.spec, label=f"feature set {feature_set.ref}",
+                                 now=self.store.now())
+            if outcome.failed:
+                return PlanItem("feature set", feature_set.ref, "invalid", str(path),
+                                f"{outcome.detail}\nthe spec was checked on a sample of its source and nothing was "
+                                "registered; fix the spec (or the source) and apply again"), None
+            if outcome.status == "not checked":
+                notes.append(f"not checked: {outcome.detail}")
+        else:
+            notes.append("not checked: --skip-source-check")
+        notes.extend(self._schedule_notes(None, feature_set))
+        using = [m.ref for m in self.store.models_using(feature_set.name)]
+        if using:
+            notes.append(f"no model uses {feature_set.ref} yet (models using other versions of "
+                         f"{feature_set.name}: {', '.join(using)})")
+        return PlanItem("feature set", feature_set.ref, "create", str(path), notes=tuple(notes)), run
+
+    def _check_entities(self, feature_set: FeatureSet, path: Path) -> None:
+        declared = {c.name: c.type for c in feature_set.spec.index_columns}
+        covered: dict[str, Any] = {}
+        for ref in feature_set.entities:
+            entity = self._entities.get(ref)
+            if entity is None:
+                name, version = ref.split(":")
+                try:
+                    entity = self.store.registry.get_entity(name, version)
+                except NotFoundError as exc:
+                    raise SpecError(f"{path}: entities: {exc}; register the entity first (put its YAML in the "
+                                    "applied folder)") from None
+            covered.update({c.name: c.type for c in entity.index_columns})
+        if feature_set.entities and covered != declared:
+            shown = lambda columns: "[" + ", ".join(f"{n}: {t.value}" for n, t in columns.items()) + "]"  # noqa: E731
+            raise SpecError(f"{path}: feature set {feature_set.ref}: index_columns {shown(declared)} do not match "
+                            f"its entities' index columns {shown(covered)}; make them equal (names and types)")
+
+    def _data_losses(self, old: FeatureSet, new: FeatureSet) -> list[str]:
+        """What disabling stores (old settings → new) would drop, one text per store that holds data."""
+        before = old.materialization_settings or MaterializationSettings()
+        after = new.materialization_settings or MaterializationSettings()
+        losses = []
+        for kind in ("offline", "online"):
+            if getattr(before, f"{kind}_enabled") and not getattr(after, f"{kind}_enabled"):
+                held = self.store.materializer.data_held(old, kind)
+                if held:
+                    losses.append(f"{kind} store: {held} ({kind}_enabled: true → false)")
+        return losses
+
+    def _schedule_notes(self, before: MaterializationSettings | None, feature_set: FeatureSet) -> list[str]:
+        from gristmill.jobs.schedule import next_run, recurrence_window
+
+        settings = feature_set.materialization_settings
+        schedule = settings.schedule if settings else None
+        old = before.schedule if before else None
+        if schedule is None or schedule == old:
+            return []
+        if not (settings and (settings.offline_enabled or settings.online_enabled)):
+            return [f"schedule {'added' if old is None else 'changed'}, but no store is enabled, so it runs no jobs"]
+        try:
+            run = next_run(schedule, after=self.store.now())
+            start, end = recurrence_window(schedule, delay=feature_set.spec.source_delay, at=run)
+        except GristmillError as exc:
+            return [f"schedule: {exc}"]
+        return [f"schedule {'added' if old is None else 'changed'}: next run {run:%Y-%m-%d %H:%M} UTC materializes "
+                f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) (run by gristmill scheduler)"]
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+def diff(old: Any, new: Any, prefix: str = "") -> list[FieldChange]:
+    """Field-by-field differences of two YAML-like values; lists of mappings with a ``name`` are matched by
+    name (``features.amount_7d_sum.type``), other lists compared whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes: list[FieldChange] = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            changes.extend(diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key)))
+        return changes
+    if _named_list(old) and _named_list(new):
+        old_by, new_by = {i["name"]: i for i in old}, {i["name"]: i for i in new}
+        changes = []
+        for name in [*old_by, *(n for n in new_by if n not in old_by)]:
+            changes.extend(diff(old_by.get(name), new_by.get(name), f"{prefix}.{name}"))
+        if not changes and [i["name"] for i in old] != [i["name"] for i in new]:
+            changes.append(FieldChange(f"{prefix} (order)", [i["name"] for i in old], [i["name"] for i in new]))
+        return changes
+    return [] if old == new else [FieldChange(prefix or "<value>", old, new)]
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value) and \
+        len({i["name"] for i in value}) == len(value)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict | list):
+        import json
+
+        text = json.dumps(value, default=str, separators=(", ", ": "))
+        return text if len(text) <= 160 else text[:157] + "..."
+    text = str(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+_NAME_LINE = re.compile(r"^name:\s*['\"]?([A-Za-z0-9_.\-]+)['\"]?\s*$", re.MULTILINE)
+_VERSION_LINE = re.compile(r"^version:\s*['\"]?([A-Za-z0-9_.\-]+)['\"]?\s*$", re.MULTILINE)
+
+
+def _named_by_text(path: Path, root: Path) -> tuple[str, str]:
+    """(kind, name:version) of a YAML file told from its text, for files that do not parse; falls back to the
+    file's path relative to the applied folder."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    first = re.split(r"^---\s*$", text, flags=re.MULTILINE)
+    first_document = next((part for part in first if part.strip()), "")
+    kind = "feature set" if re.search(r"^specification\s*:", first_document, re.MULTILINE) else \
+        "entity" if re.search(r"^index_columns\s*:", first_document, re.MULTILINE) else "file"
+    name = _NAME_LINE.search(first_document)
+    if name and kind != "file":
+        version = _VERSION_LINE.search(first_document)
+        return kind, f"{name.group(1)}:{version.group(1) if version else '1'}"
+    try:
+        shown = str(path.relative_to(root)) if path != root else path.name
+    except ValueError:
+        shown = path.name
+    return kind, shown
+
+
+def _next_version(assets: list[Any], name: str) -> str:
+    numbers = [int(a.version) for a in assets if a.name == name and str(a.version).isdigit()]
+    return str(max(numbers) + 1) if numbers else "<a new version>"
