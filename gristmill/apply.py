@@ -216,7 +216,7 @@ class Planner:
     def _add(plan: ApplyPlan, steps: list[_Step], planned: tuple[PlanItem, Callable[[], str] | None]) -> None:
         item, run = planned
         plan.items.append(item)
-        if run is not None and item.action in ("create", "update"):
+        if run is not None and item.action in ("create", "update", "unchanged"):
             steps.append(_Step(len(plan.items) - 1, run))
 
     # -- entities -------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ class Planner:
         changes = diff({k: old.get(k) for k in ("description", "tags", "stage")},
                        {k: new.get(k) for k in ("description", "tags", "stage")})
         return PlanItem("entity", entity.ref, "update" if changes else "unchanged", str(path),
-                        changes=tuple(changes)), run
+                        changes=tuple(changes)), run if changes else None
 
     # -- feature sets ---------------------------------------------------------------------------------
     def _plan_feature_set(self, path: Path, root: Path, *, defer_missing_parent: bool
@@ -290,10 +290,14 @@ class Planner:
                             "description, tags, stage and materialization_settings can change — create a new "
                             f"version (version: {following} in {path.name})", changes=tuple(immutable)), None
         old_asset, new_asset = registered.asset.to_dict(), feature_set.to_dict()
+        for asset in (old_asset, new_asset):      # no settings = every store disabled: show it field by field
+            asset["materialization_settings"] = {"offline_enabled": False, "online_enabled": False,
+                                                 **(asset.get("materialization_settings") or {})}
         mutable = ("description", "tags", "stage", "materialization_settings")
         changes = diff({k: old_asset.get(k) for k in mutable}, {k: new_asset.get(k) for k in mutable})
         notes: list[str] = []
-        if registered.spec_folder and registration.spec_folder and registered.spec_folder != registration.spec_folder:
+        moved = registration.spec_folder != registered.spec_folder
+        if registered.spec_folder and registration.spec_folder and moved:
             notes.append(f"spec folder is now {registration.spec_folder} (was {registered.spec_folder}); relative "
                          "source paths resolve there")
         losses = self._data_losses(registered.asset, feature_set)
@@ -305,7 +309,7 @@ class Planner:
         notes.extend(f"drops {loss}" for loss in losses)
         notes.extend(self._schedule_notes(registered.asset.materialization_settings, feature_set))
         return PlanItem("feature set", feature_set.ref, "update" if changes else "unchanged", str(path),
-                        changes=tuple(changes), notes=tuple(notes)), run
+                        changes=tuple(changes), notes=tuple(notes)), run if changes or moved else None
 
     def _plan_new_feature_set(self, feature_set: FeatureSet, path: Path, run: Callable[[], str]
                               ) -> tuple[PlanItem, Callable[[], str] | None]:

@@ -76,12 +76,14 @@ def unreachable_reason(spec: FeatureSetSpec) -> str | None:
 
 
 def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetime,
-               sample_rows: int = SAMPLE_ROWS, seconds: float = CHECK_SECONDS) -> SourceCheck:
+               sample_rows: int | None = None, seconds: float | None = None) -> SourceCheck:
     """Compute ``spec`` on at most ``sample_rows`` source rows within ``seconds`` and report the outcome.
 
     File sources are sampled from their first rows; a custom source is asked for the day (or the longest
     lookback or window) before ``now``. User code that does not finish in time is refused; it keeps running
     in a background thread until it returns (Python cannot stop a thread)."""
+    sample_rows = SAMPLE_ROWS if sample_rows is None else sample_rows
+    seconds = CHECK_SECONDS if seconds is None else seconds
     reason = unreachable_reason(spec)
     if reason is not None:
         return SourceCheck("not checked", reason)
