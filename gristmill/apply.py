@@ -411,6 +411,8 @@ def _named_list(value: Any) -> bool:
 def _shown(value: Any) -> str:
     if value is None:
         return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, dict | list):
         import json
 

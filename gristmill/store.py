@@ -365,8 +365,10 @@ class FeatureStore:
         """Change the mutable fields of a registered version."""
         changes = {k: v for k, v in (("description", description), ("tags", tags), ("stage", stage),
                                      ("materialization_settings", materialization_settings)) if v is not _UNSET}
+        current = self.get_feature_set(name, version)
         self.registry.update_feature_set(name, str(version), **changes)
         updated = self.get_feature_set(name, version)
+        self._refuse_data_loss(current, updated, allow=True)      # asked for explicitly: logs what it drops
         self.materializer.sync_settings(updated)
         self._online_tables.pop((name, str(version)), None)
         self._online_plans.clear()

@@ -21,7 +21,7 @@ _FIELD_HINTS: dict[str, str] = {
     "days": "durations look like {days: 1, hours: 0, minutes: 0}",
     "hours": "durations look like {days: 1, hours: 0, minutes: 0}",
     "minutes": "durations look like {days: 1, hours: 0, minutes: 0}",
-    "type": "see SPEC §1 for the type names",
+    "type": "types: string, integer, long, float, double, boolean, datetime, binary, float_vector",
     "index_columns": "write index_columns: [{name: account_id, type: string}]",
     "timestamp_column": "write timestamp_column: {name: ts}",
     "features": "write features: [{name: f1, type: double}]",
