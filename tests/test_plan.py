@@ -285,6 +285,17 @@ def test_an_unreachable_source_is_registered_with_a_not_checked_note(tmp_path: P
     assert "note: not checked: wasbs:// sources cannot be read from this machine" in result.stdout
 
 
+@pytest.mark.parametrize("uri", ["abfss://data@storage.dfs.core.windows.net/transactions/*.parquet",
+                                 "s3://bucket/transactions/", "gs://bucket/rows.parquet"])
+def test_sources_on_object_stores_this_machine_cannot_read_are_not_checked(tmp_path: Path, store: gm.FeatureStore,
+                                                                          uri: str) -> None:
+    spec = base_spec(source={"type": "parquet", "path": uri, "timestamp_column": {"name": "ts"}})
+    item = fs_item(store.apply(write_repo(tmp_path, spec)))
+    assert item.action == "created"
+    (note,) = item.notes
+    assert note.startswith(f"not checked: {uri.split(':')[0]}:// sources cannot be read from this machine"), note
+
+
 def test_skip_source_check_registers_without_reading_the_source(tmp_path: Path, store: gm.FeatureStore) -> None:
     repo = write_repo(tmp_path, base_spec(features=[{"name": "amount", "type": "string"}]))
     item = fs_item(store.apply(repo, check_source=False))
