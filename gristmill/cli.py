@@ -292,7 +292,35 @@ def _job_row(job: Any) -> dict[str, Any]:
     return {"id": job.id, "feature_set": job.ref, "window": f"[{job.start:%Y-%m-%d %H:%M}, {job.end:%Y-%m-%d %H:%M})",
             "stores": "+".join(job.stores), "status": job.status.value, "rows_read": job.rows_read,
             "rows_written": job.rows_written, "bytes_written": job.bytes_written,
+            "online_keys": "" if job.online is None else job.online.keys_written,
+            "online_expired": "" if job.online is None else job.online.keys_expired,
             "cpu_s": round(job.cpu_seconds or 0.0, 2), "error": job.error or ""}
+
+
+def _expiry_notes(jobs: list[Any]) -> None:
+    """One line per job that wrote no online key because every key had already expired, with the reason."""
+    for job in jobs:
+        online = job.online
+        if online is None or not online.all_expired:
+            continue
+        lookback = online.expires_at - online.newest_event_time
+        console.print(f"note: job {job.id} ({job.ref}) wrote none of its {online.keys_expired:,} key(s) online: all "
+                      f"had already expired. Online values expire at event time + temporal_join_lookback "
+                      f"({_duration(lookback)}); the newest event in [{job.start:%Y-%m-%d %H:%M}, "
+                      f"{job.end:%Y-%m-%d %H:%M}) was {online.newest_event_time:%Y-%m-%d %H:%M:%S}, so it expired "
+                      f"at {online.expires_at:%Y-%m-%d %H:%M:%S} (UTC), before the job ran. Backfill a more recent "
+                      "window, or use offline retrieval for history.", highlight=False, soft_wrap=True)
+
+
+def _duration(value: Any) -> str:
+    """A timedelta in words: ``30 days``, ``1 day 6 hours``, ``90 minutes``."""
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes = rest // 60
+    parts = [f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in ((days, "day"), (hours, "hour"), (minutes, "minute"))
+             if n]
+    return " ".join(parts) or f"{seconds} seconds"
 
 
 @app.command()
@@ -328,6 +356,11 @@ def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a register
         _print_rows([_job_row(j) for j in jobs], False)
         failed = [j for j in jobs if j.status.value != "Completed"]
         console.print(f"{len(jobs) - len(failed)} of {len(jobs)} job(s) completed")
+        written = [j.online for j in jobs if j.online is not None]
+        if written:
+            console.print(f"online: {sum(o.keys_written for o in written):,} key(s) written, "
+                          f"{sum(o.keys_expired for o in written):,} skipped as already expired", highlight=False)
+        _expiry_notes(jobs)
         if failed:
             for job in failed:
                 _job_failed(job, retry=True)
@@ -353,11 +386,13 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
             _print_rows([_job_row(s.cancel_job(job_id))], as_json)
             return
         if job_id:
-            _print_rows([_job_row(s.get_job(job_id))], as_json)
-            return
-        name, version = _split_ref(feature_set) if feature_set else (None, None)
-        _print_rows([_job_row(j) for j in s.list_jobs(feature_set=name, version=version, status=status,
-                                                       limit=limit)], as_json)
+            listed = [s.get_job(job_id)]
+        else:
+            name, version = _split_ref(feature_set) if feature_set else (None, None)
+            listed = s.list_jobs(feature_set=name, version=version, status=status, limit=limit)
+        _print_rows([_job_row(j) for j in listed], as_json)
+        if not as_json:
+            _expiry_notes(listed)
 
 
 def _stop_on_sigterm() -> None:

@@ -244,10 +244,12 @@ def _iso(value: Any) -> str | None:
 
 
 def _job(item: dict[str, Any]) -> Any:
-    from gristmill.registry.materialization import JobRecord, JobStatus
+    from gristmill.registry.materialization import JobRecord, JobStatus, OnlineOutcome
 
     def when(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value) if value else None
+
+    online = item.get("online")
 
     name, _, version = item["feature_set"].partition(":")
     return JobRecord(id=item["id"], feature_set=name, version=version, start=datetime.fromisoformat(item["start"]),
@@ -255,5 +257,8 @@ def _job(item: dict[str, Any]) -> Any:
                      status=JobStatus(item["status"]), created_at=when(item["created_at"]),  # type: ignore[arg-type]
                      started_at=when(item["started_at"]), finished_at=when(item["finished_at"]),
                      rows_read=item["rows_read"], rows_written=item["rows_written"],
-                     bytes_written=item["bytes_written"], cpu_seconds=item["cpu_seconds"], error=item["error"])
+                     bytes_written=item["bytes_written"], cpu_seconds=item["cpu_seconds"], error=item["error"],
+                     online=None if online is None else OnlineOutcome(
+                         keys_written=online["keys_written"], keys_expired=online["keys_expired"],
+                         newest_event_time=when(online["newest_event_time"]), expires_at=when(online["expires_at"])))
 

@@ -295,7 +295,10 @@ def _job(job: JobRecord) -> dict[str, Any]:
                              "started_at": job.started_at, "finished_at": job.finished_at,
                              "rows_read": job.rows_read, "rows_written": job.rows_written,
                              "bytes_written": job.bytes_written, "cpu_seconds": job.cpu_seconds,
-                             "error": job.error})
+                             "error": job.error, "online": None if job.online is None else {
+                                 "keys_written": job.online.keys_written, "keys_expired": job.online.keys_expired,
+                                 "newest_event_time": job.online.newest_event_time,
+                                 "expires_at": job.online.expires_at}})
 
 
 def _job_resource(store: FeatureStore, job: JobRecord) -> Resource:
