@@ -69,8 +69,10 @@ class RemoteFeatureStore:
                              "store's folder for it: gm.FeatureStore(path)")
 
     # -- online -----------------------------------------------------------------------------------------
-    def get_online_features(self, features: Any, observations: Any, *, full_feature_names: bool = False) -> Any:
-        """The latest feature values for the keys in ``observations``, as ``FeatureStore.get_online_features``."""
+    def get_online_features(self, features: Any, observations: Any, *, full_feature_names: bool = False,
+                            now: datetime | str | None = None, explain: bool = False) -> Any:
+        """The latest feature values for the keys in ``observations``, as ``FeatureStore.get_online_features``
+        (``now``: as of that time; ``explain``: notes on keys without a value)."""
         from fastapi.encoders import jsonable_encoder
 
         from gristmill.serving import OnlineResult, observation_columns
@@ -79,10 +81,14 @@ class RemoteFeatureStore:
         body = {"features": [features] if isinstance(features, str) else list(features),
                 "entities": jsonable_encoder(observation_columns(observations)),
                 "full_feature_names": full_feature_names}
+        if now is not None:
+            body["now"] = _iso(now)
+        if explain:
+            body["explain"] = True
         answer = self._call("POST", "/v1/online/features", json=body)
         types = {name: FeatureType(kind) for name, kind in answer.get("types", {}).items()}
         columns = {name: _decoded(values, types.get(name)) for name, values in answer["columns"].items()}
-        return OnlineResult(columns, types)
+        return OnlineResult(columns, types, notes=answer.get("notes"))
 
     # -- offline ----------------------------------------------------------------------------------------
     def get_offline_features(self, features: Any, observations: Any, timestamp_column: str, *,
