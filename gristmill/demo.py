@@ -139,13 +139,18 @@ def generate_data(folder: Path, *, rows: int, accounts: int = 5_000, seed: int =
             "observations": folder / "observations.parquet"}
 
 
-def write_feature_repo(folder: Path) -> Path:
-    """The YAML a user would write: an entity and two feature sets."""
+MATERIALIZED = "materialization_settings: {offline_enabled: true, online_enabled: true}\n"
+
+
+def write_feature_repo(folder: Path, *, materialized: bool = False) -> Path:
+    """The YAML a user would write: an entity and two feature sets (``materialized``: both with offline
+    and online materialization enabled)."""
+    settings = MATERIALIZED if materialized else ""
     files = {
         "entities/account.yaml": ENTITY_YAML,
-        "featuresets/transactions/FeatureSet.yaml": TRANSACTIONS_ASSET,
+        "featuresets/transactions/FeatureSet.yaml": TRANSACTIONS_ASSET + settings,
         "featuresets/transactions/spec/FeatureSetSpec.yaml": TRANSACTIONS_SPEC,
-        "featuresets/accounts/FeatureSet.yaml": ACCOUNTS_ASSET,
+        "featuresets/accounts/FeatureSet.yaml": ACCOUNTS_ASSET + settings,
         "featuresets/accounts/spec/FeatureSetSpec.yaml": ACCOUNTS_SPEC,
     }
     for relative, text in files.items():
@@ -174,7 +179,7 @@ def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] 
          f"in {root / 'data'}")
     data = generate_data(root / "data", rows=rows, end=end)
     echo(f"2/7 writing feature set specs in {root / 'repo'}")
-    repo = write_feature_repo(root / "repo")
+    repo = write_feature_repo(root / "repo", materialized=True)
     store = FeatureStore.init(root / "store", name="demo")
     plan = store.apply(repo)
     echo(f"3/7 registered in store {store.path}:")
@@ -197,9 +202,7 @@ def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] 
 
     echo(f"6/7 materializing both feature sets over [{begin:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) into the "
          "offline (Delta) and online (SQLite) stores:")
-    for name in ("transactions", "accounts"):
-        store.update_feature_set(name, 1, materialization_settings={"offline_enabled": True,
-                                                                    "online_enabled": True})
+    for name in ("transactions", "accounts"):           # materialization_settings are on in their YAML
         for job in store.backfill(name, 1, start=begin, end=end):
             online = job.online
             echo(f"      {job.ref} job {job.id} {job.status.value}: {job.rows_written:,} rows written, "

@@ -657,8 +657,13 @@ class FeatureStore:
                              f"window has rows for them, or their values expired (event time + "
                              f"temporal_join_lookback, {lookback}) and Redis deleted them{when}")
             else:
-                notes.append(f"{len(absent)} key(s) ({example}) are not in the online store: none of the "
-                             f"{len(jobs)} completed online backfill job(s) of {label} had rows for them")
+                skipped = sum(o.keys_expired for o in outcomes)
+                why = (f"they have no rows in the materialized windows, or their newest row had already expired "
+                       f"when it was materialized (the jobs skipped {skipped:,} such key(s); values expire at event "
+                       f"time + temporal_join_lookback, {lookback})" if skipped else "they have no rows in the "
+                       "materialized windows")
+                notes.append(f"{len(absent)} key(s) ({example}) are not in the online store: the {len(jobs)} "
+                             f"completed online backfill job(s) of {label} wrote no value for them: {why}")
         return f"{label}: " + "; ".join(notes) if notes else None
 
     def _online_table(self, name: str, version: str) -> OnlineTable:

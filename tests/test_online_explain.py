@@ -219,7 +219,10 @@ def test_explain_says_why_keys_have_no_value(make_store: MakeStore, request: pyt
         assert note == ("fs1:1: 1 key(s) have expired values (online values expire at event time + "
                         "temporal_join_lookback, 2 days): the newest, A, is from 2024-01-09 12:00:00 and expired at "
                         "2024-01-11 12:00:00 (as of 2024-01-12 00:00:00 UTC); 1 key(s) (e.g. C) are not in the "
-                        "online store: none of the 1 completed online backfill job(s) of fs1:1 had rows for them")
+                        "online store: the 1 completed online backfill job(s) of fs1:1 wrote no value for them: "
+                        "they have no rows in the materialized windows, or their newest row had already expired "
+                        "when it was materialized (the jobs skipped 1 such key(s); values expire at event time + "
+                        "temporal_join_lookback, 2 days)")
     else:                                         # Redis still holds A (its clock is not the store's): A expired
         assert note.startswith("fs1:1: 1 key(s) have expired values"), note
         assert "1 key(s) (e.g. C) are not in the online store" in note
