@@ -359,11 +359,36 @@ def _job_failed(job: Any, *, retry: bool) -> None:
                       f"{hint}", highlight=False, soft_wrap=True)
 
 
-def _job_row(job: Any) -> dict[str, Any]:
+def _job_row(job: Any, *, as_json: bool = False) -> dict[str, Any]:
+    """A job as a table row; online keys written and skipped as expired are one column in a table, two
+    numbers (null without an online store) in JSON."""
+    online = job.online
+    if as_json:
+        keys = {"online_keys_written": online.keys_written if online else None,
+                "online_keys_expired": online.keys_expired if online else None}
+    else:
+        keys = {"online_keys": "" if online is None else f"{online.keys_written:,} ({online.keys_expired:,} expired)"}
     return {"id": job.id, "feature_set": job.ref, "window": f"[{job.start:%Y-%m-%d %H:%M}, {job.end:%Y-%m-%d %H:%M})",
             "stores": "+".join(job.stores), "status": job.status.value, "rows_read": job.rows_read,
-            "rows_written": job.rows_written, "bytes_written": job.bytes_written,
+            "rows_written": job.rows_written, "bytes_written": job.bytes_written, **keys,
             "cpu_s": round(job.cpu_seconds or 0.0, 2), "error": job.error or ""}
+
+
+def _expiry_notes(jobs: list[Any]) -> None:
+    """One line per job that wrote no online key because every key had already expired, with the reason."""
+    from gristmill.spec.duration import Duration
+
+    for job in jobs:
+        online = job.online
+        if online is None or not online.all_expired:
+            continue
+        lookback = Duration.from_timedelta(online.expires_at - online.newest_event_time).words
+        console.print(f"note: job {job.id} ({job.ref}) wrote none of its {online.keys_expired:,} key(s) online: all "
+                      f"had already expired. Online values expire at event time + temporal_join_lookback "
+                      f"({lookback}); the newest event in [{job.start:%Y-%m-%d %H:%M}, "
+                      f"{job.end:%Y-%m-%d %H:%M}) was {online.newest_event_time:%Y-%m-%d %H:%M:%S}, so it expired "
+                      f"at {online.expires_at:%Y-%m-%d %H:%M:%S} (UTC), before the job ran. Backfill a more recent "
+                      "window, or use offline retrieval for history.", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -399,6 +424,11 @@ def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a register
         _print_rows([_job_row(j) for j in jobs], False)
         failed = [j for j in jobs if j.status.value != "Completed"]
         console.print(f"{len(jobs) - len(failed)} of {len(jobs)} job(s) completed")
+        written = [j.online for j in jobs if j.online is not None]
+        if written:
+            console.print(f"online: {sum(o.keys_written for o in written):,} key(s) written, "
+                          f"{sum(o.keys_expired for o in written):,} skipped as already expired", highlight=False)
+        _expiry_notes(jobs)
         if failed:
             for job in failed:
                 _job_failed(job, retry=True)
@@ -421,14 +451,16 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
 
             if not job_id:
                 raise SpecError("--cancel needs the JOB_ID to cancel")
-            _print_rows([_job_row(s.cancel_job(job_id))], as_json)
+            _print_rows([_job_row(s.cancel_job(job_id), as_json=as_json)], as_json)
             return
         if job_id:
-            _print_rows([_job_row(s.get_job(job_id))], as_json)
-            return
-        name, version = _split_ref(feature_set) if feature_set else (None, None)
-        _print_rows([_job_row(j) for j in s.list_jobs(feature_set=name, version=version, status=status,
-                                                       limit=limit)], as_json)
+            listed = [s.get_job(job_id)]
+        else:
+            name, version = _split_ref(feature_set) if feature_set else (None, None)
+            listed = s.list_jobs(feature_set=name, version=version, status=status, limit=limit)
+        _print_rows([_job_row(j, as_json=as_json) for j in listed], as_json)
+        if not as_json:
+            _expiry_notes(listed)
 
 
 def _stop_on_sigterm() -> None:
@@ -539,9 +571,13 @@ app.add_typer(online_app, name="online")
 def online_get(features: Annotated[str, typer.Option(help="Comma-separated fs:version:feature list.")],
                key: Annotated[list[str], typer.Option(help="Index column value: name=value (repeatable); "
                                                            "several values: name=v1,v2")],
+               as_of: Annotated[str | None, typer.Option(
+                   help="Answer as of this ISO time (UTC) instead of now: values expired by then read as null; "
+                        "a value newer than it is an error (the online store keeps only the newest).")] = None,
                store: StoreOption = Path("."),
                as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Look up the latest feature values of one or more entity keys."""
+    """Look up the latest feature values of one or more entity keys (a note on stderr says why a key has
+    no value: expired when, never materialized, or not in the store)."""
     from gristmill.errors import RetrievalError
 
     with _user_errors():
@@ -551,8 +587,14 @@ def online_get(features: Annotated[str, typer.Option(help="Comma-separated fs:ve
             if not sep or not name:
                 raise RetrievalError(f"--key '{item}' must look like name=value")
             columns[name] = value.split(",")
-        result = _open(store).get_online_features([f.strip() for f in features.split(",") if f.strip()], columns)
+        from gristmill.compute.engine import to_utc_naive
+
+        at = to_utc_naive(as_of, name="--as-of") if as_of is not None else None
+        result = _open(store).get_online_features([f.strip() for f in features.split(",") if f.strip()], columns,
+                                                  now=at, explain=True)
         _print_rows(result.to_rows(), as_json)
+        for note in result.notes:
+            err_console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -69,8 +69,10 @@ class RemoteFeatureStore:
                              "store's folder for it: gm.FeatureStore(path)")
 
     # -- online -----------------------------------------------------------------------------------------
-    def get_online_features(self, features: Any, observations: Any, *, full_feature_names: bool = False) -> Any:
-        """The latest feature values for the keys in ``observations``, as ``FeatureStore.get_online_features``."""
+    def get_online_features(self, features: Any, observations: Any, *, full_feature_names: bool = False,
+                            now: datetime | str | None = None, explain: bool = False) -> Any:
+        """The latest feature values for the keys in ``observations``, as ``FeatureStore.get_online_features``
+        (``now``: as of that time; ``explain``: notes on keys without a value)."""
         from fastapi.encoders import jsonable_encoder
 
         from gristmill.serving import OnlineResult, observation_columns
@@ -79,10 +81,14 @@ class RemoteFeatureStore:
         body = {"features": [features] if isinstance(features, str) else list(features),
                 "entities": jsonable_encoder(observation_columns(observations)),
                 "full_feature_names": full_feature_names}
+        if now is not None:
+            body["now"] = _iso(now)
+        if explain:
+            body["explain"] = True
         answer = self._call("POST", "/v1/online/features", json=body)
         types = {name: FeatureType(kind) for name, kind in answer.get("types", {}).items()}
         columns = {name: _decoded(values, types.get(name)) for name, values in answer["columns"].items()}
-        return OnlineResult(columns, types)
+        return OnlineResult(columns, types, notes=answer.get("notes"))
 
     # -- offline ----------------------------------------------------------------------------------------
     def get_offline_features(self, features: Any, observations: Any, timestamp_column: str, *,
@@ -244,10 +250,12 @@ def _iso(value: Any) -> str | None:
 
 
 def _job(item: dict[str, Any]) -> Any:
-    from gristmill.registry.materialization import JobRecord, JobStatus
+    from gristmill.registry.materialization import JobRecord, JobStatus, OnlineOutcome
 
     def when(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value) if value else None
+
+    online = item.get("online")
 
     name, _, version = item["feature_set"].partition(":")
     return JobRecord(id=item["id"], feature_set=name, version=version, start=datetime.fromisoformat(item["start"]),
@@ -255,5 +263,8 @@ def _job(item: dict[str, Any]) -> Any:
                      status=JobStatus(item["status"]), created_at=when(item["created_at"]),  # type: ignore[arg-type]
                      started_at=when(item["started_at"]), finished_at=when(item["finished_at"]),
                      rows_read=item["rows_read"], rows_written=item["rows_written"],
-                     bytes_written=item["bytes_written"], cpu_seconds=item["cpu_seconds"], error=item["error"])
+                     bytes_written=item["bytes_written"], cpu_seconds=item["cpu_seconds"], error=item["error"],
+                     online=None if online is None else OnlineOutcome(
+                         keys_written=online["keys_written"], keys_expired=online["keys_expired"],
+                         newest_event_time=when(online["newest_event_time"]), expires_at=when(online["expires_at"])))
 

@@ -1,12 +1,21 @@
-"""The demo behind the README's first command: sample data, a store, two feature sets, a preview and a
-point-in-time training set — everything a new user sees in the first minute."""
+"""The demo behind the README's first command: sample data ending now, a store, two feature sets, a
+preview, a point-in-time training set, materialization into the offline and online stores and online
+lookups (SDK and CLI) — everything a new user sees in the first minute."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+#: where ``generate_data`` ends by default (fixed, so tests and docs get the same rows every time)
+SAMPLE_END = datetime(2025, 4, 1)
+SAMPLE_DAYS = 90
 
 ENTITY_YAML = """\
 name: account
@@ -83,13 +92,15 @@ features:
 """
 
 
-def generate_data(folder: Path, *, rows: int, accounts: int = 5_000, seed: int = 7) -> dict[str, Path]:
-    """Deterministic sample data: card transactions over 90 days and daily account snapshots."""
+def generate_data(folder: Path, *, rows: int, accounts: int = 5_000, seed: int = 7,
+                  end: datetime = SAMPLE_END) -> dict[str, Path]:
+    """Deterministic sample data: card transactions over the 90 days before ``end`` and account snapshots
+    (the same rows for the same ``end``, shifted in time for another)."""
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    start = pd.Timestamp("2025-01-01")
+    start = pd.Timestamp(end - timedelta(days=SAMPLE_DAYS))
     ids = np.array([f"A{i:05d}" for i in range(accounts)])
     txn_dir = folder / "transactions"
     txn_dir.mkdir(parents=True, exist_ok=True)
@@ -128,13 +139,18 @@ def generate_data(folder: Path, *, rows: int, accounts: int = 5_000, seed: int =
             "observations": folder / "observations.parquet"}
 
 
-def write_feature_repo(folder: Path) -> Path:
-    """The YAML a user would write: an entity and two feature sets."""
+MATERIALIZED = "materialization_settings: {offline_enabled: true, online_enabled: true}\n"
+
+
+def write_feature_repo(folder: Path, *, materialized: bool = False) -> Path:
+    """The YAML a user would write: an entity and two feature sets (``materialized``: both with offline
+    and online materialization enabled)."""
+    settings = MATERIALIZED if materialized else ""
     files = {
         "entities/account.yaml": ENTITY_YAML,
-        "featuresets/transactions/FeatureSet.yaml": TRANSACTIONS_ASSET,
+        "featuresets/transactions/FeatureSet.yaml": TRANSACTIONS_ASSET + settings,
         "featuresets/transactions/spec/FeatureSetSpec.yaml": TRANSACTIONS_SPEC,
-        "featuresets/accounts/FeatureSet.yaml": ACCOUNTS_ASSET,
+        "featuresets/accounts/FeatureSet.yaml": ACCOUNTS_ASSET + settings,
         "featuresets/accounts/spec/FeatureSetSpec.yaml": ACCOUNTS_SPEC,
     }
     for relative, text in files.items():
@@ -145,23 +161,34 @@ def write_feature_repo(folder: Path) -> Path:
 
 
 def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] = print) -> Path:
-    """Create the demo store under ``path`` and write ``training_data.parquet``; returns its path."""
+    """Create the demo store under ``path`` and write ``training_data.parquet``; returns its path.
+
+    The data ends at the current hour, so the values it materializes online are live (online values expire
+    at event time + ``temporal_join_lookback``)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from gristmill.spec.retrieval_spec import FeatureRetrievalSpec
     from gristmill.store import FeatureStore
 
     root = Path(path).resolve()
     started = time.perf_counter()
-    echo(f"1/5 generating {rows:,} sample transactions in {root / 'data'}")
-    data = generate_data(root / "data", rows=rows)
-    echo(f"2/5 writing feature set specs in {root / 'repo'}")
-    repo = write_feature_repo(root / "repo")
+    end = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
+    begin = end - timedelta(days=SAMPLE_DAYS)
+    echo(f"1/7 generating {rows:,} sample transactions from {begin:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
+         f"in {root / 'data'}")
+    data = generate_data(root / "data", rows=rows, end=end)
+    echo(f"2/7 writing feature set specs in {root / 'repo'}")
+    repo = write_feature_repo(root / "repo", materialized=True)
     store = FeatureStore.init(root / "store", name="demo")
     plan = store.apply(repo)
-    echo(f"3/5 registered in store {store.path}:")
+    echo(f"3/7 registered in store {store.path}:")
     for item in plan.items:
         echo(f"      {item.action:>9}  {item.kind} {item.ref}")
-    frame = store.preview("transactions", "1", "2025-03-01", "2025-03-02").to_pandas()
-    echo(f"4/5 preview of transactions:1 over [2025-03-01, 2025-03-02): {len(frame):,} rows")
+    day = datetime(end.year, end.month, end.day) - timedelta(days=1)
+    frame = store.preview("transactions", "1", day, day + timedelta(days=1)).to_pandas()
+    echo(f"4/7 preview of transactions:1 over [{day:%Y-%m-%d}, {day + timedelta(days=1):%Y-%m-%d}): "
+         f"{len(frame):,} rows")
     echo(frame.head(5).to_string(index=False, line_width=200))
     features = [f"transactions:1:{f}" for f in ("amount_7d_sum", "amount_7d_avg", "txn_7d_count",
                                                 "amount_30d_sum", "amount_30d_max", "txn_30d_count")]
@@ -170,8 +197,47 @@ def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] 
     output = result.to_parquet(root / "training_data.parquet")
     FeatureRetrievalSpec.from_features(features).dump(root / "feature_retrieval_spec.yaml")
     training = result.to_pandas()
-    echo(f"5/5 point-in-time training set: {len(training):,} rows x {training.shape[1]} columns -> {output}")
+    echo(f"5/7 point-in-time training set: {len(training):,} rows x {training.shape[1]} columns -> {output}")
     echo(training.head(5).to_string(index=False, line_width=200))
-    echo(f"done in {time.perf_counter() - started:.1f} s. Try: gristmill list --store {store.path}")
+
+    echo(f"6/7 materializing both feature sets over [{begin:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) into the "
+         "offline (Delta) and online (SQLite) stores:")
+    for name in ("transactions", "accounts"):           # materialization_settings are on in their YAML
+        for job in store.backfill(name, 1, start=begin, end=end):
+            online = job.online
+            echo(f"      {job.ref} job {job.id} {job.status.value}: {job.rows_written:,} rows written, "
+                 f"{online.keys_written if online else 0:,} keys online "
+                 f"({online.keys_expired if online else 0:,} skipped as expired)")
+    # the accounts of the newest transactions: keys with live values
+    newest = pq.read_table(data["transactions"], columns=["account_id", "timestamp"])
+    newest = newest.take(pc.sort_indices(newest, [("timestamp", "descending")])[:50])
+    keys = list(dict.fromkeys(newest.column("account_id").to_pylist()))[:2]
+    online_features = ["transactions:1:amount_7d_sum", "transactions:1:txn_7d_count", "accounts:1:credit_limit"]
+    echo("7/7 online lookup through the SDK:")
+    echo(f"      store.get_online_features({online_features}, {{'account_id': {keys}}})")
+    for row in store.get_online_features(online_features, {"account_id": keys}).to_rows():
+        echo(f"      {row}")
+    command = ["gristmill", "online", "get", "--features", ",".join(online_features),
+               "--key", f"account_id={','.join(keys)}", "--store", str(store.path)]
+    echo("    and through the CLI:")
+    echo(f"      $ {shlex.join(command)}")
+    echo(_run_cli(command[1:]).rstrip())
     store.close()
+    echo(f"done in {time.perf_counter() - started:.1f} s. Next:")
+    at = f"--store {shlex.quote(str(store.path))}"
+    for line in (f"gristmill list {at}", f"gristmill jobs {at}",
+                 "# the REST server and web UI need a token: a principal, a role and its token (printed once)",
+                 f"gristmill access add demo-user {at}", f"gristmill access grant demo-user Owner {at}",
+                 f"gristmill access token demo-user {at}",
+                 "# the REST API on http://127.0.0.1:8080 (OpenAPI at /docs):", f"gristmill serve {at}",
+                 "# or the same with the web UI: open http://127.0.0.1:8080/ui and sign in with the token",
+                 f"gristmill ui {at}"):
+        echo(f"  {line}")
     return output
+
+
+def _run_cli(arguments: list[str]) -> str:
+    """What ``gristmill ARGUMENTS`` prints (run in a child process, as a user would)."""
+    done = subprocess.run([sys.executable, "-c", "from gristmill.cli import main; main()", *arguments],
+                          capture_output=True, text=True, check=False)
+    return done.stdout + done.stderr

@@ -209,9 +209,14 @@ class Materializer:
             return self.ended(failed, feature_set)
         log.info("%s: job %s [%s, %s) completed: %d rows read, %d written in %.2f s", feature_set.ref, job.id,
                  job.start, job.end, result.rows_read, result.rows_written, time.perf_counter() - wall_started)
+        if result.online is not None and result.online.all_expired:
+            log.info("%s: job %s wrote no online keys: all %d had expired (newest event %s, expired at %s)",
+                        feature_set.ref, job.id, result.online.keys_expired, result.online.newest_event_time,
+                        result.online.expires_at)
         try:
             finished = self.records.finish_job(job.id, rows_read=result.rows_read, rows_written=result.rows_written,
-                                               bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds)
+                                               bytes_written=result.bytes_written, cpu_seconds=result.cpu_seconds,
+                                               online=result.online)
         except ConflictError:                 # cancelled meanwhile, or failed by a worker that thought us dead
             current = self.records.get_job(job.id)
             log.warning("%s: job %s finished its work but was already %s (%s); its status stands", feature_set.ref,

@@ -7,7 +7,7 @@ round trip plus a few microseconds of Python."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +19,20 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from gristmill.compute.engine import FeatureSetRequest
-    from gristmill.stores.online.base import OnlineStore, OnlineTable
+    from gristmill.stores.online.base import OnlineStore, OnlineTable, StoredRow
 
 
 class OnlineResult:
-    """Observation columns plus features, column by column; converts to dict, pandas, Arrow, Polars."""
+    """Observation columns plus features, column by column; converts to dict, pandas, Arrow, Polars.
 
-    def __init__(self, columns: dict[str, list[Any]], types: dict[str, FeatureType]) -> None:
+    ``notes`` says why values are missing (expired, never materialized, not in the store) when the lookup
+    was asked to explain them; otherwise it is empty."""
+
+    def __init__(self, columns: dict[str, list[Any]], types: dict[str, FeatureType], *,
+                 notes: list[str] | None = None) -> None:
         self._columns = columns
         self._types = types
+        self.notes: list[str] = notes or []
 
     def to_dict(self) -> dict[str, list[Any]]:
         return self._columns
@@ -106,10 +111,21 @@ def _coerce_key(value: Any, kind: FeatureType) -> Any:
     return value
 
 
+#: explains the keys of one request that got no row: (request, table, store, keys) -> a note, or None
+Explainer = Callable[["FeatureSetRequest", "OnlineTable", "OnlineStore", list[tuple[Any, ...]]], "str | None"]
+
+
 def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores: OnlineStore | list[OnlineStore],
-           observations: Any, *, now: datetime) -> OnlineResult:
+           observations: Any, *, now: datetime, as_of: bool = False, explain: Explainer | None = None
+           ) -> OnlineResult:
     """Read every request's features for the observation rows' keys (``stores``: one online store, or one per
-    request when they come from several feature stores)."""
+    request when they come from several feature stores).
+
+    ``as_of``: ``now`` is a time the caller chose, not the clock. The store keeps only the newest row per key,
+    so the answer as of ``now`` is that row when its event time is at or before ``now`` and it has not expired
+    at ``now``; a row whose event time is after ``now`` hides the value of that time, which is not stored any
+    more, so the lookup fails (naming the feature set) rather than answer wrongly. ``explain`` adds a note per
+    request whose keys got no row (one more store read each, so only when asked)."""
     per_request = stores if isinstance(stores, list) else [stores] * len(requests)
     columns = observation_columns(observations)
     rows = len(next(iter(columns.values()), []))
@@ -119,13 +135,20 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
         detail = "; ".join(f"{label} needs {', '.join(keys)}" for label, keys in missing.items())
         raise RetrievalError(f"observations lack index column(s): {detail} (columns: {', '.join(columns)})")
     taken = set(columns)
+    notes: list[str] = []
     outputs: list[tuple[int, str, list[Any], FeatureType]] = []
     for request, table, store in zip(requests, tables, per_request, strict=True):
         key_types = [kind for _, kind in table.keys]
         key_columns = [columns[name] for name in table.key_names]
         keys = [tuple(_coerce_key(v, kind) for v, kind in zip(values, key_types, strict=True))
                 for values in zip(*key_columns, strict=True)] if key_columns else [()] * rows
-        found = store.read(table, keys, now=now)
+        found = _as_of(request.label, keys, store.read_stored(table, keys), now) if as_of \
+            else store.read(table, keys, now=now)
+        if explain is not None:
+            missing = [key for key, hit in zip(keys, found, strict=True) if hit is None]
+            note = explain(request, table, store, list(dict.fromkeys(missing))) if missing else None
+            if note:
+                notes.append(note)
         feature_types = dict(table.features)
         for (feature, name), position in zip(request.outputs, request.position, strict=True):
             values = [None if hit is None else hit.get(feature) for hit in found]
@@ -140,4 +163,27 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
         taken.add(final)
         result[final] = values
         types[final] = kind
-    return OnlineResult(result, types)
+    return OnlineResult(result, types, notes=notes)
+
+
+def key_text(key: Sequence[Any]) -> str:
+    """A key tuple as users write it: ``A00001`` or ``(A00001, 7)``."""
+    return str(key[0]) if len(key) == 1 else "(" + ", ".join(map(str, key)) + ")"
+
+
+def _as_of(label: str, keys: list[tuple[Any, ...]], stored: list[StoredRow | None], now: datetime
+           ) -> list[dict[str, Any] | None]:
+    """The values as of ``now`` from the newest stored rows (see ``lookup``)."""
+    from gristmill.stores.online.encoding import to_micros
+
+    now_micros = to_micros(now)
+    newer = [(key, row) for key, row in zip(keys, stored, strict=True)
+             if row is not None and row.event_micros > now_micros]
+    if newer:
+        key, row = newer[0]
+        raise RetrievalError(
+            f"{label}: cannot answer as of {now:%Y-%m-%d %H:%M:%S}: {len(newer)} key(s) (e.g. {key_text(key)}) hold "
+            f"a value from {row.event_time:%Y-%m-%d %H:%M:%S}, after that time, and the online store keeps only "
+            "the newest value per key; ask as of a later time, or use offline retrieval (get_offline_features, "
+            "gristmill retrieve) for values at past times")
+    return [None if row is None or row.expires_micros <= now_micros else row.values for row in stored]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -553,12 +554,23 @@ class FeatureStore:
         return self.materializer.records.cost_summary(by=by, feature_set=feature_set)  # type: ignore[arg-type]
 
     # -- online -----------------------------------------------------------------------------------------
-    def get_online_features(self, features: Any, observations: Any, *,
-                            full_feature_names: bool = False) -> OnlineResult:
+    def get_online_features(self, features: Any, observations: Any, *, full_feature_names: bool = False,
+                            now: datetime | str | None = None, explain: bool = False) -> OnlineResult:
         """The latest feature values for the keys in ``observations`` (dict of columns, list of row dicts or a
         DataFrame). Output: observation columns, then features; unknown or expired keys give nulls.
 
+        ``now`` answers as of that time instead of the store's clock, as far as an online store can: it keeps
+        only the newest row per key, so a value is returned when that row's event time is at or before ``now``
+        and it has not expired by then (event time + ``temporal_join_lookback``). A key whose stored row is
+        newer than ``now`` makes the lookup fail with an error naming the feature set (its value at ``now`` is
+        no longer stored: use ``get_offline_features`` for past times). Redis deletes expired rows, so as of
+        a time before the current one a value that has expired since reads as null.
+        ``explain`` fills ``result.notes`` with why keys got no value (expired when, never materialized, not in
+        the store); it costs one more store read per feature set with such keys, so it is off by default.
+
         >>> store.get_online_features(["transactions:1:amount_7d_sum"], {"account_id": ["A1"]})  # doctest: +SKIP
+        >>> store.get_online_features(["transactions:1:amount_7d_sum"], {"account_id": ["A1"]},
+        ...                           now="2025-03-01T12:00:00")                              # doctest: +SKIP
         """
         from gristmill.serving import lookup
 
@@ -579,7 +591,64 @@ class FeatureStore:
                     self._online_plans.clear()
                 self._online_plans[cache_key] = (time.monotonic(), requests, tables)
         stores = [self.online_store if r.store is None else self.peer(r.store).online_store for r in requests]
-        return lookup(requests, tables, stores, observations, now=self.now())
+        at = self.now() if now is None else to_utc_naive(now, name="now")
+        return lookup(requests, tables, stores, observations, now=at, as_of=now is not None,
+                      explain=partial(self._explain_missing, now=at) if explain else None)
+
+    def _explain_missing(self, request: FeatureSetRequest, table: OnlineTable, store: OnlineStore,
+                         keys: list[tuple[Any, ...]], *, now: datetime) -> str | None:
+        """Why ``keys`` of one feature set got no online value at ``now``: the note of ``explain=True``."""
+        from gristmill.serving import key_text
+        from gristmill.spec.duration import Duration
+
+        owner = self if request.store is None else self.peer(request.store)
+        label = request.label
+        stored = store.read_stored(table, keys)
+        expired = [(key, row) for key, row in zip(keys, stored, strict=True) if row is not None]
+        absent = [key for key, row in zip(keys, stored, strict=True) if row is None]
+        lookback = Duration.from_timedelta(table.ttl).words if table.ttl is not None else "no limit"
+        notes = []
+        if expired:
+            key, row = max(expired, key=lambda item: item[1].event_micros)
+            notes.append(f"{len(expired)} key(s) have expired values (online values expire at event time + "
+                         f"temporal_join_lookback, {lookback}): the newest, {key_text(key)}, is from "
+                         f"{row.event_time:%Y-%m-%d %H:%M:%S} and expired at {row.expires_at:%Y-%m-%d %H:%M:%S} "
+                         f"(as of {now:%Y-%m-%d %H:%M:%S} UTC)")
+        if absent:
+            name, version = request.feature_set
+            jobs = [j for j in owner.materializer.records.list_jobs(feature_set=name, version=version,
+                                                                      status="Completed", limit=1_000)
+                    if "online" in j.stores
+                    and j.materialization_versions.get("online") == table.materialization_version]
+            outcomes = [j.online for j in jobs if j.online is not None]
+            example = f"e.g. {key_text(absent[0])}"
+            newest = max((o for o in outcomes if o.newest_event_time is not None),
+                         key=lambda o: o.newest_event_time, default=None)         # type: ignore[arg-type,return-value]
+            if not jobs:
+                notes.append(f"{len(absent)} key(s) ({example}) were never materialized: no online backfill of "
+                             f"{label} has completed (gristmill backfill {label} --start ... --end ...)")
+            elif outcomes and len(outcomes) == len(jobs) and sum(o.keys_written for o in outcomes) == 0:
+                when = (f": the newest event, {newest.newest_event_time:%Y-%m-%d %H:%M:%S}, expired at "
+                        f"{newest.expires_at:%Y-%m-%d %H:%M:%S}" if newest is not None and newest.expires_at else "")
+                notes.append(f"{len(absent)} key(s) ({example}) were never materialized online: every online "
+                             f"backfill of {label} skipped its keys as already expired (values expire at event "
+                             f"time + temporal_join_lookback, {lookback}){when}; backfill a more recent window")
+            elif not store.keeps_expired_rows:
+                when = (f"; the newest event materialized, {newest.newest_event_time:%Y-%m-%d %H:%M:%S}, "
+                        f"expires at {newest.expires_at:%Y-%m-%d %H:%M:%S}"
+                        if newest is not None and newest.expires_at else "")
+                notes.append(f"{len(absent)} key(s) ({example}) are not in the online store: no materialized "
+                             f"window has rows for them, or their values expired (event time + "
+                             f"temporal_join_lookback, {lookback}) and Redis deleted them{when}")
+            else:
+                skipped = sum(o.keys_expired for o in outcomes)
+                why = (f"they have no rows in the materialized windows, or their newest row had already expired "
+                       f"when it was materialized (the jobs skipped {skipped:,} such key(s); values expire at event "
+                       f"time + temporal_join_lookback, {lookback})" if skipped else "they have no rows in the "
+                       "materialized windows")
+                notes.append(f"{len(absent)} key(s) ({example}) are not in the online store: the {len(jobs)} "
+                             f"completed online backfill job(s) of {label} wrote no value for them: {why}")
+        return f"{label}: " + "; ".join(notes) if notes else None
 
     def _online_table(self, name: str, version: str) -> OnlineTable:
         """The online table of a version; its materialization version is re-read every few seconds."""

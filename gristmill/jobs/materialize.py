@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from gristmill.compute.featureframe import ComputedView, compute_view
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from gristmill.compute.duckdb_engine import DuckDBEngine
+    from gristmill.registry.materialization import OnlineOutcome
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
     from gristmill.stores.online.base import OnlineStore, OnlineTable
 
@@ -36,6 +37,7 @@ class MaterializationResult:
     rows_written: int
     bytes_written: int
     cpu_seconds: float
+    online: OnlineOutcome | None = None         # what reached the online store (None: not written)
 
 
 def deduplicated_rows(con: duckdb.DuckDBPyConnection, view: ComputedView, *, stamp: datetime) -> str:
@@ -110,6 +112,7 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
         rows_written = 0
         has_order = False
         has_create = True
+        expired_part: str | None = None      # online only: the window's rows before the live ones start
         if online_from_offline and offline is not None and online is not None:
             offline_store, offline_table = offline
             relation = offline_store.register(con, offline_table, [(start, end)], schema=_declared_schema(spec))
@@ -122,6 +125,8 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
             alive_from = max(start, now - ttl) if ttl is not None else start
             view = compute_view(con, spec, min(alive_from, end), end, label=label)
             relation, has_order, has_create = view.name, True, view.has_create_timestamp
+            if alive_from > start:           # only its keys and times are read, to count expired keys
+                expired_part = compute_view(con, spec, start, min(alive_from, end), label=label).name
             rows_read = _count(con, relation)
         else:
             view = compute_view(con, spec, start, end, label=label)
@@ -132,18 +137,52 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
                 stats = offline_store.write_window_from(con, offline_table, relation, start, end)
                 bytes_written += stats.bytes
                 rows_written += stats.rows
+        outcome = None
         if online is not None:
             online_store, online_table = online
             ttl = online_table.ttl
             rows = _arrow(con, latest_per_key_sql(relation, spec.index_column_names, spec.timestamp_column,
                                                   spec.feature_names, alive_after=now - ttl if ttl else None,
                                                   has_order=has_order, has_create=has_create))
-            rows_written += online_store.write(online_table, rows, now=now)
+            keys_written = online_store.write(online_table, rows, now=now)
+            rows_written += keys_written
             bytes_written += rows.nbytes
+            outcome = online_outcome(con, [relation, *([expired_part] if expired_part else [])],
+                                     spec.index_column_names, spec.timestamp_column, ttl=ttl, now=now,
+                                     keys_written=keys_written)
         return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
-                                     cpu_seconds=time.process_time() - cpu_started)
+                                     cpu_seconds=time.process_time() - cpu_started,
+                                     online=outcome if online is not None else None)
     finally:
         con.close()
+
+
+def online_outcome(con: duckdb.DuckDBPyConnection, relations: list[str], keys: list[str], timestamp: str, *,
+                   ttl: timedelta | None, now: datetime, keys_written: int) -> OnlineOutcome:
+    """How many keys of the window were skipped as already expired (their newest row's event time + ``ttl``
+    is at or before ``now``), and the window's newest event time. One hash aggregate over the keys and
+    times of ``relations`` (a view's unused feature columns are not computed)."""
+    from gristmill.registry.materialization import OnlineOutcome
+
+    not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys) or "TRUE"
+    parts = " UNION ALL ".join(f"SELECT {cols(keys) + ', ' if keys else ''}{q(timestamp)} AS t FROM {r} "
+                               f"WHERE {not_null}" for r in relations)
+    grouped = f"GROUP BY {cols(keys)}" if keys else ""
+    expired = f"count(*) FILTER (WHERE newest <= {ts_lit(now - ttl)})" if ttl is not None else "0"
+    count, newest = con.execute(f"SELECT {expired}, max(newest) FROM (SELECT max(t) AS newest FROM ({parts}) "
+                                f"{grouped})").fetchall()[0]
+    newest = _naive(newest)
+    return OnlineOutcome(keys_written=keys_written, keys_expired=int(count or 0), newest_event_time=newest,
+                         expires_at=newest + ttl if newest is not None and ttl is not None else None)
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    """A DuckDB timestamp as naive UTC (``TIMESTAMPTZ`` comes back aware)."""
+    if value is None or value.tzinfo is None:
+        return value
+    from datetime import UTC
+
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "JobStatus",
     "MaterializationRecords",
     "MaterializationState",
+    "OnlineOutcome",
     "StoreKind",
 ]
 
@@ -138,6 +139,13 @@ jobs = sa.Table(
     sa.Column("cpu_seconds", sa.Float, nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("materialization_versions", sa.JSON, nullable=False),
+    # What reached the online store (null: the job wrote no online store, or ran before these existed):
+    # keys written, keys skipped as already expired, the newest event time in the window and when a value
+    # of that time expires (event time + temporal_join_lookback; null: never).
+    sa.Column("online_keys_written", sa.BigInteger, nullable=True),
+    sa.Column("online_keys_expired", sa.BigInteger, nullable=True),
+    sa.Column("newest_event_time", EVENT_TIME, nullable=True),
+    sa.Column("online_expires_at", EVENT_TIME, nullable=True),
     sa.Index("ix_jobs_feature_set", "feature_set", "version"),
     sa.Index("ix_jobs_status", "status"),
 )
@@ -154,6 +162,23 @@ class MaterializationState:
     enabled: bool
     materialization_version: int
     timeline: Timeline
+
+
+@dataclass(frozen=True)
+class OnlineOutcome:
+    """What one job did to the online store: keys written, keys skipped because their newest row in the
+    window had already expired (event time + ``temporal_join_lookback`` at or before the job's clock),
+    the newest event time in the window, and when a value of that time expires (None: never)."""
+
+    keys_written: int
+    keys_expired: int
+    newest_event_time: datetime | None
+    expires_at: datetime | None
+
+    @property
+    def all_expired(self) -> bool:
+        """True when the window had keys and every one was skipped as already expired."""
+        return self.keys_written == 0 and self.keys_expired > 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,7 @@ class JobRecord:
     cpu_seconds: float
     error: str | None
     materialization_versions: Mapping[str, int] = field(default_factory=dict)
+    online: OnlineOutcome | None = None       # what reached the online store (None: no online store)
 
     @property
     def ref(self) -> str:
@@ -304,10 +330,14 @@ class MaterializationRecords:
                                 mark=DataStatus.PENDING, values={"started_at": _now()})
 
     def finish_job(self, job_id: str, *, rows_read: int, rows_written: int, bytes_written: int,
-                   cpu_seconds: float) -> JobRecord:
-        """Running → Completed with its costs; the window becomes ``Complete`` in the job's stores."""
+                   cpu_seconds: float, online: OnlineOutcome | None = None) -> JobRecord:
+        """Running → Completed with its costs (and ``online``: what reached the online store); the window
+        becomes ``Complete`` in the job's stores."""
         metrics = _metrics(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
                            cpu_seconds=cpu_seconds)
+        if online is not None:
+            metrics.update(online_keys_written=online.keys_written, online_keys_expired=online.keys_expired,
+                           newest_event_time=online.newest_event_time, online_expires_at=online.expires_at)
         return self._transition(job_id, to=JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,),
                                 mark=DataStatus.COMPLETE, values={"finished_at": _now(), **metrics})
 
@@ -432,6 +462,7 @@ class MaterializationRecords:
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CREATE_LOCK_KEY)))
                 metadata.create_all(conn)
+                _add_missing_columns(conn, jobs, _ADDED_JOB_COLUMNS, schema=self._registry.schema)
             self._ready = True
 
     @contextmanager
@@ -451,6 +482,21 @@ class MaterializationRecords:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+#: columns added to ``jobs`` after its first release: a registry created before gets them on open
+_ADDED_JOB_COLUMNS = ("online_keys_written", "online_keys_expired", "newest_event_time", "online_expires_at")
+
+
+def _add_missing_columns(conn: Connection, table: sa.Table, names: Sequence[str], *, schema: str | None) -> None:
+    """Add the nullable ``names`` of ``table`` that an existing database lacks (an additive migration)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name, schema=schema)}
+    preparer = conn.dialect.identifier_preparer
+    qualified = (preparer.quote_schema(schema) + "." if schema else "") + preparer.quote(table.name)
+    for name in names:
+        if name not in present:
+            kind = table.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {qualified} ADD COLUMN {preparer.quote(name)} {kind}"))
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -581,6 +627,10 @@ def _job(row: RowMapping) -> JobRecord:
         rows_written=int(row["rows_written"]), bytes_written=int(row["bytes_written"]),
         cpu_seconds=float(row["cpu_seconds"]), error=row["error"],
         materialization_versions=dict(row["materialization_versions"]),
+        online=None if row["online_keys_written"] is None else OnlineOutcome(
+            keys_written=int(row["online_keys_written"]), keys_expired=int(row["online_keys_expired"] or 0),
+            newest_event_time=naive_utc(row["newest_event_time"]) if row["newest_event_time"] else None,
+            expires_at=naive_utc(row["online_expires_at"]) if row["online_expires_at"] else None),
     )
 
 

@@ -52,6 +52,10 @@ class OnlineRequest(BaseModel):
     features: list[str] = Field(min_length=1, examples=[["transactions:1:amount_7d_sum"]])
     entities: dict[str, list[Any]] = Field(examples=[{"account_id": ["A00001", "A00002"]}])
     full_feature_names: bool = False
+    now: datetime | None = Field(default=None, description="Answer as of this time (UTC when naive) instead of "
+                                 "the server's clock; a key whose stored value is newer is refused (400).")
+    explain: bool = Field(default=False, description="Add `notes`: why keys got no value (expired, never "
+                          "materialized, not in the store); one more store read per feature set with such keys.")
 
 
 class BackfillRequest(BaseModel):
@@ -184,10 +188,14 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
             if not version:
                 raise GristmillError(f"feature {ref!r} must look like feature_set:version:feature")
             check(principal, Action.READ_ONLINE, feature_set_resource(name, version)[1])
-        result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names)
-        return {"columns": {name: _json_values(values, result.types.get(name))
-                            for name, values in result.to_dict().items()},
-                "types": {name: kind.value for name, kind in result.types.items()}}
+        result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names,
+                                           now=body.now, explain=body.explain)
+        answer = {"columns": {name: _json_values(values, result.types.get(name))
+                              for name, values in result.to_dict().items()},
+                  "types": {name: kind.value for name, kind in result.types.items()}}
+        if body.explain:
+            answer["notes"] = result.notes
+        return answer
 
     @app.post("/v1/offline/features", tags=["offline"],
               responses={200: {"content": {PARQUET: {}}, "description": "the training data as Parquet"}})
@@ -295,7 +303,10 @@ def _job(job: JobRecord) -> dict[str, Any]:
                              "started_at": job.started_at, "finished_at": job.finished_at,
                              "rows_read": job.rows_read, "rows_written": job.rows_written,
                              "bytes_written": job.bytes_written, "cpu_seconds": job.cpu_seconds,
-                             "error": job.error})
+                             "error": job.error, "online": None if job.online is None else {
+                                 "keys_written": job.online.keys_written, "keys_expired": job.online.keys_expired,
+                                 "newest_event_time": job.online.newest_event_time,
+                                 "expires_at": job.online.expires_at}})
 
 
 def _job_resource(store: FeatureStore, job: JobRecord) -> Resource:

@@ -45,6 +45,13 @@ class Duration(BaseModel):
     def total_seconds(self) -> int:
         return int(self.timedelta.total_seconds())
 
+    @property
+    def words(self) -> str:
+        """The duration in words, for messages: ``30 days``, ``1 day 6 hours``, ``0 seconds``."""
+        parts = [f"{v} {u}{'s' if v != 1 else ''}" for v, u in ((self.days, "day"), (self.hours, "hour"),
+                                                               (self.minutes, "minute"), (self.seconds, "second")) if v]
+        return " ".join(parts) or "0 seconds"
+
     def __str__(self) -> str:
         parts = [f"{v}{u}" for v, u in ((self.days, "d"), (self.hours, "h"), (self.minutes, "m"),
                                          (self.seconds, "s")) if v]

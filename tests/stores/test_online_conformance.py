@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +183,37 @@ def test_no_ttl_never_expires(store: OnlineStore) -> None:
     table = online_table(ttl=None)
     store.write(table, rows(table, ("A", "2001-01-01", 1.0)), now=NOW)
     assert amounts(store, ["A"], table=table, now=utc("2100-01-01")) == [1.0]
+
+
+def test_read_stored_gives_the_row_with_its_event_time_and_expiry(store: OnlineStore) -> None:
+    store.write(FS1, rows(FS1, ("A", "2024-01-09 12:00", 5.0)), now=NOW)
+    many = store.read_stored(FS1, [("A",), ("C",), (None,), ("A",)])
+    assert [None if row is None else (row.event_time, row.expires_at, row.values) for row in many] == [
+        (datetime(2024, 1, 9, 12), datetime(2024, 1, 11, 12), {"amount": 5.0}), None, None,
+        (datetime(2024, 1, 9, 12), datetime(2024, 1, 11, 12), {"amount": 5.0})]
+    [one] = store.read_stored(FS1, [("A",)])
+    assert one is not None and one.values == {"amount": 5.0}
+    table = online_table("forever", ttl=None)
+    store.write(table, rows(table, ("A", "2001-01-01", 1.0)), now=NOW)
+    [forever] = store.read_stored(table, [("A",)])
+    assert forever is not None and forever.expires_at is None
+
+
+def test_read_stored_keeps_expired_rows_where_the_store_keeps_them(store: OnlineStore) -> None:
+    """Written 0.2 s before its expiry on the injected clock: Redis deletes the row 0.2 s later (server-side
+    PXAT) and cannot show it any more; SQLite and the in-memory store keep it (readable for an earlier "now")."""
+    table = online_table("short", ttl=timedelta(days=1))
+    store.write(table, rows(table, ("A", "2024-01-09 12:00", 5.0)), now=utc("2024-01-10 11:59:59.8"))
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    while store.read_stored(table, [("A",)])[0] is not None and datetime.now(UTC) < deadline \
+            and not store.keeps_expired_rows:
+        time.sleep(0.05)
+    [row] = store.read_stored(table, [("A",)])
+    if store.keeps_expired_rows:
+        assert row is not None and row.values == {"amount": 5.0} and row.expires_at == datetime(2024, 1, 10, 12)
+    else:
+        assert row is None
+    assert amounts(store, ["A"], table=table, now=utc("2024-01-10 12:00")) == [None]
 
 
 # --- values ----------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ Every implementation (SQLite, Redis, in-memory) is held to one conformance suite
 - every type round-trips exactly (64-bit integers included); null feature values stay null.
 
 ``now`` is passed explicitly (an injectable clock), so expiry is testable with fixed times.
+
+``read_stored`` returns the stored row of each key whatever ``now`` is, with its event time and expiry:
+lookups "as of" a given time and the explanation of missing values are built on it. SQLite and the
+in-memory store keep expired rows until a newer one replaces them (``keeps_expired_rows``); Redis deletes
+a row when it expires, so it cannot show a row that expired before the current time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from gristmill.spec.types import FeatureType
 
 EVENT_TIMESTAMP = "event_timestamp"
 CREATE_TIMESTAMP = "create_timestamp"
+NEVER = 2**63 - 1          # the expiry (µs since the epoch) of rows whose table has no ttl
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,8 +56,34 @@ class OnlineTable:
         return [name for name, _ in self.features]
 
 
+@dataclass(frozen=True)
+class StoredRow:
+    """The row an online store holds for one key, whether or not it has expired."""
+
+    event_micros: int                            # event time, µs since the Unix epoch (UTC)
+    expires_micros: int                          # event time + ttl, µs since the epoch (``NEVER`` without ttl)
+    values: dict[str, Any]
+
+    @property
+    def event_time(self) -> datetime:
+        """The event time (naive UTC)."""
+        return _naive(self.event_micros)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the row expires (naive UTC); None when it never does."""
+        return None if self.expires_micros >= NEVER else _naive(self.expires_micros)
+
+
+def _naive(micros: int) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(microseconds=micros)
+
+
 class OnlineStore(Protocol):
     """Latest feature values per entity key."""
+
+    #: whether expired rows stay readable through ``read_stored`` until a newer row replaces them
+    keeps_expired_rows: bool
 
     def write(self, table: OnlineTable, rows: pa.Table, *, now: datetime) -> int:
         """Upsert ``rows`` (key columns, ``event_timestamp`` and ``create_timestamp`` as timestamp[us] UTC,
@@ -62,6 +94,11 @@ class OnlineStore(Protocol):
     def read(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]], *, now: datetime
              ) -> list[dict[str, Any] | None]:
         """For each key tuple (in order), the feature values as a dict, or None (unknown/expired)."""
+        ...
+
+    def read_stored(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]) -> list[StoredRow | None]:
+        """For each key tuple (in order), the stored row with its event time and expiry, expired or not;
+        None when the store holds no row for it (never written, a null key part, or deleted on expiry)."""
         ...
 
     def drop(self, table: OnlineTable) -> None:

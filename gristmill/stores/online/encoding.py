@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from gristmill.errors import GristmillError, RetrievalError
 from gristmill.spec.types import FeatureType
-from gristmill.stores.online.base import CREATE_TIMESTAMP, EVENT_TIMESTAMP
+from gristmill.stores.online.base import CREATE_TIMESTAMP, EVENT_TIMESTAMP, NEVER
 
 if TYPE_CHECKING:
     from gristmill.stores.online.base import OnlineTable
@@ -65,7 +65,6 @@ class OnlineStoreError(GristmillError):
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-NEVER = 2**63 - 1          # expiry of rows whose table has no ttl
 OLDEST = -(2**63)          # create_timestamp of rows that have none: loses every tie
 
 _DOUBLE = struct.Struct("<d")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gristmill.stores.online.base import StoredRow
 from gristmill.stores.online.encoding import CODECS, normalize_key, prepare_rows, table_path, to_micros
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class InMemoryOnlineStore:
         store.write(table, rows, now=datetime.now(UTC))
         store.read(table, [("A",)], now=datetime.now(UTC))   # [{'amount': 5.0}]
     """
+
+    keeps_expired_rows = True
 
     def __init__(self) -> None:
         self._tables: dict[str, dict[tuple[Any, ...], _Row]] = {}
@@ -79,6 +82,20 @@ class InMemoryOnlineStore:
                     out.append(None)
                 else:
                     out.append({k: list(v) if isinstance(v, list) else v for k, v in row.values.items()})
+            return out
+
+    def read_stored(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]) -> list[StoredRow | None]:
+        """The stored row of each key (request order), expired or not; None where unknown."""
+        kinds = [kind for _, kind in table.keys]
+        with self._lock:
+            stored = self._tables.get(table_path(table), {})
+            out: list[StoredRow | None] = []
+            for key in keys:
+                normalized = normalize_key(kinds, key)
+                row = None if normalized is None else stored.get(normalized)
+                out.append(None if row is None else StoredRow(
+                    row.event_micros, row.expires_micros,
+                    {k: list(v) if isinstance(v, list) else v for k, v in row.values.items()}))
             return out
 
     def drop(self, table: OnlineTable) -> None:

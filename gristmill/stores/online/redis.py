@@ -56,7 +56,7 @@ from gristmill.stores.online.redis_records import RecordLayout
 from gristmill.stores.online.redis_wire import Batch, Channel, bulk, replies_of, script_calls
 
 if TYPE_CHECKING:
-    from gristmill.stores.online.base import OnlineTable
+    from gristmill.stores.online.base import OnlineTable, StoredRow
 
 __all__ = ["RedisOnlineStore"]
 
@@ -375,6 +375,8 @@ class RedisOnlineStore:
     redirect_attempts = 8
     #: the same for lookups, which should rather fail fast (about 0.3 s in all)
     read_redirect_attempts = 4
+    #: Redis deletes a row when it expires
+    keeps_expired_rows = False
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gristmill",
                  socket_timeout: float = 30.0) -> None:
@@ -450,6 +452,18 @@ class RedisOnlineStore:
                 results = layout.decode_many(self._records(found), now_micros)
         hits = iter(results)
         return [None if name is None else next(hits) for name in names]
+
+    def read_stored(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]) -> list[StoredRow | None]:
+        """The stored record of each key (request order), whether or not it has expired at the injected clock;
+        None where unknown. Redis deletes a key when it expires (on its own clock), so a row that expired
+        before the server's current time is gone: ``keeps_expired_rows`` is False."""
+        layout = self._layout(table)
+        names = [layout.key(tuple(key)) for key in keys]
+        found = [name.encode() for name in names if name is not None]
+        with self._errors_as_store_errors():
+            records = self._records(found) if found else []
+        hits = iter(records)
+        return [None if name is None else layout.decode_stored(next(hits)) for name in names]
 
     def drop(self, table: OnlineTable) -> None:
         """Delete every key of ``table`` (SCAN + UNLINK over its key pattern, on every node)."""

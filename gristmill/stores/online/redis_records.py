@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gristmill.spec.types import FeatureType
-from gristmill.stores.online.encoding import CODECS, PreparedRows, from_micros, key_encoder, table_path
+from gristmill.stores.online.base import StoredRow
+from gristmill.stores.online.encoding import CODECS, OLDEST, PreparedRows, from_micros, key_encoder, table_path
 
 if TYPE_CHECKING:
     from gristmill.stores.online.base import OnlineTable
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Framed", "RecordLayout"]
 
 _HEADER = 24                              # event µs, create µs, expiry µs
+_TIMES = struct.Struct("<qqq")
 _NUMPY_TYPES = {FeatureType.INTEGER: "<i8", FeatureType.LONG: "<i8", FeatureType.FLOAT: "<f8",
                 FeatureType.DOUBLE: "<f8", FeatureType.BOOLEAN: "u1", FeatureType.DATETIME: "<i8"}
 _STRUCT_TYPES = {FeatureType.INTEGER: "q", FeatureType.LONG: "q", FeatureType.FLOAT: "d",
@@ -113,6 +115,13 @@ class RecordLayout:
                 values[i] = self.from_bytes[i](record[pos:pos + length])
             pos += length
         return dict(zip(self.feature_names, values, strict=True))
+
+    def decode_stored(self, record: bytes | None) -> StoredRow | None:
+        """One record -> its event time, expiry and values, expired or not (None when unreadable)."""
+        if record is None or len(record) < self.width:
+            return None
+        event, _, expiry = _TIMES.unpack_from(record)
+        return StoredRow(event, expiry, self.decode_one(record, OLDEST) or {})
 
     def decode_many(self, records: Sequence[bytes | None], now_micros: int) -> list[dict[str, Any] | None]:
         """MGET replies -> one row (or None) each: the fixed-width heads of all records decode in numpy."""

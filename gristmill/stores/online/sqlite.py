@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.spec.types import FeatureType
+from gristmill.stores.online.base import StoredRow
 from gristmill.stores.online.encoding import (
     CODECS,
+    OLDEST,
     OnlineStoreError,
     key_normalizer,
     prepare_rows,
@@ -86,22 +88,26 @@ class _Plan:
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
             f"WHERE (excluded.{EVENT}, excluded.{CREATE}) >= ({name}.{EVENT}, {name}.{CREATE})")
         selected = ", ".join([EXPIRES, *features])
-        self.select_one = f"SELECT {selected} FROM {name} WHERE " + " AND ".join(f"{k} = ?" for k in keys)
+        where = " AND ".join(f"{k} = ?" for k in keys)
+        self.select_one = f"SELECT {selected} FROM {name} WHERE {where}"
+        self.select_stored_one = f"SELECT {EVENT}, {selected} FROM {name} WHERE {where}"
         self._select_many = (name, keys, ", ".join([f"t.{EXPIRES}", *(f"t.{f}" for f in features)]))
-        self._many_sql: dict[int, str] = {}
+        self._many_sql: dict[tuple[int, bool], str] = {}
         self.drop = f"DROP TABLE IF EXISTS {name}"
 
-    def select_many(self, count: int) -> str:
-        """Rows of ``count`` requested keys (``?`` = position, then the key parts), joined by position."""
-        sql = self._many_sql.get(count)
+    def select_many(self, count: int, *, with_event: bool = False) -> str:
+        """Rows of ``count`` requested keys (``?`` = position, then the key parts), joined by position
+        (``with_event``: the event time first, as ``select_stored_one``)."""
+        sql = self._many_sql.get((count, with_event))
         if sql is None:
             name, keys, selected = self._select_many
             parts = [f"c{i}" for i in range(len(keys))]
             values = ", ".join(["(" + ", ".join("?" * (len(keys) + 1)) + ")"] * count)
             join = " AND ".join(f"t.{k} = r.{p}" for k, p in zip(keys, parts, strict=True))
+            event = f"t.{EVENT}, " if with_event else ""
             sql = (f"WITH r(i, {', '.join(parts)}) AS (VALUES {values}) "
-                   f"SELECT r.i, {selected} FROM r JOIN {name} AS t ON {join}")
-            self._many_sql[count] = sql
+                   f"SELECT r.i, {event}{selected} FROM r JOIN {name} AS t ON {join}")
+            self._many_sql[(count, with_event)] = sql
         return sql
 
     def key(self, key: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -136,6 +142,8 @@ class SQLiteOnlineStore:
         store.write(table, rows, now=datetime.now(UTC))
         store.read(table, [("A",)], now=datetime.now(UTC))   # [{'amount': 5.0}]
     """
+
+    keeps_expired_rows = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -181,6 +189,16 @@ class SQLiteOnlineStore:
         """The feature values of each key (request order), None where unknown, expired or with a null part."""
         plan = self._plan(table)
         now_micros = to_micros(now)
+        return [plan.decode(row, now_micros) for row in self._rows(plan, keys, with_event=False)]
+
+    def read_stored(self, table: OnlineTable, keys: Sequence[tuple[Any, ...]]) -> list[StoredRow | None]:
+        """The stored row of each key (request order), expired or not; None where unknown."""
+        plan = self._plan(table)
+        return [None if row is None else StoredRow(row[0], row[1], plan.decode(row[1:], OLDEST) or {})
+                for row in self._rows(plan, keys, with_event=True)]
+
+    def _rows(self, plan: _Plan, keys: Sequence[tuple[Any, ...]], *, with_event: bool) -> list[Any]:
+        """The selected row of each key (request order: [event time,] expiry, features), None where missing."""
         parameters = [plan.key(key) for key in keys]
         connection = self._connection()
         if plan.name not in self._tables and not self._exists(connection, plan):
@@ -188,21 +206,21 @@ class SQLiteOnlineStore:
         try:
             if len(parameters) == 1:
                 found = parameters[0]
-                row = None if found is None else connection.execute(plan.select_one, found).fetchone()
-                return [plan.decode(row, now_micros)]
+                select = plan.select_stored_one if with_event else plan.select_one
+                return [None if found is None else connection.execute(select, found).fetchone()]
             rows: list[Any] = [None] * len(parameters)
             wanted = [(i, p) for i, p in enumerate(parameters) if p is not None]
             for start in range(0, len(wanted), _KEYS_PER_QUERY):
                 chunk = wanted[start:start + _KEYS_PER_QUERY]
                 flat = [v for i, p in chunk for v in (i, *p)]
-                for row in connection.execute(plan.select_many(len(chunk)), flat):
+                for row in connection.execute(plan.select_many(len(chunk), with_event=with_event), flat):
                     rows[row[0]] = row[1:]
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):           # dropped by another store object
                 self._tables.discard(plan.name)
                 return [None] * len(keys)
             raise OnlineStoreError(f"cannot read online table {plan.name} in {self.path}: {exc}") from exc
-        return [plan.decode(row, now_micros) for row in rows]
+        return rows
 
     def drop(self, table: OnlineTable) -> None:
         """Delete ``table`` (its SQLite table)."""
