@@ -607,8 +607,6 @@ def demo(path: Annotated[Path, typer.Argument(help="Folder for the demo store an
         run_demo(path, rows=rows, echo=lambda text: console.print(text, highlight=False, soft_wrap=True))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 # -- models -------------------------------------------------------------------------------------------
@@ -784,3 +782,7 @@ def access_audit(limit: Annotated[int, typer.Option(help="Most recent N entries.
                  "resource": e.resource, "allowed": e.allowed, "detail": e.detail or ""}
                 for e in _access(store).audit_entries(limit=limit, denied_only=denied)]
         _print_rows(rows, as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
