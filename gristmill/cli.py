@@ -309,7 +309,10 @@ def preview(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registere
         frame = _with_progress(f"computing {ref}",
                                lambda: s.preview(name, version, window_start, window_end).to_arrow())
         console.print(f"{frame.num_rows} rows, columns: {', '.join(frame.column_names)}")
-        console.print(frame.slice(0, limit).to_pandas().to_string(index=False), highlight=False)
+        if frame.num_rows:
+            console.print(frame.slice(0, limit).to_pandas().to_string(index=False), highlight=False)
+        else:
+            console.print("(no events in the window; pick another with --start and --end)")
         if output:
             import pyarrow.parquet as pq
 

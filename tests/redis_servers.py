@@ -27,14 +27,21 @@ def _port_range() -> tuple[int, int] | None:
         return None
     low, _, high = value.partition("-")
     try:
-        return int(low), int(high)
+        ports = int(low), int(high)
     except ValueError:
-        raise ValueError(f"GRISTMILL_TEST_PORTS={value!r} must look like 20000-30000") from None
+        ports = (0, 0)
+    if not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise ValueError(f"GRISTMILL_TEST_PORTS={value!r} must look like 20000-30000 (ports 1024 to 65535)")
+    return ports
 
 
 def free_port(*, with_bus: bool = False) -> int:
     """A free TCP port; ``with_bus``: also port + 10000 (a cluster node's bus), so below 55536."""
-    ports = _port_range() or ((20000, 55000) if with_bus else None)
+    ports = _port_range() or (20000, 55000)
+    if with_bus:
+        ports = (ports[0], min(ports[1], 55535))
+    elif _port_range() is None:
+        ports = None
     while True:
         with socket.socket() as probe:
             try:

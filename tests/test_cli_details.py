@@ -374,10 +374,12 @@ def test_install_hints_name_the_checkout_command_too(case: str, tmp_path: Path) 
 
 # -- 13. the tests' services come from the environment ----------------------------------------------------
 def test_test_services_come_from_the_environment() -> None:
-    program = "import postgres, redis_servers\nprint(postgres.POSTGRES_URL)\nprint(redis_servers.REDIS_URL)\n"
+    program = ("import postgres, redis_servers\nprint(postgres.POSTGRES_URL)\nprint(redis_servers.REDIS_URL)\n"
+               "print(all(31000 <= redis_servers.free_port(with_bus=bus) <= 31050 for bus in [False, True] * 5))")
     env = {**_environment(), "GRISTMILL_TEST_POSTGRES_URL": "postgresql+psycopg://me@db.example:6543/other",
-           "GRISTMILL_TEST_REDIS_URL": "redis://cache.example:6380/5"}
+           "GRISTMILL_TEST_REDIS_URL": "redis://cache.example:6380/5", "GRISTMILL_TEST_PORTS": "31000-31050"}
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env,
                             cwd=Path(__file__).parent, timeout=60, check=False)
     assert_ok(result)
-    assert result.stdout.split() == ["postgresql+psycopg://me@db.example:6543/other", "redis://cache.example:6380/5"]
+    assert result.stdout.split() == ["postgresql+psycopg://me@db.example:6543/other", "redis://cache.example:6380/5",
+                                     "True"]
