@@ -6,6 +6,7 @@ install hints for checkouts, and the environment variables that point the tests 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -262,7 +263,9 @@ def test_access_tokens_lists_tokens_without_secrets(tmp_path: Path) -> None:
     })
     for result in results.values():
         for token in (kept, revoked, robots):
-            assert token.split("_")[2] not in result.stdout + result.stderr
+            secret = token.split("_", 2)[2]
+            assert secret not in result.stdout + result.stderr
+            assert hashlib.sha256(secret.encode()).hexdigest() not in result.stdout + result.stderr
     active = json.loads(results["json"].stdout)
     assert [(t["token_id"], t["principal"], t["status"]) for t in active] == [
         (kept.split("_")[1], "alice", "active"), (robots.split("_")[1], "robot", "active")]
