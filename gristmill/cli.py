@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -38,10 +39,49 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("GRISTMILL_LOG", "WARNING").upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        app()
+        _command()()
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+def _command() -> Any:
+    """The click command tree of ``app``, with boolean flags shown in ``--help`` as plain flags (recent
+    Typer releases print ``<bool>`` after them, as if they took a value)."""
+    from typer.core import TyperOption
+
+    def plain_flags(command: Any) -> None:
+        help_option = command.get_help_option(typer.Context(command))
+        for param in [*command.params, *([help_option] if help_option is not None else [])]:
+            if isinstance(param, TyperOption) and param.is_flag:
+                param.metavar = ""
+        for sub in getattr(command, "commands", {}).values():
+            plain_flags(sub)
+
+    command = typer.main.get_command(app)
+    plain_flags(command)
+    return command
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gristmill import __version__
+
+        typer.echo(f"gristmill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                                callback=_print_version, is_eager=True)] = False) -> None:
+    """Gristmill feature store."""
+
+
+def _store_argument(store: Any) -> Path | None:
+    """The store folder to name in a printed command (``--store``), or ``None`` when it is the current
+    directory (accepts a ``FeatureStore`` or a folder)."""
+    folder = Path(getattr(store, "path", store)).resolve()
+    return None if folder == Path.cwd().resolve() else folder
 
 
 @contextmanager
@@ -108,12 +148,19 @@ def init(path: Annotated[Path, typer.Argument(help="Folder to create the store i
          name: Annotated[str | None, typer.Option(help="Store name (default: folder name).")] = None,
          registry_url: Annotated[str | None, typer.Option(help="Registry URL (default: SQLite in the folder); "
                                                                 "e.g. postgresql+psycopg://user@host/db")] = None,
-         offline_store: Annotated[str | None, typer.Option(help="Offline store folder or URI.")] = None) -> None:
-    """Create a feature store (embedded defaults: SQLite registry, Delta offline store, DuckDB engine)."""
+         offline_store: Annotated[str | None, typer.Option(help="Offline store folder or URI.")] = None,
+         online_store: Annotated[str | None, typer.Option(
+             help="Online store: sqlite (default, a file in the folder) or a Redis URL, e.g. "
+                  "redis://host:6379/0")] = None,
+         online_prefix: Annotated[str | None, typer.Option(
+             help="Key prefix in Redis (default: gristmill), to share one Redis between stores.")] = None) -> None:
+    """Create a feature store (embedded defaults: SQLite registry, Delta offline store, SQLite online store,
+    DuckDB engine)."""
     from gristmill.store import FeatureStore
 
     with _user_errors():
-        store = FeatureStore.init(path, name=name, registry_url=registry_url, offline_store_uri=offline_store)
+        store = FeatureStore.init(path, name=name, registry_url=registry_url, offline_store_uri=offline_store,
+                                  online_store=online_store, online_prefix=online_prefix)
         console.print(f"feature store [bold]{store.name}[/bold] ready in {store.path}")
 
 
@@ -236,6 +283,11 @@ def _feature_row(info: Any) -> dict[str, Any]:
             "description": info.description or "", "tags": ", ".join(f"{k}={v}" for k, v in info.tags.items())}
 
 
+#: table columns holding ids that users copy into other commands (``jobs --cancel``, ``backfill --job-id``,
+#: ``access revoke-token``): printed whole
+_ID_COLUMNS = frozenset({"id", "job", "token_id"})
+
+
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps(rows, default=str))
@@ -243,7 +295,13 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     if not rows:
         console.print("(none)")
         return
-    table = Table(*rows[0].keys())
+    table = Table()
+    for column in rows[0]:
+        if column in _ID_COLUMNS:       # never folded or cut, however narrow the terminal
+            width = max(len(column), *(len(str(row[column])) for row in rows))
+            table.add_column(column, no_wrap=True, min_width=width)
+        else:
+            table.add_column(column)
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
@@ -262,10 +320,27 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature se
         if entity:
             data = s.get_entity(name, version or "1").to_dict()
         else:
-            feature_set = s.get_feature_set(name, version)
+            feature_set = _feature_set_or_entity_hint(s, ref, name, version)
             used_by = [m.ref for m in s.models_using(feature_set.name, feature_set.version)]
             data = {**feature_set.to_dict(), "used_by_models": used_by, "spec": feature_set.spec.to_dict()}
         typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000), nl=False)
+
+
+def _feature_set_or_entity_hint(s: Any, ref: str, name: str, version: str | None) -> Any:
+    """The feature set ``name[:version]``; when there is none but an entity of that name, an error that
+    says how to show the entity."""
+    from gristmill.errors import NotFoundError
+
+    try:
+        return s.get_feature_set(name, version)
+    except NotFoundError:
+        if (any(f.name == name for f in s.list_feature_sets(include_archived=True))
+                or not any(e.name == name for e in s.list_entities(include_archived=True))):
+            raise
+        from gristmill.materialization import cli_command
+
+        raise NotFoundError(f"no feature set {name}; {name} is an entity: use "
+                            f"{cli_command('show', ref, '--entity', store=_store_argument(s))}") from None
 
 
 @app.command()
@@ -279,19 +354,36 @@ def search(query: Annotated[str, typer.Argument(help="Words to find in feature n
 
 @app.command()
 def preview(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
-            start: Annotated[str, typer.Option(help="Window start (inclusive), ISO time.")],
-            end: Annotated[str, typer.Option(help="Window end (exclusive), ISO time.")],
+            start: Annotated[str | None, typer.Option(
+                help="Window start (inclusive), ISO time, UTC [default: END minus one day].")] = None,
+            end: Annotated[str | None, typer.Option(
+                help="Window end (exclusive), ISO time, UTC [default: now].")] = None,
             store: StoreOption = Path("."),
             limit: Annotated[int, typer.Option(help="Rows to print.")] = 20,
             output: Annotated[Path | None, typer.Option(help="Also write all rows to this Parquet file.")] = None
             ) -> None:
-    """Compute a feature set over [START, END) and print the first rows."""
+    """Compute a feature set over [START, END) and print the first rows (default: the last day)."""
+    from datetime import timedelta
+
+    from gristmill.compute.engine import to_utc_naive
+
     with _user_errors():
         s = _open(store)
         name, version = _split_ref(ref)
-        frame = _with_progress(f"computing {ref}", lambda: s.preview(name, version, start, end).to_arrow())
+        window_end = to_utc_naive(end, name="--end") if end is not None else s.now().replace(microsecond=0)
+        window_start = to_utc_naive(start, name="--start") if start is not None else window_end - timedelta(days=1)
+        if window_start >= window_end:
+            from gristmill.errors import SpecError
+
+            raise SpecError(f"--start {window_start} is not before --end {window_end}; give an earlier --start")
+        console.print(f"window [{window_start}, {window_end}) UTC", highlight=False)
+        frame = _with_progress(f"computing {ref}",
+                               lambda: s.preview(name, version, window_start, window_end).to_arrow())
         console.print(f"{frame.num_rows} rows, columns: {', '.join(frame.column_names)}")
-        console.print(frame.slice(0, limit).to_pandas().to_string(index=False), highlight=False)
+        if frame.num_rows:
+            console.print(frame.slice(0, limit).to_pandas().to_string(index=False), highlight=False)
+        else:
+            console.print("(no events in the window; pick another with --start and --end)")
         if output:
             import pyarrow.parquet as pq
 
@@ -352,9 +444,14 @@ def _require_version(ref: str) -> tuple[str, str]:
     return name, version
 
 
-def _job_failed(job: Any, *, retry: bool) -> None:
-    """One line on stderr for a job that did not complete (with the command that retries it)."""
-    hint = f"  (retry: gristmill backfill {job.ref} --job-id {job.id})" if retry else ""
+def _job_failed(job: Any, *, retry: bool, store: Any) -> None:
+    """One line on stderr for a job that did not complete, with the command that retries it (unless a
+    retry would fail the same way: then its error says that a new version is needed)."""
+    from gristmill.materialization import retry_command, retry_fails_the_same_way
+
+    hint = ""
+    if retry and not retry_fails_the_same_way(job):
+        hint = f"  (retry: {retry_command(job, store=_store_argument(store))})"
     err_console.print(f"[red]job {job.id} {job.status.value.lower()}:[/red] {escape(job.error or '')}"
                       f"{hint}", highlight=False, soft_wrap=True)
 
@@ -431,7 +528,7 @@ def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a register
         _expiry_notes(jobs)
         if failed:
             for job in failed:
-                _job_failed(job, retry=True)
+                _job_failed(job, retry=True, store=s)
             raise typer.Exit(1)
 
 
@@ -502,21 +599,28 @@ def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due
             while True:
                 tick = runner.tick()
                 for job in tick.reaped:
-                    _job_failed(job, retry=False)
+                    _job_failed(job, retry=False, store=s)
                 finished = tick.ran
                 if finished:
                     _print_rows([_job_row(j) for j in finished], False)
                 for job in finished:
                     if job.status.value != "Completed":
-                        _job_failed(job, retry=True)
+                        _job_failed(job, retry=True, store=s)
                 if once:
                     if not finished:
                         console.print("nothing due")
                     return
                 time.sleep(poll)
         except KeyboardInterrupt:
-            err_console.print("scheduler stopped (interrupted); a job it was running is Cancelled, its window "
-                              "Incomplete", highlight=False)
+            from gristmill.materialization import retry_command
+
+            job = runner.interrupted_job
+            if job is None:
+                err_console.print("scheduler stopped (interrupted); no job was running", highlight=False)
+            else:
+                err_console.print(f"scheduler stopped (interrupted); job {job.id} of {job.ref} was running: it is "
+                                  f"{job.status.value}, its window [{job.start}, {job.end}) Incomplete (retry: "
+                                  f"{retry_command(job, store=_store_argument(s))})", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
 
 
@@ -662,9 +766,9 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
 
             from gristmill.server.app import create_app
         except ImportError:
-            from gristmill.errors import ConfigError
+            from gristmill.errors import ConfigError, install_hint
 
-            raise ConfigError("gristmill serve needs the server extra: pip install 'gristmill[server]'") from None
+            raise ConfigError(f"gristmill serve needs the server extra: {install_hint('server')}") from None
         s = _open(store)
         if no_auth:
             err_console.print("[yellow]warning:[/yellow] --no-auth: every caller may do everything", highlight=False)
@@ -711,6 +815,40 @@ def access_add(name: Annotated[str, typer.Argument(help="Principal name.")],
     with _user_errors():
         principal = _access(store).add_principal(name, kind=kind, by=_local_actor())
         console.print(f"{principal.kind} {principal.name} added")
+
+
+@access_app.command("remove")
+def access_remove(name: Annotated[str, typer.Argument(help="Principal name.")],
+                  store: StoreOption = Path(".")) -> None:
+    """Remove a principal with its tokens and grants (audited; its audit log entries stay)."""
+    with _user_errors():
+        removed_tokens, removed_grants = _access(store).remove_principal(name, by=_local_actor())
+        console.print(f"{name} removed, with {removed_tokens} token(s) and {removed_grants} grant(s)")
+
+
+@access_app.command("tokens")
+def access_tokens(name: Annotated[str | None, typer.Argument(help="Only this principal's tokens.")] = None,
+                  all_: Annotated[bool, typer.Option("--all", help="Also revoked and expired tokens, and web UI "
+                                                                   "sessions.")] = False,
+                  store: StoreOption = Path("."),
+                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Tokens (id, principal, created, expiry, last use, status); never their secrets."""
+    from datetime import UTC, datetime
+
+    def when(value: datetime | None) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value is not None else ""
+
+    with _user_errors():
+        now = datetime.now(UTC)
+        rows = [{"token_id": t.id, "principal": t.principal, "created": when(t.created_at),
+                 "expires": when(t.expires_at) or "never", "last_used": when(t.last_used_at) or "never",
+                 "status": t.status(now) if t.session_of is None else f"{t.status(now)} session of {t.session_of}"}
+                for t in _access(store).list_tokens(name)
+                if all_ or (t.session_of is None and t.status(now) == "active")]
+        _print_rows(rows, as_json)
+        if not as_json:
+            console.print("times are UTC; revoke one with `gristmill access revoke-token TOKEN_ID`",
+                          highlight=False, style="dim")
 
 
 @access_app.command("token")

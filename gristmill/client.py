@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from gristmill.auth.roles import AccessDeniedError
-from gristmill.errors import GristmillError, NotFoundError
+from gristmill.errors import GristmillError, NotFoundError, install_hint
 
 __all__ = ["RemoteFeatureStore"]
 
@@ -32,7 +32,7 @@ class RemoteFeatureStore:
         try:
             import httpx
         except ImportError:
-            raise ImportError("connecting to a server needs httpx: pip install 'gristmill[server]'") from None
+            raise ImportError(f"connecting to a server needs httpx: {install_hint('server')}") from None
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -215,7 +215,7 @@ class RemoteFeatureStore:
         except ValueError:
             message = response.text
         if response.status_code == 422:
-            message = f"the server refused the request as malformed: {response.text}"
+            message = f"the server refused the request as malformed: {message}"
         error = {401: AccessDeniedError, 403: AccessDeniedError, 404: NotFoundError}.get(response.status_code,
                                                                                           GristmillError)
         raise error(f"{message} (HTTP {response.status_code} from {self.url})")

@@ -19,6 +19,15 @@ what was wrong (file, field or argument) and how to fix it.
 from __future__ import annotations
 
 
+def install_hint(extra: str) -> str:
+    """How to install one of Gristmill's optional parts: from a package index, or in a source checkout.
+
+    >>> install_hint("server")
+    "pip install 'gristmill[server]' (in a source checkout: pip install -e '.[server]')"
+    """
+    return f"pip install 'gristmill[{extra}]' (in a source checkout: pip install -e '.[{extra}]')"
+
+
 class GristmillError(Exception):
     """Base class of every error Gristmill raises on purpose."""
 

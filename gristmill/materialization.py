@@ -10,13 +10,15 @@ retry repairs whatever a failed one wrote."""
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.engine import to_utc_naive
-from gristmill.errors import GristmillError
+from gristmill.errors import GristmillError, SpecError, TransformationError
 from gristmill.jobs.backfill import BackfillError, plan_backfill
 from gristmill.jobs.intervals import DataInterval, DataStatus
 from gristmill.jobs.materialize import materialize_window
@@ -33,6 +35,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("gristmill.jobs")
 
 STORES = ("offline", "online")
+
+#: the end of a failed job's error when the registered version itself is at fault (an invalid spec, failing
+#: transformation code or SQL): a retry runs the same snapshotted spec and code, so only a new version helps
+NEEDS_NEW_VERSION = "a retry runs the same specification and code: fix them and apply them as a new version"
+
+
+def failure_message(exc: BaseException, feature_set: FeatureSet) -> str:
+    """The error text a failed job records: the error, plus what to do when a retry cannot help (a
+    source problem, e.g. a missing file or column, can be fixed at the source and retried)."""
+    if not isinstance(exc, GristmillError):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (SpecError, TransformationError)):
+        return f"{exc}; {NEEDS_NEW_VERSION} of {feature_set.name}"
+    return str(exc)
+
+
+def retry_fails_the_same_way(job: JobRecord) -> bool:
+    """Whether the job failed on its registered spec or code (see ``failure_message``)."""
+    return job.status.value == "Failed" and NEEDS_NEW_VERSION in (job.error or "")
+
+
+def cli_command(*args: str, store: Path | None) -> str:
+    """A ``gristmill`` command line that works when pasted into a shell: quoted, with ``--store PATH``
+    unless ``store`` is ``None`` (the store is the current directory)."""
+    words = ["gristmill", *args, *(["--store", str(store)] if store is not None else [])]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def retry_command(job: JobRecord, *, store: Path | None) -> str:
+    """The command that retries a failed or cancelled job's window."""
+    return cli_command("backfill", job.ref, "--job-id", job.id, store=store)
 
 
 class Materializer:
@@ -199,7 +232,7 @@ class Materializer:
                                         now=self.store.now(), label=feature_set.ref, offline=offline,
                                         online=online, online_from_offline=online_from_offline)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, GristmillError) else f"{type(exc).__name__}: {exc}"
+            message = failure_message(exc, feature_set)
             # the job record carries the error to the caller; the log line is for operators' files
             log.info("%s: job %s [%s, %s) failed: %s", feature_set.ref, job.id, job.start, job.end, message)
             try:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from gristmill.errors import GristmillError
 from gristmill.jobs.schedule import recurrence_window, runs_between
+from gristmill.materialization import retry_command
 from gristmill.registry.materialization import ConflictError, JobRecord, JobStatus
 from gristmill.registry.schedules import ScheduleRecords
 
@@ -85,6 +86,8 @@ class Scheduler:
         self.lease = lease
         self.max_catch_up = max_catch_up
         self.schedules = ScheduleRecords(store.materializer.records)
+        #: the job an interrupt (Ctrl-C, SIGTERM) cancelled while it ran, if any: a stopped worker says so
+        self.interrupted_job: JobRecord | None = None
 
     # -- one pass -----------------------------------------------------------------------------------
     def tick(self) -> Tick:
@@ -136,8 +139,9 @@ class Scheduler:
         """Fail the queued or running jobs whose worker sent no heartbeat for ``lease``."""
         failed = []
         for stale in self.schedules.stale(silent_for=self.lease):
+            # the text is read wherever the job is looked at, so the retry command names the store
             reason = (f"worker {stale.worker} stopped: no heartbeat since {stale.heartbeat_at:%Y-%m-%d %H:%M:%S} "
-                      f"UTC; retry with: gristmill backfill {stale.job.ref} --job-id {stale.job.id}")
+                      f"UTC; retry with: {retry_command(stale.job, store=self.store.path)}")
             def still_silent(conn: Any, job_id: str = stale.job.id) -> bool:
                 return self.schedules.still_stale(conn, job_id, silent_for=self.lease)
 
@@ -186,7 +190,8 @@ class Scheduler:
             return self.store.materializer.run(feature_set, job)
         except BaseException:
             try:
-                self.store.materializer.cancel(job.id, f"scheduler worker {self.worker} stopped while the job ran")
+                self.interrupted_job = self.store.materializer.cancel(
+                    job.id, f"scheduler worker {self.worker} stopped while the job ran")
             except GristmillError as exc:
                 log.warning("job %s: not cancelled: %s", job.id, exc)
             raise

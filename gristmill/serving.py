@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from gristmill.errors import RetrievalError
+from gristmill.errors import RetrievalError, install_hint
 from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
@@ -62,7 +62,10 @@ class OnlineResult:
         return self.to_arrow().to_pandas(types_mapper=lambda t: mapping.get(str(t)))
 
     def to_polars(self) -> Any:
-        import polars as pl
+        try:
+            import polars as pl
+        except ImportError as exc:
+            raise ImportError(f"to_polars() needs Polars: {install_hint('polars')}") from exc
 
         return pl.from_arrow(self.to_arrow())
 

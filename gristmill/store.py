@@ -679,7 +679,8 @@ def _online_config(online_store: str | None, prefix: str | None) -> OnlineStoreC
         return OnlineStoreConfig()
     if online_store.startswith(("redis://", "rediss://", "unix://")):
         return OnlineStoreConfig(type="redis", url=online_store, prefix=prefix or "gristmill")
-    raise ConfigError(f"online_store: '{online_store}' is not 'sqlite' or a redis:// URL")
+    raise ConfigError(f"online_store (--online-store): '{online_store}' is not 'sqlite' or a Redis URL such as "
+                      "redis://localhost:6379/0 (rediss:// and unix:// work too)")
 
 
 def _located(spec: FeatureSetSpec, folder: str | None) -> FeatureSetSpec:

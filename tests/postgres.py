@@ -1,10 +1,13 @@
-"""The PostgreSQL server the tests use (127.0.0.1:5432, trust auth, database ``test``; `.ci/run` starts it)."""
+"""The PostgreSQL server the tests use: ``GRISTMILL_TEST_POSTGRES_URL``, by default 127.0.0.1:5432, user
+``postgres`` (trust auth), database ``test`` (`.ci/run` starts it). Each test works in a schema of its own."""
 
 from __future__ import annotations
 
+import os
+
 import sqlalchemy as sa
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = os.environ.get("GRISTMILL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def postgres_available() -> bool:

@@ -1,9 +1,13 @@
-"""Private Redis servers for tests: a standalone ``redis-server`` that can be killed, and a Redis Cluster of
-three primaries, each on free ports under a temporary folder. Both need the ``redis-server`` and
-``redis-cli`` binaries (installed with Redis; `.ci/run` relies on the machine's Redis)."""
+"""The Redis servers of the tests: the shared one (``REDIS_URL``: ``GRISTMILL_TEST_REDIS_URL``, by default
+``redis://127.0.0.1:6379/0``; tests use fresh key prefixes in it), and private ones: a standalone
+``redis-server`` that can be killed, and a Redis Cluster of three primaries, each on free ports under a
+temporary folder (``GRISTMILL_TEST_PORTS``, e.g. ``20000-30000``, picks the port range; by default any
+free port). The private ones need the ``redis-server`` and ``redis-cli`` binaries (installed with Redis;
+`.ci/run` relies on the machine's Redis)."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -13,12 +17,37 @@ from pathlib import Path
 
 import redis
 
+REDIS_URL = os.environ.get("GRISTMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _port_range() -> tuple[int, int] | None:
+    """``GRISTMILL_TEST_PORTS=LOW-HIGH``: where the tests' own servers listen (``None``: anywhere free)."""
+    value = os.environ.get("GRISTMILL_TEST_PORTS", "").strip()
+    if not value:
+        return None
+    low, _, high = value.partition("-")
+    try:
+        ports = int(low), int(high)
+    except ValueError:
+        ports = (0, 0)
+    if not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise ValueError(f"GRISTMILL_TEST_PORTS={value!r} must look like 20000-30000 (ports 1024 to 65535)")
+    return ports
+
 
 def free_port(*, with_bus: bool = False) -> int:
     """A free TCP port; ``with_bus``: also port + 10000 (a cluster node's bus), so below 55536."""
+    ports = _port_range() or (20000, 55000)
+    if with_bus:
+        ports = (ports[0], min(ports[1], 55535))
+    elif _port_range() is None:
+        ports = None
     while True:
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0 if not with_bus else random.randrange(20000, 55000)))
+            try:
+                probe.bind(("127.0.0.1", 0 if ports is None else random.randrange(ports[0], ports[1] + 1)))
+            except OSError:                          # taken: draw again
+                continue
             port = int(probe.getsockname()[1])
         if not with_bus:
             return port

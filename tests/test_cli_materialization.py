@@ -132,7 +132,7 @@ def test_failing_backfill_exits_1_with_the_retry_hint(session: Session) -> None:
     assert result.returncode == 1, describe(result)
     assert "Traceback" not in result.stdout + result.stderr
     assert "0 of 1 job(s) completed" in result.stdout
-    assert f"(retry: gristmill backfill fsbad:1 --job-id {session.failed_job})" in result.stderr
+    assert f"(retry: gristmill backfill fsbad:1 --job-id {session.failed_job} --store {session.store})" in result.stderr
     assert "f1" in result.stderr
 
 

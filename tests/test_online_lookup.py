@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from redis_servers import REDIS_URL
 from repo_support import write_fs1_repo
 
 import gristmill as gm
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Clock:

@@ -28,7 +28,7 @@ from gristmill.auth.roles import PERMISSIONS, AccessDeniedError, Action, Resourc
 from gristmill.errors import GristmillError, NotFoundError
 from gristmill.registry.materialization import NAME, TIMESTAMP, MaterializationRecords, _aware_utc, metadata
 
-__all__ = ["AccessRecords", "AuditEntry", "Grant", "Principal"]
+__all__ = ["AccessRecords", "AuditEntry", "Grant", "Principal", "TokenInfo"]
 
 T = TypeVar("T")
 
@@ -82,6 +82,27 @@ class Principal:
     kind: str
     created_at: datetime
     disabled: bool
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about a token: never its secret, nor the secret's hash."""
+
+    id: str
+    principal: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    session_of: str | None          # a web UI session: the id of the token it was signed in with
+
+    def status(self, now: datetime) -> str:
+        """``active``, ``revoked`` or ``expired`` at ``now`` (aware UTC)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,38 @@ class AccessRecords:
         with self.records._transaction() as conn:
             rows = conn.execute(sa.select(principals).order_by(principals.c.name)).mappings().all()
         return [Principal(r["name"], r["kind"], _aware_utc(r["created_at"]), bool(r["disabled"])) for r in rows]
+
+    def remove_principal(self, name: str, *, by: str = "local") -> tuple[int, int]:
+        """Remove a principal with its tokens (and web UI sessions) and its grants; returns how many
+        tokens and grants went. Its audit log entries stay."""
+        with self.records._transaction(write=True) as conn:
+            row = conn.execute(sa.select(principals.c.kind).where(principals.c.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"principal {name} not found (`gristmill access list` shows them)")
+            removed_tokens = conn.execute(sa.delete(tokens).where(tokens.c.principal == name)).rowcount
+            removed_grants = conn.execute(sa.delete(grants).where(grants.c.principal == name)).rowcount
+            conn.execute(sa.delete(principals).where(principals.c.name == name))
+            _audit(conn, by, "access.principal.remove", f"{row[0]} {name}", allowed=True,
+                   detail=f"{removed_tokens} token(s) and {removed_grants} grant(s) removed")
+        self._cache.clear()                 # its tokens and grants must stop working now, not in a few seconds
+        return removed_tokens, removed_grants
+
+    def list_tokens(self, principal: str | None = None) -> list[TokenInfo]:
+        """Every token (and web UI session), oldest first, optionally of one principal."""
+        query = sa.select(tokens.c.id, tokens.c.principal, tokens.c.created_at, tokens.c.expires_at,
+                          tokens.c.revoked_at, tokens.c.last_used_at, tokens.c.session_of
+                          ).order_by(tokens.c.created_at, tokens.c.id)
+        if principal is not None:
+            self.principal(principal)
+            query = query.where(tokens.c.principal == principal)
+        with self.records._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+
+        def when(value: Any) -> datetime | None:
+            return None if value is None else _aware_utc(value)
+
+        return [TokenInfo(r["id"], r["principal"], _aware_utc(r["created_at"]), when(r["expires_at"]),
+                          when(r["revoked_at"]), when(r["last_used_at"]), r["session_of"]) for r in rows]
 
     def create_token(self, principal: str, *, expires_in: timedelta | None = None, by: str = "local") -> str:
         """A new token for ``principal``; the secret is returned once and only its hash is kept."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.sqltext import lit
+from gristmill.errors import install_hint
 
 if TYPE_CHECKING:
     import duckdb
@@ -60,7 +61,7 @@ class QueryResult:
         try:
             import polars as pl
         except ImportError as exc:
-            raise ImportError("to_polars() needs Polars: pip install 'gristmill[polars]'") from exc
+            raise ImportError(f"to_polars() needs Polars: {install_hint('polars')}") from exc
         return pl.from_arrow(self.to_arrow())
 
     def to_parquet(self, path: str | Path) -> Path:

@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
 from sqlalchemy.pool import StaticPool
 
-from gristmill.errors import ConfigError, ImmutableError, NotFoundError, RegistryError
+from gristmill.errors import ConfigError, ImmutableError, NotFoundError, RegistryError, install_hint
 from gristmill.registry import models
 from gristmill.registry.search import query_terms, rank_feature, searchable_text
 from gristmill.spec.entity import Entity
@@ -568,7 +568,7 @@ def _create_engine(url: URL, display_url: str) -> Engine:
     except (ImportError, sa_exc.NoSuchModuleError) as exc:
         raise ConfigError(f"registry URL {display_url!r} needs the {url.get_driver_name()!r} driver, "
                           f"which is not installed ({exc}); install it with: "
-                          "pip install 'gristmill[postgres]'") from None
+                          f"{install_hint('postgres')}") from None
 
 
 def _create_sqlite_engine(url: URL) -> Engine:

@@ -4,8 +4,10 @@ authentication and role checks on every route (SPEC §6).
 Every route but ``/health`` needs ``Authorization: Bearer gm_...``. A route first authenticates the token
 (401 when missing or invalid), then asks ``AccessRecords.check`` for its action on its resource (403, and
 an audit log entry, when refused). Lists only show what the caller may read. Errors are JSON
-``{"error": "..."}`` with the message a user can act on: 400 for a bad request, 404 for an unknown name.
-The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
+``{"error": "..."}`` with the message a user can act on: 400 for a bad request, 404 for an unknown name or
+route, 405 for a wrong method, 422 for a request that does not match its schema (naming the field); under
+``/ui`` they are HTML pages instead. The OpenAPI document is at ``/openapi.json``, browsable at ``/docs``
+(Swagger UI) and ``/redoc``, both served from files installed with Gristmill, so they work offline.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
-from gristmill.errors import GristmillError, NotFoundError
+from gristmill.errors import ConfigError, GristmillError, NotFoundError, install_hint
 from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
@@ -40,6 +44,8 @@ log = logging.getLogger("gristmill.server")
 
 ANONYMOUS = "anonymous"          # the caller when the server runs without authentication
 PARQUET = "application/vnd.apache.parquet"
+#: where the Swagger UI and ReDoc files are served from (the copies the fastapi-offline package ships)
+DOCS_ASSETS = "/docs-assets"
 #: how long the server trusts what it read about a token or a principal's grants (revocations and new
 #: grants take effect within this time)
 CACHE_SECONDS = 5.0
@@ -75,7 +81,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     as ``anonymous``."""
     access = AccessRecords(store.materializer.records, cache_seconds=CACHE_SECONDS)
     app = FastAPI(title=f"Gristmill feature store {store.name}", version="1",
-                  description="Online features, catalog, search and materialization jobs of one feature store.")
+                  description="Online features, catalog, search and materialization jobs of one feature store.",
+                  docs_url=None, redoc_url=None)
+    _add_docs(app)
 
     def caller(request: Request) -> str:
         if not auth:
@@ -109,6 +117,26 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     @app.exception_handler(GristmillError)
     def user_error(request: Request, exc: GristmillError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, NotFoundError) else 400)
+
+    @app.exception_handler(RequestValidationError)
+    def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    def http_error(request: Request, exc: HTTPException) -> Response:
+        """Unknown routes (404) and wrong methods (405): JSON like every API error, a page under ``/ui``."""
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; the routes are listed at /docs"
+            if request.url.path == "/ui" or request.url.path.startswith("/ui/"):
+                message = f"there is no page {request.url.path}"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow") or "another method"
+            message = f"{request.url.path} does not take {request.method}; use {allowed}"
+        else:
+            message = str(exc.detail)
+        if request.url.path == "/ui" or request.url.path.startswith("/ui/"):
+            return ui_error(request, exc.status_code, message)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     Caller = Depends(caller)
 
@@ -274,8 +302,59 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     from gristmill.server.ui import add_ui
 
-    add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS)
+    ui_error = add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts and styles served by this server, not a CDN."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        assets = files("fastapi_offline") / "static"
+    except ModuleNotFoundError:
+        raise ConfigError(f"the server's API docs need the fastapi-offline package: {install_hint('server')}") from None
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    title = f"{app.title} · API"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=title,
+                                   swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+                                   oauth2_redirect_url=f"{root}{app.swagger_ui_oauth2_redirect_url}")
+
+    @app.get(app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=title,
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line naming each field: ``features: List should have at least 1
+    item after validation, not 0``."""
+    problems = []
+    for error in exc.errors():
+        where, *path = error.get("loc", ()) or ("body",)
+        if where == "body" and (not path or error.get("type") == "json_invalid"):
+            field = "request body"
+        else:
+            field = ".".join(str(part) for part in path) or str(where)
+            if where in ("query", "path", "header", "cookie"):
+                field = f"{field} ({where} parameter)"
+        problems.append(f"{field}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or "the request does not match the API (see /docs)"
 
 
 def _json_values(values: list[Any], kind: FeatureType | None) -> list[Any]:

@@ -49,8 +49,9 @@ input[type=text],input[type=password]{padding:.35rem;width:22rem}button{padding:
 
 
 def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bool,
-           may: Callable[[str, Action, Resource], bool], anonymous: str) -> None:
-    """Add the ``/ui`` pages to ``app``."""
+           may: Callable[[str, Action, Resource], bool], anonymous: str) -> Callable[[Request, int, str], Response]:
+    """Add the ``/ui`` pages to ``app``; returns the page for an HTTP error under ``/ui`` (an unknown page,
+    a wrong method), in the pages' layout, for the app's error handler."""
 
     def caller(request: Request) -> str | None:
         if not auth:
@@ -273,6 +274,13 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                                                                    "features"], rows))
 
         return signed_in(request, render)
+
+    def error_page(request: Request, status: int, message: str) -> Response:
+        title = "Not found" if status == 404 else "Error"
+        return page(title, caller(request), f"<h1>{title}</h1><p class='error'>{escape(message)}</p>"
+                                            "<p><a href='/ui'>Back to the catalog</a></p>", status=status)
+
+    return error_page
 
 
 def _retry(store: FeatureStore, job: Any) -> None:

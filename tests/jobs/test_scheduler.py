@@ -198,7 +198,7 @@ def test_a_dead_workers_job_is_failed_and_its_window_incomplete(tmp_path: Path) 
     tick = scheduler.tick()
     assert [(j.id, j.status.value) for j in tick.reaped] == [(job.id, "Failed")]
     assert "worker gone stopped" in (tick.reaped[0].error or "")
-    assert f"--job-id {job.id}" in (tick.reaped[0].error or "")
+    assert f"gristmill backfill fs1:1 --job-id {job.id} --store {store.path}" in (tick.reaped[0].error or "")
     assert tick.ran == []                                            # the 03:00 run stays claimed
     assert _timeline(store) == [("01-01 02:00", "01-01 03:00", "Incomplete")]
     [retry] = store.backfill("fs1", 1, job_id=job.id)

@@ -8,7 +8,6 @@ deleted afterwards). A store that cannot meet a test gets an explicit marker her
 from __future__ import annotations
 
 import math
-import os
 import socket
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from redis_servers import REDIS_URL
 
 from gristmill.errors import GristmillError, RetrievalError
 from gristmill.spec.types import FeatureType
@@ -35,7 +35,6 @@ from gristmill.stores.online.encoding import (
 from gristmill.stores.online.memory import InMemoryOnlineStore
 from gristmill.stores.online.sqlite import SQLiteOnlineStore
 
-REDIS_URL = os.environ.get("GRISTMILL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 S, L, D = FeatureType.STRING, FeatureType.LONG, FeatureType.DOUBLE
 
 

@@ -51,6 +51,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pyarrow as pa
 
+from gristmill.errors import install_hint
 from gristmill.stores.online.encoding import OnlineStoreError, prepare_rows, to_micros
 from gristmill.stores.online.redis_records import RecordLayout
 from gristmill.stores.online.redis_wire import Batch, Channel, bulk, replies_of, script_calls
@@ -107,7 +108,7 @@ def _import_redis() -> Any:
     try:
         import redis
     except ImportError:
-        raise ImportError("RedisOnlineStore needs the redis client: pip install 'gristmill[redis]'") from None
+        raise ImportError(f"RedisOnlineStore needs the redis client: {install_hint('redis')}") from None
     return redis
 
 
