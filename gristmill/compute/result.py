@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from gristmill.compute.sqltext import lit
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import duckdb
     import pandas as pd
     import pyarrow as pa
@@ -49,12 +51,7 @@ class QueryResult:
     def to_pandas(self) -> pd.DataFrame:
         """The rows as pandas; integer and boolean columns use nullable dtypes so 64-bit values and nulls
         survive (a null in a float64 column would round large integers)."""
-        import pandas as pd
-        import pyarrow as pa
-
-        mapping = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-                   pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-        return self.to_arrow().to_pandas(types_mapper=mapping.get)
+        return _nullable_pandas(self.to_arrow())
 
     def to_polars(self) -> Any:
         try:
@@ -97,4 +94,71 @@ class FeatureFrame(QueryResult):
 
 
 class RetrievalResult(QueryResult):
-    """Point-in-time correct training data: observation columns, then the requested features."""
+    """Point-in-time correct training data: observation columns, then the requested features.
+
+    Observations given in memory come back exactly as given (types, time zones, values): the query then
+    computes only the feature columns, one row per observation in observation order, and ``observations``
+    supplies the rest. ``observation_columns`` names the leading observation columns otherwise."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sql: str, *, description: str,
+                 observations: pa.Table | None = None, observation_columns: Sequence[str] = ()) -> None:
+        super().__init__(con, sql, description=description)
+        self._observations = observations
+        self._observation_columns = list(observations.column_names if observations is not None
+                                         else observation_columns)
+        self._combined: pa.Table | None = None
+
+    def to_arrow(self) -> pa.Table:
+        if self._observations is None:
+            return super().to_arrow()
+        if self._combined is None:
+            import pyarrow as pa
+
+            features = super().to_arrow()
+            given = self._observations
+            schema = pa.schema([*given.schema, *features.schema], metadata=given.schema.metadata)
+            self._combined = pa.Table.from_arrays([*given.columns, *features.columns], schema=schema)
+        return self._combined
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The rows as pandas: observation columns as pandas reads them (as given, for a DataFrame), features
+        with nullable integer and boolean dtypes (``Int64``, ``boolean``) so 64-bit values and nulls survive."""
+        import pandas as pd
+
+        table = self.to_arrow()
+        observed = [c for c in table.column_names if c in self._observation_columns]
+        features = table.select([c for c in table.column_names if c not in self._observation_columns])
+        features = _nullable_pandas(features.replace_schema_metadata(None))
+        if not observed:
+            return features
+        return pd.concat([table.select(observed).to_pandas(), features], axis=1)
+
+    def to_parquet(self, path: str | Path) -> Path:
+        if self._observations is None:
+            return super().to_parquet(path)
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self.to_arrow(), path)            # the observations are in memory already
+        log.info("%s: wrote %s", self._description, path)
+        return path
+
+    def __len__(self) -> int:
+        return self._observations.num_rows if self._observations is not None else super().__len__()
+
+    @property
+    def columns(self) -> list[str]:
+        if self._observations is None:
+            return super().columns
+        return [*self._observation_columns, *super().columns]
+
+
+def _nullable_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as pandas with nullable integer and boolean dtypes."""
+    import pandas as pd
+    import pyarrow as pa
+
+    mapping = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+               pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+    return table.to_pandas(types_mapper=mapping.get)
