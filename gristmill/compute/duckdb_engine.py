@@ -26,8 +26,8 @@ from gristmill.compute.pit import (
 )
 from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
-from gristmill.compute.sources import ORDER, SourceError, list_files, to_arrow_table, unique_name
-from gristmill.compute.sqltext import cols, lit, q
+from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
+from gristmill.compute.sqltext import cols, engine_message, lit, q
 from gristmill.errors import RetrievalError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
@@ -251,6 +251,7 @@ def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
                            text_columns: Collection[str] = ()) -> tuple[str, list[str], dict[str, str]]:
     """Register observations with a ``__gm_row`` column holding their original order. CSV columns named in
     ``text_columns`` (string keys) are read as text, so that '007' stays '007'."""
+    import duckdb
     import numpy as np
     import pyarrow as pa
 
@@ -262,35 +263,48 @@ def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
             files = list_files(path, None, kind, con, what="observations")
         except SourceError as exc:
             raise RetrievalError(str(exc)) from None
-        file_list = "[" + ", ".join(lit(f) for f in files) + "]"
-        if kind == SourceType.CSV:
-            header = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv({file_list})").fetchall()]
-            text = ", ".join(f"{lit(c)}: 'VARCHAR'" for c in header if c in text_columns)
-            options = f", types = {{{text}}}" if text else ""
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list}{options})")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ROW} FROM {raw}_t")
-        elif len(files) == 1:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (file_row_number), "
-                        f"file_row_number AS {ROW} FROM read_parquet({file_list}, file_row_number=true)")
-        else:
-            mapping = ", ".join(f"({lit(f)}, {i})" for i, f in enumerate(files))
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_files AS SELECT * FROM (VALUES {mapping}) "
-                        "v(__gm_file, __gm_file_index)")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (filename, file_row_number, "
-                        f"__gm_file, __gm_file_index), (__gm_file_index::BIGINT << 40) + file_row_number AS {ROW} "
-                        f"FROM read_parquet({file_list}, filename=true, file_row_number=true) "
-                        f"JOIN {raw}_files ON filename = __gm_file")
+        try:
+            _read_observation_files(con, raw, files, kind, text_columns)
+        except duckdb.Error as exc:
+            raise RetrievalError(f"observations file {path}: cannot be read as {kind.value}: "
+                                 f"{engine_message(exc)}") from None
     else:
         table = _as_arrow(observations)
-        if ROW in table.column_names:
-            table = table.drop_columns([ROW])
+        _refuse_reserved(table.column_names)
         table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         con.register(raw, table)
     described = con.execute(f"DESCRIBE SELECT * FROM {raw}").fetchall()
     columns = [r[0] for r in described if r[0] != ROW]
     types = {r[0]: r[1] for r in described}
-    reserved = [c for c in columns if c.startswith("__gm_")]
-    if reserved:
-        raise RetrievalError(f"observations: column(s) {', '.join(reserved)} use the reserved prefix __gm_; "
-                             "rename them")
+    _refuse_reserved(columns)
     return raw, columns, types
+
+
+def _refuse_reserved(columns: list[str]) -> None:
+    reserved = [c for c in columns if c.startswith(INTERNAL_PREFIX)]
+    if reserved:
+        raise RetrievalError(f"observations: column(s) {', '.join(reserved)} use the reserved prefix "
+                             f"{INTERNAL_PREFIX}; rename them")
+
+
+def _read_observation_files(con: duckdb.DuckDBPyConnection, raw: str, files: list[str], kind: SourceType,
+                            text_columns: Collection[str]) -> None:
+    """Register observation files as view ``raw`` with their row order in ``__gm_row``."""
+    file_list = "[" + ", ".join(lit(f) for f in files) + "]"
+    if kind == SourceType.CSV:
+        header = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv({file_list})").fetchall()]
+        text = ", ".join(f"{lit(c)}: 'VARCHAR'" for c in header if c in text_columns)
+        options = f", types = {{{text}}}" if text else ""
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list}{options})")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ROW} FROM {raw}_t")
+    elif len(files) == 1:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (file_row_number), "
+                    f"file_row_number AS {ROW} FROM read_parquet({file_list}, file_row_number=true)")
+    else:
+        mapping = ", ".join(f"({lit(f)}, {i})" for i, f in enumerate(files))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_files AS SELECT * FROM (VALUES {mapping}) "
+                    "v(__gm_file, __gm_file_index)")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (filename, file_row_number, "
+                    f"__gm_file, __gm_file_index), (__gm_file_index::BIGINT << 40) + file_row_number AS {ROW} "
+                    f"FROM read_parquet({file_list}, filename=true, file_row_number=true) "
+                    f"JOIN {raw}_files ON filename = __gm_file")

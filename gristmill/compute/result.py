@@ -6,18 +6,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from gristmill.compute.sqltext import lit
+from gristmill.compute.sqltext import engine_message, lit
+from gristmill.errors import GristmillError, RetrievalError, TransformationError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import duckdb
     import pandas as pd
     import pyarrow as pa
 
 log = logging.getLogger("gristmill.compute")
+T = TypeVar("T")
 
 
 def arrow_table(relation: Any) -> pa.Table:
@@ -29,6 +31,8 @@ def arrow_table(relation: Any) -> pa.Table:
 class QueryResult:
     """A query bound to the engine connection that holds its inputs."""
 
+    failure: ClassVar[type[GristmillError]] = GristmillError
+
     def __init__(self, con: duckdb.DuckDBPyConnection, sql: str, *, description: str) -> None:
         self._con = con
         self._sql = sql
@@ -39,11 +43,23 @@ class QueryResult:
     def sql(self) -> str:
         return self._sql
 
+    def _run(self, work: Callable[[], T]) -> T:
+        """Run the query: an engine failure (a source file removed meanwhile, memory, disk) becomes one
+        error naming what was being computed, in the user's terms."""
+        import duckdb
+
+        try:
+            return work()
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as exc:
+            raise self.failure(f"{self._description} failed: {engine_message(exc)}") from None
+
     def to_arrow(self) -> pa.Table:
         """The rows as an Arrow table (timestamps as UTC ``timestamp[us]``)."""
         if self._table is None:
             started = time.perf_counter()
-            self._table = arrow_table(self._con.sql(self._sql))
+            self._table = self._run(lambda: arrow_table(self._con.sql(self._sql)))
             log.info("%s: %d rows in %.2f s", self._description, self._table.num_rows,
                      time.perf_counter() - started)
         return self._table
@@ -70,20 +86,20 @@ class QueryResult:
 
             pq.write_table(self._table, path)
         else:
-            self._con.execute(f"COPY ({self._sql}) TO {lit(str(path))} (FORMAT parquet)")
+            self._run(lambda: self._con.execute(f"COPY ({self._sql}) TO {lit(str(path))} (FORMAT parquet)"))
         log.info("%s: wrote %s in %.2f s", self._description, path, time.perf_counter() - started)
         return path
 
     def __len__(self) -> int:
         if self._table is not None:
             return self._table.num_rows
-        return int(self._con.execute(f"SELECT count(*) FROM ({self._sql})").fetchall()[0][0])
+        return int(self._run(lambda: self._con.execute(f"SELECT count(*) FROM ({self._sql})").fetchall()[0][0]))
 
     @property
     def columns(self) -> list[str]:
         if self._table is not None:
             return list(self._table.column_names)
-        return [row[0] for row in self._con.execute(f"DESCRIBE {self._sql}").fetchall()]
+        return [row[0] for row in self._run(lambda: self._con.execute(f"DESCRIBE {self._sql}").fetchall())]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._description}>"
@@ -92,6 +108,8 @@ class QueryResult:
 class FeatureFrame(QueryResult):
     """Computed feature rows of one feature set over a window: index columns, timestamp, features."""
 
+    failure = TransformationError
+
 
 class RetrievalResult(QueryResult):
     """Point-in-time correct training data: observation columns, then the requested features.
@@ -99,6 +117,8 @@ class RetrievalResult(QueryResult):
     Observations given in memory come back exactly as given (types, time zones, values): the query then
     computes only the feature columns, one row per observation in observation order, and ``observations``
     supplies the rest. ``observation_columns`` names the leading observation columns otherwise."""
+
+    failure = RetrievalError
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sql: str, *, description: str,
                  observations: pa.Table | None = None, observation_columns: Sequence[str] = ()) -> None:
