@@ -124,7 +124,8 @@ class RemoteFeatureStore:
         # observations given in memory come back as given, as from a local store: only features are taken
         shown = cols(received.column_names[len(columns):]) if given is not None else "*"
         return RetrievalResult(con, f"SELECT {shown} FROM __gm_remote_result", observations=given,
-                               observation_columns=columns, description=f"training data from {self.url}")
+                               frame=observations, observation_columns=columns,
+                               description=f"training data from {self.url}")
 
     # -- catalog ----------------------------------------------------------------------------------------
     def list_feature_sets(self) -> list[Any]:

@@ -173,7 +173,7 @@ class DuckDBEngine:
         sql = point_in_time_sql(obs, shown, plans, right_sides, _request_order(requests, output_order))
         labels = ", ".join(r.label for r in requests)
         return RetrievalResult(con, sql, description=f"point-in-time retrieval of {labels}", observations=given,
-                               observation_columns=columns)
+                               frame=observations, observation_columns=columns)
 
 
 def _rename_clashes(requests: list[FeatureSetRequest], columns: list[str]) -> list[FeatureSetRequest]:

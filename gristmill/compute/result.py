@@ -115,15 +115,19 @@ class RetrievalResult(QueryResult):
     """Point-in-time correct training data: observation columns, then the requested features.
 
     Observations given in memory come back exactly as given (types, time zones, values): the query then
-    computes only the feature columns, one row per observation in observation order, and ``observations``
-    supplies the rest. ``observation_columns`` names the leading observation columns otherwise."""
+    computes only the feature columns, one row per observation in observation order, ``observations`` (the
+    input as Arrow) supplies the rest, and ``frame`` (the caller's pandas or Polars DataFrame) answers
+    ``to_pandas`` / ``to_polars`` of the same library. Otherwise ``observation_columns`` names the query's
+    leading observation columns."""
 
     failure = RetrievalError
 
     def __init__(self, con: duckdb.DuckDBPyConnection, sql: str, *, description: str,
-                 observations: pa.Table | None = None, observation_columns: Sequence[str] = ()) -> None:
+                 observations: pa.Table | None = None, frame: Any = None,
+                 observation_columns: Sequence[str] = ()) -> None:
         super().__init__(con, sql, description=description)
         self._observations = observations
+        self._frame = frame if observations is not None else None
         self._observation_columns = list(observations.column_names if observations is not None
                                          else observation_columns)
         self._combined: pa.Table | None = None
@@ -141,17 +145,29 @@ class RetrievalResult(QueryResult):
         return self._combined
 
     def to_pandas(self) -> pd.DataFrame:
-        """The rows as pandas: observation columns as pandas reads them (as given, for a DataFrame), features
-        with nullable integer and boolean dtypes (``Int64``, ``boolean``) so 64-bit values and nulls survive."""
+        """The rows as pandas: observation columns as given (for a pandas input) or as pandas reads them,
+        features with nullable integer and boolean dtypes (``Int64``, ``boolean``) so 64-bit values and nulls
+        survive."""
         import pandas as pd
 
         table = self.to_arrow()
-        observed = [c for c in table.column_names if c in self._observation_columns]
         features = table.select([c for c in table.column_names if c not in self._observation_columns])
-        features = _nullable_pandas(features.replace_schema_metadata(None))
-        if not observed:
-            return features
-        return pd.concat([table.select(observed).to_pandas(), features], axis=1)
+        feature_frame = _nullable_pandas(features.replace_schema_metadata(None))
+        if isinstance(self._frame, pd.DataFrame):
+            observed = self._frame.reset_index(drop=True)
+        elif self._observation_columns:
+            observed = table.select(self._observation_columns).to_pandas()
+        else:
+            return feature_frame
+        return pd.concat([observed, feature_frame], axis=1)
+
+    def to_polars(self) -> Any:
+        if type(self._frame).__module__.startswith("polars"):
+            import polars as pl
+
+            features = self.to_arrow().select(self.columns[len(self._observation_columns):])
+            return self._frame.hstack(pl.from_arrow(features).get_columns())
+        return super().to_polars()
 
     def to_parquet(self, path: str | Path) -> Path:
         if self._observations is None:
@@ -171,6 +187,8 @@ class RetrievalResult(QueryResult):
     def columns(self) -> list[str]:
         if self._observations is None:
             return super().columns
+        if self._combined is not None:
+            return list(self._combined.column_names)
         return [*self._observation_columns, *super().columns]
 
 
