@@ -47,11 +47,10 @@ class FeatureRef:
         parts = rest.split(":")
         if len(parts) == 3 and all(parts) and "/" not in store:
             return cls(store or None, parts[0], parts[1], parts[2])
-        hint = ""
+        example = "e.g. 'transactions:1:amount_7d_sum'"
         if len(parts) == 2 and all(parts):
-            hint = f" (is the version missing? e.g. '{parts[0]}:1:{parts[1]}')"
-        raise RetrievalError(f"features: '{text}' must look like '{REFERENCE_FORM}', "
-                             f"e.g. 'transactions:1:amount_7d_sum'{hint}")
+            example = f"is the version missing? e.g. '{parts[0]}:1:{parts[1]}'"
+        raise RetrievalError(f"features: '{text}' must look like '{REFERENCE_FORM}'; {example}")
 
 
 class FeatureReference(Frozen):
