@@ -28,7 +28,7 @@ from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
 from gristmill.compute.sqltext import cols, engine_message, lit, q
-from gristmill.errors import RetrievalError
+from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
 
@@ -242,9 +242,12 @@ def _as_arrow(observations: Any) -> pa.Table:
     """In-memory observations (pandas, Polars, Arrow) as the Arrow table the result returns them as."""
     try:
         return to_arrow_table(observations, what="observations")
-    except Exception as exc:
+    except TransformationError:
         raise RetrievalError(f"observations: expected a pandas/Polars DataFrame, an Arrow table or a "
-                             f"Parquet/CSV path, got {type(observations).__name__}") from exc
+                             f"Parquet/CSV path, got {type(observations).__name__}") from None
+    except (TypeError, ValueError) as exc:       # pyarrow's errors for a column it cannot type
+        raise RetrievalError(f"observations: the {type(observations).__name__} cannot be read as a table: "
+                             f"{exc}; give every column one type") from None
 
 
 def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,

@@ -268,3 +268,14 @@ def test_reserved_observation_columns_are_refused_not_dropped(repo: Repo) -> Non
     observations = pd.DataFrame({"acct": ["A"], "ts": at("2024-01-02"), "__gm_row": [5]})
     with pytest.raises(GristmillError, match="__gm_row use the reserved prefix"):
         repo.store.get_offline_features(["fs1:1:f1"], observations, "ts")
+
+
+def test_a_dataframe_with_a_mixed_column_is_named_as_such(repo: Repo) -> None:
+    observations = pd.DataFrame({"acct": ["A", "B"], "ts": at("2024-01-02", "2024-01-02"),
+                                 "mixed": pd.Series([1, "x"], dtype=object)})
+    with pytest.raises(RetrievalError) as raised:
+        repo.store.get_offline_features(["fs1:1:f1"], observations, "ts")
+    message = str(raised.value)
+    assert "the DataFrame cannot be read as a table" in message and "'x'" in message, message
+    with pytest.raises(RetrievalError, match=r"expected a pandas/Polars DataFrame, .* got list"):
+        repo.store.get_offline_features(["fs1:1:f1"], [1, 2], "ts")
