@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from gristmill.auth.roles import AccessDeniedError
@@ -99,9 +100,10 @@ class RemoteFeatureStore:
         import duckdb
         import pyarrow.parquet as pq
 
-        from gristmill.compute.duckdb_engine import _register_observations
+        from gristmill.compute.duckdb_engine import _as_arrow, _register_observations
         from gristmill.compute.pit import ROW
         from gristmill.compute.result import RetrievalResult, arrow_table
+        from gristmill.compute.sqltext import cols
         from gristmill.retrieval import references
 
         refs = references(features)
@@ -110,8 +112,9 @@ class RemoteFeatureStore:
             raise GristmillError(f"features: {renamed[0]} has an output_name; renaming is not sent to the server "
                                  "yet: rename the result's columns instead")
         names = ",".join(ref.text for ref in refs)
+        given = None if isinstance(observations, str | Path) else _as_arrow(observations)
         local = duckdb.connect()      # the observations read exactly as a local store reads them (files too)
-        raw, _, _ = _register_observations(local, observations)
+        raw, columns, _ = _register_observations(local, observations if given is None else given)
         table = arrow_table(local.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
         local.close()
         body = io.BytesIO()
@@ -122,8 +125,13 @@ class RemoteFeatureStore:
                                     "full_feature_names": full_feature_names, "as_known_at": as_known_at,
                                     "aggregation_mode": aggregation_mode})
         con = duckdb.connect()
-        con.register("__gm_remote_result", pq.read_table(io.BytesIO(answer)))
-        return RetrievalResult(con, "SELECT * FROM __gm_remote_result", description=f"training data from {self.url}")
+        received = pq.read_table(io.BytesIO(answer))
+        con.register("__gm_remote_result", received)
+        # observations given in memory come back as given, as from a local store: only features are taken
+        shown = cols(received.column_names[len(columns):]) if given is not None else "*"
+        return RetrievalResult(con, f"SELECT {shown} FROM __gm_remote_result", observations=given,
+                               frame=observations, observation_columns=columns,
+                               description=f"training data from {self.url}")
 
     # -- catalog ----------------------------------------------------------------------------------------
     def list_feature_sets(self) -> list[Any]:

@@ -4,42 +4,15 @@ requests: one per feature set version, with output column names and request orde
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gristmill.compute.engine import FeatureSetRequest
 from gristmill.errors import NotFoundError, RetrievalError
 from gristmill.spec.featureset_spec import FeatureSetSpec
-from gristmill.spec.retrieval_spec import FeatureReference, FeatureRetrievalSpec
+from gristmill.spec.retrieval_spec import FeatureRef, FeatureReference, FeatureRetrievalSpec
 
-
-@dataclass(frozen=True)
-class FeatureRef:
-    """A parsed ``[store/]feature_set:version:feature`` reference."""
-
-    store: str | None
-    feature_set: str
-    version: str
-    feature: str
-    output_name: str | None = None
-
-    @property
-    def text(self) -> str:
-        prefix = f"{self.store}/" if self.store else ""
-        return f"{prefix}{self.feature_set}:{self.version}:{self.feature}"
-
-
-def parse_reference(text: str) -> FeatureRef:
-    """Parse ``"transactions:1:amount_7d_sum"`` (optionally ``"store/transactions:1:..."``)."""
-    if not isinstance(text, str):
-        raise RetrievalError(f"features: {text!r} is not a string; write 'feature_set:version:feature'")
-    store, _, rest = text.strip().rpartition("/")
-    parts = rest.split(":")
-    if len(parts) != 3 or not all(parts):
-        raise RetrievalError(f"features: '{text}' must look like 'feature_set:version:feature', "
-                             "e.g. 'transactions:1:amount_7d_sum'")
-    return FeatureRef(store or None, parts[0], parts[1], parts[2])
+__all__ = ["FeatureRef", "plan_requests", "references"]
 
 
 def references(features: Any) -> list[FeatureRef]:
@@ -67,7 +40,7 @@ def references(features: Any) -> list[FeatureRef]:
         elif isinstance(item, FeatureRef):
             refs.append(item)
         else:
-            refs.append(parse_reference(item))
+            refs.append(FeatureRef.parse(item))
     if not refs:
         raise RetrievalError("features: the list is empty; name at least one feature as "
                              "'feature_set:version:feature'")

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from gristmill.compute.sources import is_uri
+from gristmill.compute.sqltext import engine_message
 from gristmill.errors import GristmillError
 from gristmill.spec.featureset_spec import SourceType
 
@@ -29,8 +30,6 @@ SAMPLE_ROWS = 1_000          # source rows a check reads at most
 CHECK_SECONDS = 30.0         # a check that takes longer is refused (the transformation hangs or crawls)
 
 CheckStatus = Literal["passed", "failed", "not checked"]
-
-_INTERNAL = re.compile(r'"?__gm_[A-Za-z0-9_]*"?(\.)?')
 
 
 @dataclass(frozen=True)
@@ -46,12 +45,6 @@ class SourceCheck:
         return self.status == "failed"
 
 
-def public_text(message: str) -> str:
-    """``message`` without the names of Gristmill's internal views and columns (``__gm_...``), which mean
-    nothing to a user (engine errors quote them)."""
-    return _INTERNAL.sub(lambda m: "" if m.group(1) else "the source", message)
-
-
 def unreachable_reason(spec: FeatureSetSpec) -> str | None:
     """Why this machine cannot read the spec's source (None: it can, or the check itself will say why not)."""
     path = spec.source.path
@@ -63,7 +56,7 @@ def unreachable_reason(spec: FeatureSetSpec) -> str | None:
     try:
         fsspec.get_filesystem_class(protocol)
     except (ValueError, ImportError) as exc:
-        return f"{protocol}:// sources cannot be read from this machine ({public_text(str(exc)).splitlines()[0]})"
+        return f"{protocol}:// sources cannot be read from this machine ({str(exc).splitlines()[0]})"
     try:
         filesystem = fsspec.filesystem(protocol)
         fixed = re.split(r"[*?\[]", path, maxsplit=1)[0].rstrip("/")
@@ -94,9 +87,9 @@ def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetim
             rows = engine.check(spec, sample_rows=sample_rows, window=_custom_window(spec, now), label=label)
             outcome["result"] = SourceCheck("passed", f"{rows} sample row(s) computed")
         except GristmillError as exc:
-            outcome["result"] = SourceCheck("failed", public_text(str(exc)))
+            outcome["result"] = SourceCheck("failed", engine_message(exc))
         except Exception as exc:  # engine errors on user SQL or data: report them, never a traceback
-            outcome["result"] = SourceCheck("failed", f"{label}: {type(exc).__name__}: {public_text(str(exc))}")
+            outcome["result"] = SourceCheck("failed", f"{label}: {engine_message(exc)}")
 
     thread = threading.Thread(target=run, name=f"check {label}", daemon=True)
     thread.start()

@@ -11,16 +11,32 @@ from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.engine import AggregationMode, FeatureSetRequest, to_utc_naive
 from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, materialized_view, probe_view
-from gristmill.compute.pit import OBS_TIME, ROW, JoinPlan, asof_side_sql, known_at_sql, point_in_time_sql
+from gristmill.compute.pit import (
+    ISO_TIME_FORMS,
+    ISO_TIME_PATTERN,
+    OBS_TIME,
+    ROW,
+    JoinPlan,
+    asof_side_sql,
+    key_type_message,
+    known_at_sql,
+    observation_key_sql,
+    point_in_time_sql,
+    utc_time_sql,
+)
 from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
-from gristmill.compute.sources import ORDER, SourceError, list_files, to_arrow_table, unique_name
-from gristmill.compute.sqltext import cols, lit, q
+from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
+from gristmill.compute.sqltext import cols, engine_message, lit, q
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
+from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import duckdb
+    import pyarrow as pa
 
 log = logging.getLogger("gristmill.compute")
 
@@ -104,7 +120,10 @@ class DuckDBEngine:
             raise RetrievalError("features: the list is empty; name at least one feature as "
                                  "'feature_set:version:feature'")
         con = self.connect()
-        raw, columns, types = _register_observations(con, observations)
+        given = None if isinstance(observations, str | Path) else _as_arrow(observations)
+        text_keys = {c.name for r in requests for c in r.spec.index_columns if c.type == FeatureType.STRING}
+        raw, columns, types = _register_observations(con, observations if given is None else given,
+                                                     text_columns=text_keys)
         if timestamp_column not in types:
             raise RetrievalError(f"timestamp_column '{timestamp_column}' is not a column of the observations "
                                  f"(columns: {', '.join(columns)}); pass the name of the observation time column")
@@ -115,18 +134,22 @@ class DuckDBEngine:
             raise RetrievalError(f"observations lack index column(s): {detail} "
                                  f"(observation columns: {', '.join(columns)})")
         requests = _rename_clashes(requests, columns)
-        obs_time = _time_expression(q(timestamp_column), types[timestamp_column], timestamp_column)
+        obs_time = _time_expression(con, raw, timestamp_column, types[timestamp_column])
         key_casts: dict[tuple[str, str], str] = {}
         extra = []
         for request in requests:
             for column in request.spec.index_columns:
                 if (column.name, column.type.sql) in key_casts:
                     continue
-                if types[column.name].upper() == column.type.sql:
-                    key_casts[(column.name, column.type.sql)] = q(column.name)
+                converted = observation_key_sql(column.name, types[column.name], column.type)
+                if converted is None:
+                    raise RetrievalError(key_type_message(column.name, types[column.name], column.type,
+                                                          request.label))
+                if converted == q(column.name):
+                    key_casts[(column.name, column.type.sql)] = converted
                 else:
                     alias = f"__gm_key_{len(key_casts)}"
-                    extra.append(f"TRY_CAST({q(column.name)} AS {column.type.sql}) AS {alias}")
+                    extra.append(f"{converted} AS {alias}")
                     key_casts[(column.name, column.type.sql)] = alias
         obs = unique_name("obs")
         con.execute(f"CREATE OR REPLACE TEMP VIEW {obs} AS SELECT *, {obs_time} AS {OBS_TIME}"
@@ -161,9 +184,13 @@ class DuckDBEngine:
             plans.append(plan)
             right_sides.append(known_at_sql(plan, obs) if as_known_at else asof_side_sql(view, features))
         output_order = [name for r in requests for _, name in r.outputs]
-        sql = point_in_time_sql(obs, columns, plans, right_sides, _request_order(requests, output_order))
+        # Observations given in memory come back as given (the query only computes the features); rows read
+        # from files come back as the engine read them.
+        shown = [] if given is not None else columns
+        sql = point_in_time_sql(obs, shown, plans, right_sides, _request_order(requests, output_order))
         labels = ", ".join(r.label for r in requests)
-        return RetrievalResult(con, sql, description=f"point-in-time retrieval of {labels}")
+        return RetrievalResult(con, sql, description=f"point-in-time retrieval of {labels}", observations=given,
+                               frame=observations, observation_columns=columns)
 
 
 def _rename_clashes(requests: list[FeatureSetRequest], columns: list[str]) -> list[FeatureSetRequest]:
@@ -208,22 +235,43 @@ def _feature_window(low: datetime | None, high: datetime | None, delay: timedelt
     return start, end
 
 
-def _time_expression(column: str, sql_type: str, name: str) -> str:
-    family = sql_family(sql_type)
-    upper = sql_type.upper()
-    if upper == "TIMESTAMP":
-        return column
-    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
-        return f"timezone('UTC', {column})"
-    if family in ("datetime", "string"):
-        return f"CAST({column} AS TIMESTAMP)"
-    raise RetrievalError(f"timestamp_column '{name}' has type {sql_type}; it must hold timestamps, dates or "
-                         "ISO time strings")
+def _time_expression(con: duckdb.DuckDBPyConnection, raw: str, name: str, sql_type: str) -> str:
+    """The observation time as naive UTC; text must be ISO 8601 (checked here, so that a bad value is
+    reported by name instead of failing inside the join)."""
+    expression = utc_time_sql(name, sql_type)
+    if expression is None:
+        raise RetrievalError(f"timestamp_column '{name}' has type {sql_type}; it must hold timestamps, dates or "
+                             f"ISO 8601 time strings ({ISO_TIME_FORMS})")
+    if sql_family(sql_type) == "string":
+        column = q(name)
+        bad = con.execute(f"SELECT {column}, count(*) OVER () FROM {raw} WHERE {column} IS NOT NULL AND NOT "
+                          f"coalesce(regexp_full_match({column}, {lit(ISO_TIME_PATTERN)}) AND "
+                          f"TRY_CAST({column} AS TIMESTAMPTZ) IS NOT NULL, false) LIMIT 1").fetchall()
+        if bad:
+            example, count = bad[0]
+            raise RetrievalError(f"timestamp_column '{name}' has {count} value(s) that are not ISO 8601 times, "
+                                 f"e.g. {example!r}; write them as {ISO_TIME_FORMS}, or pass timestamps "
+                                 f"(e.g. pd.to_datetime(df['{name}'], format='%d/%m/%Y %H:%M', utc=True))")
+    return expression
 
 
-def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any
-                           ) -> tuple[str, list[str], dict[str, str]]:
-    """Register observations with a ``__gm_row`` column holding their original order."""
+def _as_arrow(observations: Any) -> pa.Table:
+    """In-memory observations (pandas, Polars, Arrow) as the Arrow table the result returns them as."""
+    try:
+        return to_arrow_table(observations, what="observations")
+    except TransformationError:
+        raise RetrievalError(f"observations: expected a pandas/Polars DataFrame, an Arrow table or a "
+                             f"Parquet/CSV path, got {type(observations).__name__}") from None
+    except (TypeError, ValueError) as exc:       # pyarrow's errors for a column it cannot type
+        raise RetrievalError(f"observations: the {type(observations).__name__} cannot be read as a table: "
+                             f"{exc}; give every column one type") from None
+
+
+def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
+                           text_columns: Collection[str] = ()) -> tuple[str, list[str], dict[str, str]]:
+    """Register observations with a ``__gm_row`` column holding their original order. CSV columns named in
+    ``text_columns`` (string keys) are read as text, so that '007' stays '007'."""
+    import duckdb
     import numpy as np
     import pyarrow as pa
 
@@ -235,36 +283,48 @@ def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any
             files = list_files(path, None, kind, con, what="observations")
         except SourceError as exc:
             raise RetrievalError(str(exc)) from None
-        file_list = "[" + ", ".join(lit(f) for f in files) + "]"
-        if kind == SourceType.CSV:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list})")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ROW} FROM {raw}_t")
-        elif len(files) == 1:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (file_row_number), "
-                        f"file_row_number AS {ROW} FROM read_parquet({file_list}, file_row_number=true)")
-        else:
-            mapping = ", ".join(f"({lit(f)}, {i})" for i, f in enumerate(files))
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_files AS SELECT * FROM (VALUES {mapping}) "
-                        "v(__gm_file, __gm_file_index)")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (filename, file_row_number, "
-                        f"__gm_file, __gm_file_index), (__gm_file_index::BIGINT << 40) + file_row_number AS {ROW} "
-                        f"FROM read_parquet({file_list}, filename=true, file_row_number=true) "
-                        f"JOIN {raw}_files ON filename = __gm_file")
-    else:
         try:
-            table = to_arrow_table(observations, what="observations")
-        except Exception as exc:
-            raise RetrievalError(f"observations: expected a pandas/Polars DataFrame, an Arrow table or a "
-                                 f"Parquet/CSV path, got {type(observations).__name__}") from exc
-        if ROW in table.column_names:
-            table = table.drop_columns([ROW])
+            _read_observation_files(con, raw, files, kind, text_columns)
+        except duckdb.Error as exc:
+            raise RetrievalError(f"observations file {path}: cannot be read as {kind.value}: "
+                                 f"{engine_message(exc)}") from None
+    else:
+        table = _as_arrow(observations)
+        _refuse_reserved(table.column_names)
         table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         con.register(raw, table)
     described = con.execute(f"DESCRIBE SELECT * FROM {raw}").fetchall()
     columns = [r[0] for r in described if r[0] != ROW]
     types = {r[0]: r[1] for r in described}
-    reserved = [c for c in columns if c.startswith("__gm_")]
-    if reserved:
-        raise RetrievalError(f"observations: column(s) {', '.join(reserved)} use the reserved prefix __gm_; "
-                             "rename them")
+    _refuse_reserved(columns)
     return raw, columns, types
+
+
+def _refuse_reserved(columns: list[str]) -> None:
+    reserved = [c for c in columns if c.startswith(INTERNAL_PREFIX)]
+    if reserved:
+        raise RetrievalError(f"observations: column(s) {', '.join(reserved)} use the reserved prefix "
+                             f"{INTERNAL_PREFIX}; rename them")
+
+
+def _read_observation_files(con: duckdb.DuckDBPyConnection, raw: str, files: list[str], kind: SourceType,
+                            text_columns: Collection[str]) -> None:
+    """Register observation files as view ``raw`` with their row order in ``__gm_row``."""
+    file_list = "[" + ", ".join(lit(f) for f in files) + "]"
+    if kind == SourceType.CSV:
+        header = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_csv({file_list})").fetchall()]
+        text = ", ".join(f"{lit(c)}: 'VARCHAR'" for c in header if c in text_columns)
+        options = f", types = {{{text}}}" if text else ""
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list}{options})")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ROW} FROM {raw}_t")
+    elif len(files) == 1:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (file_row_number), "
+                    f"file_row_number AS {ROW} FROM read_parquet({file_list}, file_row_number=true)")
+    else:
+        mapping = ", ".join(f"({lit(f)}, {i})" for i, f in enumerate(files))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_files AS SELECT * FROM (VALUES {mapping}) "
+                    "v(__gm_file, __gm_file_index)")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT * EXCLUDE (filename, file_row_number, "
+                    f"__gm_file, __gm_file_index), (__gm_file_index::BIGINT << 40) + file_row_number AS {ROW} "
+                    f"FROM read_parquet({file_list}, filename=true, file_row_number=true) "
+                    f"JOIN {raw}_files ON filename = __gm_file")

@@ -15,6 +15,7 @@ from gristmill.compute.aggregations import aggregation_sql
 from gristmill.compute.result import arrow_table
 from gristmill.compute.schema import accepts, cast_expression, sql_family
 from gristmill.compute.sources import (
+    INTERNAL_PREFIX,
     ORDER,
     SourceReader,
     load_user_class,
@@ -22,7 +23,7 @@ from gristmill.compute.sources import (
     unique_name,
     with_order,
 )
-from gristmill.compute.sqltext import cols, interval, q, ts_lit
+from gristmill.compute.sqltext import cols, engine_message, interval, q, ts_lit
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
@@ -230,7 +231,8 @@ def _sql_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str,
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {view}_t AS {rewritten}")
     except Exception as exc:
-        raise TransformationError(f"{label}: transformation_sql failed: {exc}") from None
+        raise TransformationError(f"{label}: transformation_sql failed: "
+                                  f"{engine_message(exc, names={source: 'source'})}") from None
     names = _columns(con, f"{view}_t")
     order = "" if ORDER in names else f", rowid::BIGINT AS {q(ORDER)}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{order} FROM {view}_t")
@@ -293,7 +295,7 @@ def _checked_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, relation
             select.append(f"{cast_expression(q(feature.name), feature.type, types[feature.name])} "
                           f"AS {q(feature.name)}")
     if problems:
-        available = ", ".join(n for n in types if n != ORDER)
+        available = ", ".join(n for n in types if not n.startswith(INTERNAL_PREFIX))
         raise TransformationError(f"{label}: output does not match the declared schema: "
                                   f"{'; '.join(problems)} (output columns: {available})")
     select.append(q(ORDER) if ORDER in types else f"CAST(NULL AS BIGINT) AS {q(ORDER)}")

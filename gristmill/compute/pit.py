@@ -13,12 +13,90 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from gristmill.compute.featureframe import ComputedView
+from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import ORDER
 from gristmill.compute.sqltext import cols, interval, q
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
+from gristmill.spec.types import FeatureType
 
 ROW = "__gm_row"
 OBS_TIME = "__gm_t"
+
+# -- observations meeting feature rows -------------------------------------------------------------------
+
+# How an observation key column is brought to the type of the declared index column, by the family of the
+# observation column's type (docs/retrieval.md, "Key types"). Only conversions that cannot change which key
+# a value names are listed: text <-> numbers ('007' vs 7) and lossy casts (7.5 -> 8) are errors instead.
+# Integers are narrowed with TRY_CAST on purpose: a value outside the declared range equals no stored key,
+# so it matches nothing, exactly as an unconverted comparison would; it can never match another key.
+_KEY_CONVERSIONS: dict[FeatureType, dict[str, str]] = {
+    FeatureType.STRING: {"string": "CAST({c} AS VARCHAR)"},
+    FeatureType.INTEGER: {"integer": "TRY_CAST({c} AS INTEGER)", "decimal_int": "TRY_CAST({c} AS INTEGER)"},
+    FeatureType.LONG: {"integer": "TRY_CAST({c} AS BIGINT)", "decimal_int": "TRY_CAST({c} AS BIGINT)"},
+    # float keys are stored at their declared precision, so they are compared at it
+    FeatureType.FLOAT: {"float": "CAST({c} AS FLOAT)"},
+    FeatureType.DOUBLE: {"float": "CAST({c} AS DOUBLE)"},
+    FeatureType.BOOLEAN: {"boolean": "CAST({c} AS BOOLEAN)"},
+    FeatureType.DATETIME: {"datetime": "{time}"},
+    FeatureType.BINARY: {"binary": "CAST({c} AS BLOB)"},
+}
+
+# The conversion a user writes instead, shown in the error (pandas spelling; nullable where it matters).
+_KEY_FIXES: dict[FeatureType, str] = {
+    FeatureType.STRING: "df['{c}'] = df['{c}'].astype('string')",
+    FeatureType.INTEGER: "df['{c}'] = df['{c}'].astype('Int32')",
+    FeatureType.LONG: "df['{c}'] = df['{c}'].astype('Int64')",
+    FeatureType.FLOAT: "df['{c}'] = df['{c}'].astype('float32')",
+    FeatureType.DOUBLE: "df['{c}'] = df['{c}'].astype('float64')",
+    FeatureType.BOOLEAN: "df['{c}'] = df['{c}'].astype('boolean')",
+    FeatureType.DATETIME: "df['{c}'] = pd.to_datetime(df['{c}'], utc=True)",
+    FeatureType.BINARY: "df['{c}'] = df['{c}'].str.encode('utf-8')",
+    FeatureType.FLOAT_VECTOR: "a list of floats per row",
+}
+
+# Observation times given as text: ISO 8601 dates or date-times, with an optional UTC offset.
+ISO_TIME_PATTERN = r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?"
+ISO_TIME_FORMS = ("YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS[.ffffff]] (a T may separate date and time), optionally "
+                  "followed by Z or an offset such as +02:00 (times without one are UTC)")
+
+
+def utc_time_sql(column: str, sql_type: str) -> str | None:
+    """SQL for observation column ``column`` as a naive UTC ``TIMESTAMP``; None for types that hold no time.
+    Text must match ``ISO_TIME_PATTERN`` (checked before the query runs): an offset in it is honoured."""
+    upper = sql_type.upper()
+    family = sql_family(sql_type)
+    if upper == "TIMESTAMP":
+        return q(column)
+    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
+        return f"timezone('UTC', {q(column)})"
+    if family == "datetime":
+        return f"CAST({q(column)} AS TIMESTAMP)"
+    if family == "string":
+        return f"timezone('UTC', CAST({q(column)} AS TIMESTAMPTZ))"
+    return None
+
+
+def observation_key_sql(column: str, sql_type: str, declared: FeatureType) -> str | None:
+    """SQL for observation key ``column`` (engine type ``sql_type``) in the declared index column type, or
+    None when no conversion is safe (see ``_KEY_CONVERSIONS``)."""
+    if sql_type.upper() == declared.sql:
+        return q(column)
+    template = _KEY_CONVERSIONS.get(declared, {}).get(sql_family(sql_type))
+    if template is None:
+        return None
+    time = utc_time_sql(column, sql_type) if declared == FeatureType.DATETIME else None
+    return template.format(c=q(column), time=time)
+
+
+def key_type_message(column: str, sql_type: str, declared: FeatureType, label: str) -> str:
+    """The error for an observation key column that cannot be matched to its declared type."""
+    fix = _KEY_FIXES[declared].format(c=column)
+    if "string" in (sql_family(sql_type), sql_family(declared.sql)):
+        why = "keys are never converted between text and numbers: 7 and '007' are different keys"
+    else:
+        why = "keys are never converted with a loss of precision or meaning: 7.5 is not the key 8"
+    return (f"observations column {column} is {sql_type} but feature set {label} declares it {declared.value}; "
+            f"convert the column first, e.g. {fix} ({why})")
 
 
 @dataclass(frozen=True)

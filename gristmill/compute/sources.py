@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.schema import accepts, sql_family
-from gristmill.compute.sqltext import lit, q, ts_lit
+from gristmill.compute.sqltext import engine_message, lit, q, ts_lit
 from gristmill.errors import SourceError, SpecError, TransformationError
 from gristmill.spec.featureset_spec import FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+INTERNAL_PREFIX = "__gm_"          # reserved for the engine's own columns and views
 ORDER = "__gm_order"
 MAX_CHECKED_FILES = 500  # per-file schema checks (footer reads) up to this many files
 _counter = itertools.count()
@@ -31,7 +32,7 @@ _DEFAULT_SUFFIX = {SourceType.PARQUET: "parquet", SourceType.CSV: "csv"}
 
 
 def unique_name(prefix: str) -> str:
-    return f"__gm_{prefix}_{next(_counter)}"
+    return f"{INTERNAL_PREFIX}{prefix}_{next(_counter)}"
 
 
 def is_uri(path: str) -> bool:
@@ -222,7 +223,7 @@ class SourceReader:
             try:
                 described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}({lit(file)})").fetchall()
             except Exception as exc:
-                raise SourceError(f"source file {file}: cannot be read: {exc}") from None
+                raise SourceError(f"source file {file}: cannot be read: {engine_message(exc)}") from None
             types = {row[0]: row[1] for row in described}
             missing = [name for name in required if name not in types]
             if missing:
@@ -272,7 +273,7 @@ class SourceReader:
                 f"{', __gm_file, __gm_file_index' if len(files) > 1 else ''}), {order} AS {ORDER} "
                 f"FROM {from_clause}")
         except Exception as exc:  # duckdb.Error, kept lazy
-            raise SourceError(f"source.path '{path}': cannot read parquet: {exc}") from exc
+            raise SourceError(f"source.path '{path}': cannot read parquet: {engine_message(exc)}") from exc
         return raw, f"source '{path}'"
 
     def _csv(self) -> tuple[str, str]:
@@ -286,7 +287,7 @@ class SourceReader:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list}, "
                              f"union_by_name=true){limit}")
         except Exception as exc:
-            raise SourceError(f"source.path '{path}': cannot read csv: {exc}") from exc
+            raise SourceError(f"source.path '{path}': cannot read csv: {engine_message(exc)}") from exc
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ORDER} FROM {raw}_t")
         return raw, f"source '{path}'"
 

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
 from gristmill.errors import ConfigError, GristmillError, NotFoundError, install_hint
+from gristmill.spec.retrieval_spec import FeatureRef
 from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
@@ -207,14 +208,12 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     @app.post("/v1/online/features", tags=["online"])
     def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
-        other = [f for f in body.features if "/" in f]
+        refs = [FeatureRef.parse(f) for f in body.features]
+        other = [ref.text for ref in refs if ref.store not in (None, store.name)]
         if other:
             raise GristmillError(f"features: {other[0]} belongs to another feature store; this server serves "
                                  f"{store.name} only: ask that store's server")
-        for ref in {f.rsplit(":", 1)[0] for f in body.features}:
-            name, _, version = ref.partition(":")
-            if not version:
-                raise GristmillError(f"feature {ref!r} must look like feature_set:version:feature")
+        for name, version in {(ref.feature_set, ref.version) for ref in refs}:
             check(principal, Action.READ_ONLINE, feature_set_resource(name, version)[1])
         result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names,
                                            now=body.now, explain=body.explain)
@@ -236,11 +235,12 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         body = await request.body()
 
         def retrieve() -> bytes:
-            for ref in {f.rsplit(":", 1)[0] for f in names}:
-                name, _, version = ref.partition(":")
-                if "/" in ref or not version:
-                    raise GristmillError(f"features: '{ref}' must be feature_set:version of this store "
-                                         f"({store.name})")
+            refs = [FeatureRef.parse(f) for f in names]
+            other = [ref.text for ref in refs if ref.store not in (None, store.name)]
+            if other:
+                raise GristmillError(f"features: '{other[0]}' belongs to another feature store; this server "
+                                     f"serves {store.name} only")
+            for name, version in {(ref.feature_set, ref.version) for ref in refs}:
                 check(principal, Action.READ_OFFLINE, feature_set_resource(name, version)[1])
             try:
                 observations = pq.read_table(io.BytesIO(body))

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
+from gristmill.errors import RetrievalError
 from gristmill.spec.common import Frozen
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
 RETRIEVAL_SPEC_FILE_NAME = "feature_retrieval_spec.yaml"
+REFERENCE_FORM = "feature_set:version:feature"
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """A parsed ``[store/]feature_set:version:feature`` reference: the one parsed form every entry point
+    (SDK, CLI, server, retrieval specs) passes around."""
+
+    store: str | None
+    feature_set: str
+    version: str
+    feature: str
+    output_name: str | None = None
+
+    @property
+    def text(self) -> str:
+        prefix = f"{self.store}/" if self.store else ""
+        return f"{prefix}{self.feature_set}:{self.version}:{self.feature}"
+
+    @classmethod
+    def parse(cls, text: Any) -> FeatureRef:
+        """Parse ``"transactions:1:amount_7d_sum"`` (optionally ``"store/transactions:1:..."``); anything else
+        raises ``RetrievalError`` naming the reference and the expected form.
+
+        >>> FeatureRef.parse("risk/scores:2:score")
+        FeatureRef(store='risk', feature_set='scores', version='2', feature='score', output_name=None)
+        """
+        if not isinstance(text, str):
+            raise RetrievalError(f"features: {text!r} is not a string; write '{REFERENCE_FORM}', "
+                                 "e.g. 'transactions:1:amount_7d_sum'")
+        store, _, rest = text.strip().rpartition("/")
+        parts = rest.split(":")
+        if len(parts) == 3 and all(parts) and "/" not in store:
+            return cls(store or None, parts[0], parts[1], parts[2])
+        example = "e.g. 'transactions:1:amount_7d_sum'"
+        if len(parts) == 2 and all(parts):
+            example = f"is the version missing? e.g. '{parts[0]}:1:{parts[1]}'"
+        raise RetrievalError(f"features: '{text}' must look like '{REFERENCE_FORM}'; {example}")
 
 
 class FeatureReference(Frozen):
@@ -68,10 +108,12 @@ class FeatureRetrievalSpec(Frozen):
 
     @classmethod
     def from_features(cls, features: list[str], *, uri: str | None = None) -> FeatureRetrievalSpec:
+        """A spec of ``[store/]feature_set:version:feature`` strings; a malformed one raises RetrievalError."""
         refs = []
         for item in features:
-            parts = item.rsplit(":", 2)
-            refs.append({"feature_set": f"{parts[0]}:{parts[1]}", "feature_name": parts[2]})
+            ref = FeatureRef.parse(item)
+            store = f"{ref.store}/" if ref.store else ""
+            refs.append({"feature_set": f"{store}{ref.feature_set}:{ref.version}", "feature_name": ref.feature})
         return cls.model_validate({"feature_stores": [{"uri": uri, "features": refs}]})
 
     @classmethod
