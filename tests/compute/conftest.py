@@ -164,8 +164,8 @@ class Repo:
             self._store = gm.FeatureStore.init(self.root / "store")
         return self._store
 
-    def apply(self) -> gm.ApplyPlan:
-        plan = self.store.apply(self.root / "repo")
+    def apply(self, *, check_source: bool = True) -> gm.ApplyPlan:
+        plan = self.store.apply(self.root / "repo", check_source=check_source)
         assert plan.ok, str(plan) + "\n" + "\n".join(i.detail for i in plan.items if i.detail)
         return plan
 
@@ -185,12 +185,12 @@ BuildStore = Callable[..., Repo]
 def _builder(new_root: Callable[[], Path]) -> tuple[BuildStore, list[Repo]]:
     repos: list[Repo] = []
 
-    def build(*definitions: FeatureSetDefinition) -> Repo:
+    def build(*definitions: FeatureSetDefinition, check_source: bool = True) -> Repo:
         repo = Repo(new_root())
         repos.append(repo)
         for definition in definitions:
             repo.add(definition)
-        repo.apply()
+        repo.apply(check_source=check_source)
         return repo
 
     return build, repos
