@@ -401,8 +401,10 @@ def retrieve(observations: Annotated[Path, typer.Option(help="Observation rows: 
              model: Annotated[str | None, typer.Option(help="NAME[:VERSION] of a registered model: its features.")
                               ] = None,
              store: StoreOption = Path("."),
-             full_feature_names: Annotated[bool, typer.Option(help="Prefix columns with fs__version__.")] = False,
-             as_known_at: Annotated[bool, typer.Option(help="Only rows created by observation time.")] = False,
+             full_feature_names: Annotated[bool, typer.Option("--full-feature-names",
+                                                              help="Prefix columns with fs__version__.")] = False,
+             as_known_at: Annotated[bool, typer.Option("--as-known-at",
+                                                       help="Only rows created by observation time.")] = False,
              aggregation_mode: Annotated[str, typer.Option(help="per_event | as_of_observation")] = "per_event",
              ) -> None:
     """The feature retrieval component: point-in-time training data to OUTPUT, plus a copy of the spec."""

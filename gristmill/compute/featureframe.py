@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from gristmill.compute.aggregations import aggregation_sql
 from gristmill.compute.result import arrow_table
-from gristmill.compute.schema import accepts, cast_expression, sql_family
+from gristmill.compute.schema import accepts, cast_expression, sql_family, utc_timestamp_sql
 from gristmill.compute.sources import (
     INTERNAL_PREFIX,
     ORDER,
@@ -315,9 +315,4 @@ def _checked_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, relation
 
 
 def _timestamp_cast(column: str, sql_type: str) -> str:
-    upper = sql_type.upper()
-    if upper == "TIMESTAMP":
-        return column
-    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
-        return f"timezone('UTC', {column})"
-    return f"CAST({column} AS TIMESTAMP)"
+    return utc_timestamp_sql(column, sql_type) or f"CAST({column} AS TIMESTAMP)"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from gristmill.compute.featureframe import ComputedView
-from gristmill.compute.schema import sql_family
+from gristmill.compute.schema import sql_family, utc_timestamp_sql
 from gristmill.compute.sources import ORDER
 from gristmill.compute.sqltext import cols, interval, q
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
@@ -63,17 +63,7 @@ ISO_TIME_FORMS = ("YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS[.ffffff]] (a T may separat
 def utc_time_sql(column: str, sql_type: str) -> str | None:
     """SQL for observation column ``column`` as a naive UTC ``TIMESTAMP``; None for types that hold no time.
     Text must match ``ISO_TIME_PATTERN`` (checked before the query runs): an offset in it is honoured."""
-    upper = sql_type.upper()
-    family = sql_family(sql_type)
-    if upper == "TIMESTAMP":
-        return q(column)
-    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
-        return f"timezone('UTC', {q(column)})"
-    if family == "datetime":
-        return f"CAST({q(column)} AS TIMESTAMP)"
-    if family == "string":
-        return f"timezone('UTC', CAST({q(column)} AS TIMESTAMPTZ))"
-    return None
+    return utc_timestamp_sql(q(column), sql_type)
 
 
 def observation_key_sql(column: str, sql_type: str, declared: FeatureType) -> str | None:

@@ -59,3 +59,24 @@ def cast_expression(column_sql: str, declared: FeatureType, sql_type: str) -> st
     if declared == FeatureType.DATETIME and sql_type.upper().startswith("TIMESTAMP WITH"):
         return f"timezone('UTC', {column_sql})"
     return f"CAST({column_sql} AS {declared.sql})"
+
+
+def utc_timestamp_sql(expression: str, sql_type: str, *, format: str | None = None) -> str | None:
+    """SQL turning ``expression`` (engine type ``sql_type``) into a naive UTC ``TIMESTAMP`` — the one place
+    times are normalised (sources, transformation outputs, observations). Text is parsed with ``format``
+    (strptime) when given, else as ISO 8601 with any offset honoured (no offset = UTC); zone-aware times are
+    converted to UTC. None for types that hold no time."""
+    upper = sql_type.upper()
+    family = sql_family(sql_type)
+    if family == "string":
+        if format:
+            parsed = f"strptime({expression}, '{format.replace(chr(39), chr(39) * 2)}')"
+            return f"timezone('UTC', {parsed})" if "%z" in format or "%Z" in format else parsed
+        return f"timezone('UTC', CAST({expression} AS TIMESTAMPTZ))"
+    if upper == "TIMESTAMP":
+        return expression
+    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
+        return f"timezone('UTC', {expression})"
+    if family == "datetime":
+        return f"CAST({expression} AS TIMESTAMP)"
+    return None

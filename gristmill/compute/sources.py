@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.schema import accepts, sql_family
+from gristmill.compute.schema import accepts, utc_timestamp_sql
 from gristmill.compute.sqltext import engine_message, lit, q, ts_lit
 from gristmill.errors import SourceError, SpecError, TransformationError
 from gristmill.spec.featureset_spec import FeatureSetSpec, SourceType
@@ -236,18 +236,11 @@ class SourceReader:
 
     def _timestamp_expression(self, column: str, sql_type: str, what: str) -> str:
         fmt = self.spec.source.timestamp_column.format if self.spec.source.timestamp_column else None
-        family = sql_family(sql_type)
-        upper = sql_type.upper()
-        if family == "string":
-            return f"strptime({column}, {lit(fmt)})" if fmt else f"CAST({column} AS TIMESTAMP)"
-        if upper == "TIMESTAMP":
-            return column
-        if upper.startswith("TIMESTAMP WITH TIME ZONE") or upper == "TIMESTAMPTZ":
-            return f"timezone('UTC', {column})"
-        if family == "datetime":
-            return f"CAST({column} AS TIMESTAMP)"
-        raise SourceError(f"{what}: timestamp column has type {sql_type}; it must be a timestamp, a date or a "
-                          "string (give timestamp_column.format for strings)")
+        expression = utc_timestamp_sql(column, sql_type, format=fmt)
+        if expression is None:
+            raise SourceError(f"{what}: timestamp column has type {sql_type}; it must be a timestamp, a date or a "
+                              "string (ISO 8601, or give timestamp_column.format)")
+        return expression
 
     # -- per source type -----------------------------------------------------------------------------
     def _parquet(self) -> tuple[str, str]:
