@@ -4,6 +4,7 @@ lookups (SDK and CLI) — everything a new user sees in the first minute."""
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from gristmill.errors import install_hint
 
 #: where ``generate_data`` ends by default (fixed, so tests and docs get the same rows every time)
 SAMPLE_END = datetime(2025, 4, 1)
@@ -225,7 +228,9 @@ def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] 
     store.close()
     echo(f"done in {time.perf_counter() - started:.1f} s. Next:")
     at = f"--store {shlex.quote(str(store.path))}"
-    for line in (f"gristmill list {at}", f"gristmill jobs {at}",
+    server_extra = [] if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn") else [
+        f"# the server needs its extra: {install_hint('server')}"]
+    for line in (f"gristmill list {at}", f"gristmill jobs {at}", *server_extra,
                  "# the REST server and web UI need a token: a principal, a role and its token (printed once)",
                  f"gristmill access add demo-user {at}", f"gristmill access grant demo-user Owner {at}",
                  f"gristmill access token demo-user {at}",

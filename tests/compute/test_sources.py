@@ -56,9 +56,11 @@ def test_csv_source(tmp_path: Path) -> None:
     (["2024-01-01T02:00:00+02:00", "2024-01-01 19:00:00-05:00", "2024-01-01 12:00:00Z"], None),
     (["2024-01-01 02:00 +0200", "2024-01-01 19:00 -0500", "2024-01-01 12:00 +0000"], "%Y-%m-%d %H:%M %z"),
 ], ids=["iso", "format"])
-def test_string_timestamps_with_offsets_are_read_in_utc(tmp_path: Path, written: list[str], fmt: str | None) -> None:
+def test_string_timestamps_with_offsets_are_read_in_utc(tmp_path: Path, written: list[str],
+                                                        fmt: str | None) -> None:
     ROWS.assign(ts=written).to_parquet(tmp_path / "rows.parquet")
-    spec = _spec(tmp_path, {"type": "parquet", "path": "rows.parquet", "timestamp_column": {"name": "ts", "format": fmt}})
+    spec = _spec(tmp_path, {"type": "parquet", "path": "rows.parquet",
+                            "timestamp_column": {"name": "ts", "format": fmt}})
     assert _values(spec) == EXPECTED
 
 
