@@ -258,6 +258,7 @@ class FeatureStore:
     def registration(self, feature_set: FeatureSet) -> Registration:
         """How ``feature_set`` would be stored: its spec with paths as written, its code files and digest."""
         spec = feature_set.spec
+        self._check_code_paths(feature_set)
         code_files = {}
         for path in spec._code_files() if spec.folder else []:
             folder = spec.folder.resolve()                                     # type: ignore[union-attr]
@@ -269,6 +270,28 @@ class FeatureStore:
             code_files[str(lexical.relative_to(folder))] = path.read_text(encoding="utf-8")  # keyed as written
         return Registration(spec=spec.to_dict(), spec_folder=str(spec.folder) if spec.folder else None,
                             code_files=code_files, content_hash=spec.content_hash())
+
+    @staticmethod
+    def _check_code_paths(feature_set: FeatureSet) -> None:
+        """Declared code must be inside the spec folder and exist now: it is snapshotted into the registry, and
+        a registered version only ever runs that snapshot."""
+        spec = feature_set.spec
+        for field_name, written in spec.code_paths():
+            if spec.folder is None:
+                raise SpecError(f"feature set {feature_set.ref}: {field_name}: the spec has code but no folder; load "
+                                "it from its folder (FeatureSetSpec.load) so the code can be stored with it")
+            folder = spec.folder.resolve()
+            target = Path(os.path.normpath(folder / written))
+            if not (target.is_relative_to(folder) and target.resolve().is_relative_to(folder)):
+                raise SpecError(f"feature set {feature_set.ref}: {field_name}: '{written}' is outside the spec folder "
+                                f"{spec.folder}; code is stored with the feature set, so keep it in the spec folder "
+                                "and give its path relative to it")
+            has_code = target.is_file() or (target.is_dir() and any(
+                p for p in target.rglob("*.py") if "__pycache__" not in p.parts))
+            if not has_code:
+                raise SpecError(f"feature set {feature_set.ref}: {field_name}: '{written}' (resolved to {target}) "
+                                "holds no Python code; give the .py file or the folder holding the module, relative "
+                                "to the spec folder")
 
     def immutable_changes(self, registered: Any, registration: Registration,
                           entities: Sequence[str] | None = None) -> list[Any]:
@@ -344,13 +367,19 @@ class FeatureStore:
         return spec.with_parent(self.with_parent(self._registered_spec(parent), parent.asset.ref, depth + 1))
 
     def _spec_folder(self, record: Any) -> Path | None:
-        if not record.code_files:
+        """Where a registered version's code lives: the snapshot taken at apply, written out of the registry
+        under ``.gristmill/specs`` — never the files on disk, which may have changed (or appeared) since. A
+        spec without code needs no folder for code; its relative source path resolves in ``spec_folder``."""
+        declares_code = bool(record.spec.get("source", {}).get("source_process_code")) or bool(
+            (record.spec.get("feature_transformation") or {}).get("transformation_code"))
+        if not record.code_files and not declares_code:
             return Path(record.spec_folder) if record.spec_folder else None
         folder = self.path / ".gristmill" / "specs" / record.asset.name / record.asset.version
         marker = folder / ".content_hash"
         if not marker.exists() or marker.read_text() != record.content_hash:
             if folder.exists():
                 shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
             for relative, text in record.code_files.items():
                 target = folder / relative
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -400,3 +400,40 @@ def test_archive_and_restore_from_the_cli(tmp_path: Path) -> None:
     with gm.FeatureStore(tmp_path / "store") as store:
         assert [f.ref for f in store.list_feature_sets()] == ["fs1:1"]
         assert [e.ref for e in store.list_entities()] == ["account:1"]
+
+
+# -- code runs only from the registry's snapshot --------------------------------------------------------------
+@pytest.mark.parametrize(("path", "fragment"), [
+    ("../../../../outside", "is outside the spec folder"),
+    ("./code_not_written_yet", "holds no Python code"),
+])
+def test_code_outside_the_spec_folder_or_missing_is_refused_at_apply(tmp_path: Path, store: gm.FeatureStore,
+                                                                     path: str, fragment: str) -> None:
+    repo = write_repo(tmp_path, base_spec(feature_transformation={"transformation_code": {
+        "path": path, "transformer_class": "doubler.Doubler"}}, features=DOUBLED))
+    for check_source in (True, False):
+        item = fs_item(store.apply(repo, check_source=check_source))
+        assert item.action == "invalid" and fragment in item.detail, item.detail
+    with pytest.raises(gm.NotFoundError):
+        store.get_feature_set("fs1", 1)
+
+
+def test_a_registered_version_never_runs_code_from_disk(tmp_path: Path, store: gm.FeatureStore) -> None:
+    repo = write_repo(tmp_path, base_spec(feature_transformation={"transformation_code": {
+        "path": "./code", "transformer_class": "doubler.Doubler"}}, features=DOUBLED),
+        code={"code/doubler.py": TRANSFORMER})
+    assert store.apply(repo).ok
+    code = repo / "fs" / "spec" / "code" / "doubler.py"
+    code.write_text(code.read_text().replace("* 2", "* 100"))            # changed on disk, not applied
+    assert store.preview("fs1", 1, "2024-01-01", "2024-01-03").to_pandas()["doubled"].tolist() == [2.0, 4.0, 20.0]
+    # A version registered without a snapshot (an older release accepted a code path that did not exist yet):
+    # code that appears at that path later must not run.
+    with store.registry._transaction(write=True) as conn:
+        from gristmill.registry import models
+
+        conn.execute(models.feature_sets.update().values(code_files={}, content_hash="no-snapshot"))
+    marker = tmp_path / "ran.txt"
+    code.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + TRANSFORMER)
+    with gm.FeatureStore(store.path) as reopened, pytest.raises(gm.GristmillError, match="not found"):
+        reopened.preview("fs1", 1, "2024-01-01", "2024-01-03").to_pandas()
+    assert not marker.exists()

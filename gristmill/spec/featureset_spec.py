@@ -327,15 +327,20 @@ class FeatureSetSpec(Frozen):
             digest.update(path.read_bytes())
         return digest.hexdigest()
 
+    def code_paths(self) -> list[tuple[str, str]]:
+        """The code this spec runs, as (field, path as written): transformation_code and source_process_code."""
+        paths = []
+        t = self.feature_transformation
+        if t and t.transformation_code:
+            paths.append(("feature_transformation.transformation_code.path", t.transformation_code.path))
+        if self.source.source_process_code:
+            paths.append(("source.source_process_code.path", self.source.source_process_code.path))
+        return paths
+
     def _code_files(self) -> list[Path]:
         if self.folder is None:
             return []
-        roots = []
-        t = self.feature_transformation
-        if t and t.transformation_code:
-            roots.append(self.folder / t.transformation_code.path)
-        if self.source.source_process_code:
-            roots.append(self.folder / self.source.source_process_code.path)
+        roots = [self.folder / path for _, path in self.code_paths()]
         files: list[Path] = []
         for root in roots:
             if root.is_file():
