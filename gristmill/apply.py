@@ -46,6 +46,7 @@ DONE = {"create": "created", "update": "updated", "unchanged": "unchanged", "ref
         "invalid": "invalid"}
 _FAILED = ("refuse", "refused", "invalid")
 _SPEC_FILE_NAMES = ("featuresetspec.yaml", "featuresetspec.yml")
+_FEATURE_SET_FILE_NAMES = ("featureset.yaml", "featureset.yml")
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,17 @@ class ApplyPlan:
             if item.detail:
                 lines.extend(f"{'':11}{part}" for part in item.detail.splitlines())
             lines.extend(f"{'':11}note: {note}" for note in item.notes)
+        lines.extend(f"  skipped  {path} (neither an entity: index_columns, nor a feature set: specification)"
+                     for path in self.skipped)
         return lines
 
     def summary(self) -> str:
         order = [DONE[a] for a in PLANNED] if self.applied else list(PLANNED)
         counts = ", ".join(f"{self.count(a)} {a}" for a in order if self.count(a))
+        skipped = f" ({len(self.skipped)} other YAML file(s) skipped)" if self.skipped else ""
         if not self.items:
-            return "nothing to apply"
-        return counts if self.applied or self.has_changes or not self.ok else f"{counts}; nothing to do"
+            return f"nothing to apply{skipped}"
+        return (counts if self.applied or self.has_changes or not self.ok else f"{counts}; nothing to do") + skipped
 
     def __str__(self) -> str:
         return "\n".join([*self.lines(), self.summary()])
@@ -144,16 +148,20 @@ class Planner:
         self.check_source = check_source
         self.allow_data_loss = allow_data_loss
         self._entities: dict[str, Entity] = {}
-        self._feature_sets: dict[tuple[str, str], FeatureSetSpec] = {}
+        self._feature_sets: dict[tuple[str, str], FeatureSetSpec] = {}   # planned specs a derived one may read
+        self._candidates: dict[tuple[str, str], FeatureSetSpec] = {}
+        self._failed: dict[tuple[str, str], str] = {}                     # refs planned invalid (not registered)
+        self._waiting: set[tuple[str, str]] = set()                       # refs deferred for their parent
 
     # -- the plan -------------------------------------------------------------------------------------
     def plan(self, folder: str | Path) -> tuple[ApplyPlan, list[_Step]]:
         root = Path(folder)
         if not root.exists():
             raise SpecError(f"{root}: folder not found; pass the folder holding your entity and feature set YAML")
-        files = [root] if root.is_file() else sorted(
-            p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
-            and ".gristmill" not in p.relative_to(root).parts)
+        if root.is_file() and root.name.lower() in _SPEC_FILE_NAMES:
+            raise SpecError(f"{root}: this is a feature set specification; apply the feature set YAML that points at "
+                            "it (specification: {path: ...}), or the folder holding both")
+        files = [root] if root.is_file() else _yaml_files(root)
         plan = ApplyPlan()
         steps: list[_Step] = []
         entities: list[Path] = []
@@ -167,8 +175,8 @@ class Planner:
                 kind, ref = _named_by_text(path, root)
                 plan.items.append(PlanItem(kind, ref, "invalid", str(path), str(exc)))
                 continue
-            if "specification" in data:
-                feature_sets.append(path)
+            if "specification" in data or path.name.lower() in _FEATURE_SET_FILE_NAMES:
+                feature_sets.append(path)       # a FeatureSet.yaml without specification is reported, not skipped
             elif "index_columns" in data and "source" not in data:
                 entities.append(path)
             else:
@@ -183,15 +191,46 @@ class Planner:
                 if planned is None:
                     deferred.append(path)
                 else:
-                    self._add(plan, steps, planned)
+                    self._add(plan, steps, self._settled(planned))
             if len(deferred) == len(waiting):
                 for path in deferred:
                     planned = self._plan_feature_set(path, root, defer_missing_parent=False)
                     if planned is not None:
-                        self._add(plan, steps, planned)
+                        self._add(plan, steps, self._settled(planned))
                 break
             waiting = deferred
+        self._refuse_duplicates(plan, steps)
         return plan, steps
+
+    def _settled(self, planned: tuple[PlanItem, Callable[[], str] | None]) -> tuple[PlanItem, Callable[[], str] | None]:
+        """Record a planned feature set: derived ones later in the plan read its spec only if it will be
+        registered as planned (a refused one stays as registered; an invalid one is not registered at all)."""
+        item = planned[0]
+        name, _, version = item.ref.rpartition(":")
+        key = (name, version)
+        spec = self._candidates.pop(key, None)
+        if item.action in ("create", "update", "unchanged") and spec is not None:
+            self._feature_sets[key] = spec
+        elif item.action == "invalid":
+            self._failed[key] = item.file
+        return planned
+
+    @staticmethod
+    def _refuse_duplicates(plan: ApplyPlan, steps: list[_Step]) -> None:
+        """Two files declaring the same entity or feature set version: both invalid, naming both files."""
+        files: dict[tuple[str, str], list[int]] = {}
+        for index, item in enumerate(plan.items):
+            if item.kind != "file":
+                files.setdefault((item.kind, item.ref), []).append(index)
+        for (kind, ref), indexes in files.items():
+            if len(indexes) < 2:
+                continue
+            named = ", ".join(plan.items[i].file for i in indexes)
+            for i in indexes:
+                plan.items[i] = replace(plan.items[i], action="invalid", changes=(), notes=(),
+                                        detail=f"{kind} {ref} is declared by {len(indexes)} files ({named}); keep "
+                                               "one, or give the others new versions")
+            steps[:] = [step for step in steps if step.index not in indexes]
 
     def apply(self, folder: str | Path) -> ApplyPlan:
         plan, steps = self.plan(folder)
@@ -256,23 +295,34 @@ class Planner:
             spec = loaded.spec
             parent = spec.parent_ref
             if parent is not None:
+                parent_ref = ":".join(parent)
                 planned_parent = self._feature_sets.get(parent)
+                waits_in_turn = parent == (loaded.name, loaded.version) or parent in self._waiting
+                if not defer_missing_parent and waits_in_turn and planned_parent is None:
+                    raise SpecError(f"{path}: source.path: {parent_ref} is in this folder but waits for its own "
+                                    "parent in turn: derived feature sets may not form a cycle "
+                                    f"({loaded.ref} → {parent_ref} → ... → {loaded.ref})")
+                if parent in self._failed:
+                    raise SpecError(f"{path}: source.path: its parent feature set {parent_ref} is invalid in this "
+                                    f"plan ({self._failed[parent]}); fix the parent first")
                 if planned_parent is not None:
                     spec = spec.with_parent(planned_parent)
                 else:
                     try:
                         spec = store.with_parent(spec, loaded.ref)
-                    except NotFoundError as exc:
+                    except NotFoundError:
                         if defer_missing_parent:
+                            self._waiting.add((loaded.name, loaded.version))
                             return None
-                        raise SpecError(f"{path}: source.path: {exc}; a derived feature set reads a registered "
+                        raise SpecError(f"{path}: source.path: feature set {parent_ref} not found: it is neither "
+                                        "registered nor in this folder; a derived feature set reads a registered "
                                         "one — register it first or add its files to this folder") from None
             feature_set = loaded.with_spec(spec)
             self._check_entities(feature_set, path)
             registration = store.registration(feature_set)
         except GristmillError as exc:
             return PlanItem("feature set", ref, "invalid", str(path), str(exc)), None
-        self._feature_sets[(feature_set.name, feature_set.version)] = spec
+        self._candidates[(feature_set.name, feature_set.version)] = spec
         allow = self.allow_data_loss
         run = lambda: store.register_feature_set(feature_set, allow_data_loss=allow)  # noqa: E731
         try:
@@ -400,7 +450,29 @@ def diff(old: Any, new: Any, prefix: str = "") -> list[FieldChange]:
         if not changes and [i["name"] for i in old] != [i["name"] for i in new]:
             changes.append(FieldChange(f"{prefix} (order)", [i["name"] for i in old], [i["name"] for i in new]))
         return changes
-    return [] if old == new else [FieldChange(prefix or "<value>", old, new)]
+    if old == new:
+        return []
+    if prefix.startswith("source.kwargs.") and _SECRET_NAME.search(prefix.rsplit(".", 1)[-1]):  # never in CI logs
+        return [FieldChange(prefix, None if old is None else "(hidden)", None if new is None else "(hidden, changed)")]
+    return [FieldChange(prefix or "<value>", old, new)]
+
+
+def _yaml_files(root: Path) -> list[Path]:
+    """The .yaml/.yml files under ``root``, following symbolic links to folders (each real folder once), without
+    the store's own ``.gristmill`` folders."""
+    import os
+
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, folders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = sorted(f for f in folders if f != ".gristmill")
+        found.extend(Path(folder) / n for n in names if n.endswith((".yaml", ".yml")) and (Path(folder) / n).is_file())
+    return sorted(found)
 
 
 def _named_list(value: Any) -> bool:
@@ -422,6 +494,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+_SECRET_NAME = re.compile(r"pass|secret|token|credential|key$|apikey|api_key", re.IGNORECASE)
 _NAME_LINE = re.compile(r"^name:\s*['\"]?([A-Za-z0-9_.\-]+)['\"]?\s*$", re.MULTILINE)
 _VERSION_LINE = re.compile(r"^version:\s*['\"]?([A-Za-z0-9_.\-]+)['\"]?\s*$", re.MULTILINE)
 
@@ -438,7 +511,7 @@ def _named_by_text(path: Path, root: Path) -> tuple[str, str]:
     kind = "feature set" if re.search(r"^specification\s*:", first_document, re.MULTILINE) else \
         "entity" if re.search(r"^index_columns\s*:", first_document, re.MULTILINE) else "file"
     name = _NAME_LINE.search(first_document)
-    if name and kind != "file":
+    if name:
         version = _VERSION_LINE.search(first_document)
         return kind, f"{name.group(1)}:{version.group(1) if version else '1'}"
     try:

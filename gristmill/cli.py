@@ -182,6 +182,9 @@ def _print_plan(plan: Any) -> None:
             console.print(f"           {escape(line)}", highlight=False, soft_wrap=True)
         for note in item.notes:
             console.print(f"           note: {escape(note)}", highlight=False, soft_wrap=True)
+    for path in plan.skipped:
+        console.print(f"[dim]  skipped[/dim]  {escape(path)} (neither an entity: index_columns, nor a feature set: "
+                      "specification)", highlight=False, soft_wrap=True)
     console.print(plan.summary(), highlight=False)
 
 

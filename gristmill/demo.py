@@ -121,12 +121,15 @@ def generate_data(folder: Path, *, rows: int, accounts: int = 5_000, seed: int =
         })
         frame.to_parquet(txn_dir / f"part-{part}.parquet", index=False)
     days = pd.date_range(start, periods=90, freq="D")
+    # Snapshots every 30 days and one on the last day, so online values stay live for a month after the demo.
+    snapshot_days = [0, 30, 60, 89]
     snapshot = pd.DataFrame({
-        "account_id": np.repeat(ids, 3),
-        "timestamp": np.tile(days[[0, 30, 60]], accounts).astype("datetime64[us]"),
+        "account_id": np.repeat(ids, len(snapshot_days)),
+        "timestamp": np.tile(days[snapshot_days], accounts).astype("datetime64[us]"),
     })
     opened = rng.integers(30, 3_000, accounts)
-    snapshot["account_age_days"] = (np.repeat(opened, 3) + np.tile([0, 30, 60], accounts)).astype("int32")
+    snapshot["account_age_days"] = (np.repeat(opened, len(snapshot_days))
+                                    + np.tile(snapshot_days, accounts)).astype("int32")
     snapshot["credit_limit"] = np.round(rng.choice([500.0, 1_000.0, 2_500.0, 5_000.0], len(snapshot)), 2)
     snapshot["is_premium"] = rng.random(len(snapshot)) < 0.2
     snapshot.to_parquet(folder / "accounts.parquet", index=False)

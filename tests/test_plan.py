@@ -437,3 +437,110 @@ def test_a_registered_version_never_runs_code_from_disk(tmp_path: Path, store: g
     with gm.FeatureStore(store.path) as reopened, pytest.raises(gm.GristmillError, match="not found"):
         reopened.preview("fs1", 1, "2024-01-01", "2024-01-03").to_pandas()
     assert not marker.exists()
+
+
+# -- review findings: derived versions, duplicates, odd files ----------------------------------------------------
+def write_derived(repo: Path, name: str, parent: str, features: list[dict[str, str]], sql: str) -> None:
+    (repo / name / "spec").mkdir(parents=True, exist_ok=True)
+    (repo / name / "FeatureSet.yaml").write_text(yaml.safe_dump({
+        "name": name, "version": "1", "specification": {"path": "./spec"}, "entities": ["account:1"]}))
+    (repo / name / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
+        "source": {"type": "featureset", "path": parent}, "index_columns": [{"name": "acct", "type": "string"}],
+        "features": features, "feature_transformation": {"transformation_sql": sql}}))
+
+
+def test_a_derived_version_is_checked_against_the_parent_apply_will_use(tmp_path: Path,
+                                                                      store: gm.FeatureStore) -> None:
+    store.apply(write_repo(tmp_path))                                                  # fs1:1 has amount
+    repo = write_repo(tmp_path, base_spec(features=[{"name": "spend", "type": "double"}]),
+                      data=ROWS.rename(columns={"amount": "spend"}))               # fs1:1 changed: refused
+    write_derived(repo, "zchild", "fs1:1", DOUBLED, "SELECT acct, ts, spend * 2 AS doubled FROM source")
+    plan = store.plan(repo)
+    assert fs_item(plan).action == "refuse"
+    child = plan.item("zchild:1")
+    assert child.action == "invalid" and "spend" in child.detail, str(child)
+
+
+def test_a_derived_version_of_an_invalid_parent_is_invalid(tmp_path: Path, store: gm.FeatureStore) -> None:
+    repo = write_repo(tmp_path, base_spec(features=[{"name": "amount", "type": "string"}]))   # fs1:1 invalid
+    write_derived(repo, "child", "fs1:1", DOUBLED, "SELECT acct, ts, amount * 2 AS doubled FROM source")
+    plan = store.plan(repo)
+    assert fs_item(plan).action == "invalid"
+    assert plan.item("child:1").action == "invalid"
+    assert "its parent feature set fs1:1 is invalid in this plan" in plan.item("child:1").detail
+
+
+def test_derived_feature_sets_that_read_each_other_are_a_cycle(tmp_path: Path, store: gm.FeatureStore) -> None:
+    repo = tmp_path / "repo"
+    (repo).mkdir()
+    (repo / "account.yaml").write_text(yaml.safe_dump(ENTITY))
+    write_derived(repo, "a", "b:1", DOUBLED, "SELECT acct, ts, doubled FROM source")
+    write_derived(repo, "b", "a:1", DOUBLED, "SELECT acct, ts, doubled FROM source")
+    plan = store.plan(repo)
+    for ref in ("a:1", "b:1"):
+        assert plan.item(ref).action == "invalid" and "cycle" in plan.item(ref).detail, plan.item(ref).detail
+
+
+def test_two_files_with_one_version_are_both_invalid(tmp_path: Path, store: gm.FeatureStore) -> None:
+    repo = write_repo(tmp_path)
+    shutil.copytree(repo / "fs", repo / "fs_copy")
+    plan = store.apply(repo)
+    items = [i for i in plan.items if i.ref == "fs1:1"]
+    assert [i.action for i in items] == ["invalid", "invalid"]
+    assert "declared by 2 files" in items[0].detail and "fs_copy" in items[0].detail
+    with pytest.raises(gm.NotFoundError):
+        store.get_feature_set("fs1", 1)
+
+
+def test_odd_files_are_reported_not_ignored(tmp_path: Path, store: gm.FeatureStore) -> None:
+    repo = write_repo(tmp_path)
+    (repo / "notes.yaml").write_text("owner: risk-team\n")
+    (repo / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    typo = tmp_path / "typo" / "FeatureSet.yaml"
+    typo.parent.mkdir()
+    typo.write_text("name: typo\nversion: '1'\nspecifcation: {path: ./spec}\n")
+    (repo / "linked").symlink_to(typo.parent, target_is_directory=True)
+    plan = store.plan(repo)
+    assert "not UTF-8" in plan.item("latin1.yaml").detail
+    assert plan.item("typo:1").action == "invalid" and "specifcation" in plan.item("typo:1").detail
+    assert plan.skipped == [str(repo / "notes.yaml")] and "1 other YAML file(s) skipped" in plan.summary()
+    with pytest.raises(gm.SpecError, match="this is a feature set specification"):
+        store.plan(repo / "fs" / "spec" / "FeatureSetSpec.yaml")
+
+
+def test_code_that_exits_is_invalid_not_a_crash(tmp_path: Path, store: gm.FeatureStore) -> None:
+    exiting = "import sys\nsys.exit(3)\n"
+    repo = write_repo(tmp_path, base_spec(feature_transformation={"transformation_code": {
+        "path": "./code", "transformer_class": "exiting.Doubler"}}, features=DOUBLED), code={"code/exiting.py": exiting})
+    item = fs_item(store.plan(repo))
+    assert item.action == "invalid" and "SystemExit(3)" in item.detail, item.detail
+
+
+def test_a_custom_source_is_built_with_its_kwargs(tmp_path: Path, store: gm.FeatureStore) -> None:
+    source = """
+import pandas as pd
+
+class Rows:
+    def __init__(self, path, password):
+        self.path = path
+
+    def process(self, start, end, **kwargs):
+        frame = pd.read_parquet(self.path)
+        return frame[(frame.ts >= start) & (frame.ts < end)]
+"""
+    kwargs = {"path": str(tmp_path / "data" / "rows.parquet"), "password": "hunter2"}
+    spec = base_spec(source={"type": "custom", "source_process_code": {"path": "./code", "process_class": "rows.Rows"},
+                             "timestamp_column": {"name": "ts"}, "kwargs": kwargs})
+    repo = write_repo(tmp_path, spec, code={"code/rows.py": source})
+    assert fs_item(store.apply(repo)).action == "created"
+    assert store.preview("fs1", 1, "2024-01-01", "2024-01-03").to_pandas()["amount"].tolist() == [1.0, 2.0, 10.0]
+    spec["source"]["kwargs"] = {**kwargs, "password": "correct horse"}
+    item = fs_item(store.plan(write_repo(tmp_path, spec, code={"code/rows.py": source})))
+    assert item.action == "refuse"
+    assert "source.kwargs.password: (hidden) → (hidden, changed)" in [str(c) for c in item.changes]
+    assert "horse" not in str(store.plan(repo)) and "hunter2" not in str(store.plan(repo))
+
+
+def test_a_reference_without_its_feature_says_so() -> None:
+    with pytest.raises(gm.RetrievalError, match="is the feature missing"):
+        gm.FeatureRetrievalSpec.from_features(["transactions:1"])

@@ -90,6 +90,9 @@ def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetim
             outcome["result"] = SourceCheck("failed", engine_message(exc))
         except Exception as exc:  # engine errors on user SQL or data: report them, never a traceback
             outcome["result"] = SourceCheck("failed", f"{label}: {engine_message(exc)}")
+        except BaseException as exc:  # user code calling sys.exit() (or raising KeyboardInterrupt) on import or run
+            outcome["result"] = SourceCheck("failed", f"{label}: the transformation or source code raised "
+                                                      f"{type(exc).__name__}({exc}); code must return rows, not exit")
 
     thread = threading.Thread(target=run, name=f"check {label}", daemon=True)
     thread.start()

@@ -328,7 +328,7 @@ class SourceReader:
         assert code is not None  # guaranteed by Source validation
         cls = load_user_class(self.spec.folder, code.path, code.process_class, what="source.source_process_code")
         try:
-            rows = cls().process(start, end, **source.kwargs)
+            rows = _instance(cls, source.kwargs).process(start, end, **source.kwargs)
         except Exception as exc:
             raise SourceError(f"custom source {code.process_class}.process failed: {type(exc).__name__}: {exc}"
                               ) from exc
@@ -340,6 +340,20 @@ class SourceReader:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT * FROM {raw}_arrow")
         self.con.unregister(f"{raw}_arrow")
         return raw, f"custom source {code.process_class}"
+
+
+def _instance(cls: type, kwargs: dict[str, str]) -> Any:
+    """A custom source object: built with the spec's ``kwargs`` as in Azure (``Class(**kwargs)``) when its
+    constructor takes them, else with no arguments (``process`` receives them in either case)."""
+    import inspect
+
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError:
+        return cls()
+    except ValueError:                      # no signature to inspect (a builtin): try the Azure form
+        return cls(**kwargs)
+    return cls(**kwargs)
 
 
 def _numbered(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -48,7 +48,9 @@ class FeatureRef:
         if len(parts) == 3 and all(parts) and "/" not in store:
             return cls(store or None, parts[0], parts[1], parts[2])
         example = "e.g. 'transactions:1:amount_7d_sum'"
-        if len(parts) == 2 and all(parts):
+        if len(parts) == 2 and all(parts) and parts[1].isdigit():
+            example = f"is the feature missing? e.g. '{parts[0]}:{parts[1]}:amount_7d_sum'"
+        elif len(parts) == 2 and all(parts):
             example = f"is the version missing? e.g. '{parts[0]}:1:{parts[1]}'"
         raise RetrievalError(f"features: '{text}' must look like '{REFERENCE_FORM}'; {example}")
 

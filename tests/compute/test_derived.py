@@ -103,7 +103,7 @@ def test_a_derived_feature_set_needs_its_parent(tmp_path: Path) -> None:
     store = gm.FeatureStore.init(tmp_path / "store")
     plan = store.apply(repo)
     [item] = [i for i in plan.items if i.kind == "feature set"]
-    assert item.action == "invalid" and "feature set 'nothere' not found" in item.detail
+    assert item.action == "invalid" and "feature set nothere:1 not found" in item.detail
     assert "register it first" in item.detail
     local = gm.FeatureSetSpec.load(repo / "orphan" / "spec")
     with pytest.raises(gm.SpecError, match="compute it through a FeatureStore"):
