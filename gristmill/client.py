@@ -100,7 +100,7 @@ class RemoteFeatureStore:
         import duckdb
         import pyarrow.parquet as pq
 
-        from gristmill.compute.duckdb_engine import _as_arrow, _register_observations
+        from gristmill.compute.duckdb_engine import observations_table, register_observations
         from gristmill.compute.pit import ROW
         from gristmill.compute.result import RetrievalResult, arrow_table
         from gristmill.compute.sqltext import cols
@@ -112,9 +112,10 @@ class RemoteFeatureStore:
             raise GristmillError(f"features: {renamed[0]} has an output_name; renaming is not sent to the server "
                                  "yet: rename the result's columns instead")
         names = ",".join(ref.text for ref in refs)
-        given = None if isinstance(observations, str | Path) else _as_arrow(observations)
+        given = None if isinstance(observations, str | Path) else observations_table(observations)
         local = duckdb.connect()      # the observations read exactly as a local store reads them (files too)
-        raw, columns, _ = _register_observations(local, observations if given is None else given)
+        raw, columns, _ = register_observations(local, observations if given is None else given,
+                                                text_columns={timestamp_column})
         table = arrow_table(local.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
         local.close()
         body = io.BytesIO()

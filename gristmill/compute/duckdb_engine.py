@@ -120,10 +120,11 @@ class DuckDBEngine:
             raise RetrievalError("features: the list is empty; name at least one feature as "
                                  "'feature_set:version:feature'")
         con = self.connect()
-        given = None if isinstance(observations, str | Path) else _as_arrow(observations)
+        given = None if isinstance(observations, str | Path) else observations_table(observations)
         text_keys = {c.name for r in requests for c in r.spec.index_columns if c.type == FeatureType.STRING}
-        raw, columns, types = _register_observations(con, observations if given is None else given,
-                                                     text_columns=text_keys)
+        # CSV times are read as text, so they meet the ISO check instead of DuckDB's guess of the date order
+        raw, columns, types = register_observations(con, observations if given is None else given,
+                                                    text_columns=text_keys | {timestamp_column})
         if timestamp_column not in types:
             raise RetrievalError(f"timestamp_column '{timestamp_column}' is not a column of the observations "
                                  f"(columns: {', '.join(columns)}); pass the name of the observation time column")
@@ -255,7 +256,7 @@ def _time_expression(con: duckdb.DuckDBPyConnection, raw: str, name: str, sql_ty
     return expression
 
 
-def _as_arrow(observations: Any) -> pa.Table:
+def observations_table(observations: Any) -> pa.Table:
     """In-memory observations (pandas, Polars, Arrow) as the Arrow table the result returns them as."""
     try:
         return to_arrow_table(observations, what="observations")
@@ -267,7 +268,7 @@ def _as_arrow(observations: Any) -> pa.Table:
                              f"{exc}; give every column one type") from None
 
 
-def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
+def register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
                            text_columns: Collection[str] = ()) -> tuple[str, list[str], dict[str, str]]:
     """Register observations with a ``__gm_row`` column holding their original order. CSV columns named in
     ``text_columns`` (string keys) are read as text, so that '007' stays '007'."""
@@ -289,7 +290,7 @@ def _register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
             raise RetrievalError(f"observations file {path}: cannot be read as {kind.value}: "
                                  f"{engine_message(exc)}") from None
     else:
-        table = _as_arrow(observations)
+        table = observations_table(observations)
         _refuse_reserved(table.column_names)
         table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
         con.register(raw, table)

@@ -170,6 +170,16 @@ def test_a_time_that_is_not_iso_is_one_clear_error(repo: Repo, bad: str) -> None
     assert "__gm" not in message
 
 
+def test_a_csv_file_of_day_first_times_is_refused_not_guessed(repo: Repo, tmp_path: Path) -> None:
+    path = tmp_path / "observations.csv"
+    path.write_text("acct,label_time\nA,01/12/2024\nA,11/13/2024\n")
+    with pytest.raises(RetrievalError, match=r"not ISO 8601 times, e.g. '01/12/2024'"):
+        repo.store.get_offline_features(["fs1:1:f1"], str(path), "label_time").to_pandas()
+    path.write_text("acct,label_time\nA,2024-01-02 12:00:00\nA,2024-01-02T13:00:00+01:00\n")
+    result = repo.store.get_offline_features(["fs1:1:f1"], str(path), "label_time").to_pandas()
+    assert result["f1"].tolist() == [2.0, 2.0]
+
+
 # -- 4. observation columns come back as given -----------------------------------------------------------
 
 def _pandas_observations() -> pd.DataFrame:
