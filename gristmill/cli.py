@@ -699,11 +699,30 @@ def online_get(features: Annotated[str, typer.Option(help="Comma-separated fs:ve
         from gristmill.compute.engine import to_utc_naive
 
         at = to_utc_naive(as_of, name="--as-of") if as_of is not None else None
-        result = _open(store).get_online_features([f.strip() for f in features.split(",") if f.strip()], columns,
-                                                  now=at, explain=True)
+        opened = _open(store)
+        wanted = [f.strip() for f in features.split(",") if f.strip()]
+        result = opened.get_online_features(wanted, _typed_keys(opened, wanted, columns), now=at, explain=True)
         _print_rows(result.to_rows(), as_json)
         for note in result.notes:
             err_console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def _typed_keys(store: Any, features: list[str], columns: dict[str, list[str]]) -> dict[str, list[Any]]:
+    """``--key`` values are text; those of integer index columns (of the feature sets asked for) are written
+    as whole numbers, so they become integers here. Anything else stays text and the lookup names it."""
+    import re
+
+    from gristmill.spec.retrieval_spec import FeatureRef
+    from gristmill.spec.types import FeatureType
+
+    integer_columns: set[str] = set()
+    for text in features:
+        ref = FeatureRef.parse(text)
+        owner = store if ref.store in (None, store.name) else store.peer(ref.store)
+        spec = owner.get_feature_set(ref.feature_set, ref.version).spec
+        integer_columns.update(c.name for c in spec.index_columns if c.type in (FeatureType.INTEGER, FeatureType.LONG))
+    return {name: [int(v) if name in integer_columns and re.fullmatch(r"\s*[+-]?\d+\s*", v) else v for v in values]
+            for name, values in columns.items()}
 
 
 @app.command()

@@ -7,9 +7,12 @@ round trip plus a few microseconds of Python."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from gristmill.errors import RetrievalError, install_hint
 from gristmill.spec.types import FeatureType
@@ -101,17 +104,24 @@ def observation_columns(observations: Any) -> dict[str, list[Any]]:
     return columns
 
 
-def _coerce_key(value: Any, kind: FeatureType) -> Any:
+def _coerce_key(value: Any, kind: FeatureType, column: str, label: str) -> Any:
+    """A key value in the declared index column type, by the same rule as training-data retrieval: integers of
+    any width for integer/long columns, text for string columns; anything else is an error naming the column
+    (a silent cast would look up another key, or none)."""
     if value is None:
         return None
-    if kind in (FeatureType.INTEGER, FeatureType.LONG) and not isinstance(value, bool):
-        try:
+    if kind in (FeatureType.INTEGER, FeatureType.LONG):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
             return int(value)
-        except (TypeError, ValueError):
-            return None
-    if kind == FeatureType.STRING:
-        return value if isinstance(value, str) else str(value)
-    return value
+    elif kind == FeatureType.STRING:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    shown = f"{value!r} ({type(value).__name__})"
+    hint = f"pass text, e.g. {str(value)!r}" if kind == FeatureType.STRING else "pass whole numbers"
+    raise RetrievalError(f"observations column {column} holds {shown} but feature set {label} declares it "
+                         f"{kind.value}; {hint}")
 
 
 #: explains the keys of one request that got no row: (request, table, store, keys) -> a note, or None
@@ -143,7 +153,9 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
     for request, table, store in zip(requests, tables, per_request, strict=True):
         key_types = [kind for _, kind in table.keys]
         key_columns = [columns[name] for name in table.key_names]
-        keys = [tuple(_coerce_key(v, kind) for v, kind in zip(values, key_types, strict=True))
+        key_names = table.key_names
+        keys = [tuple(_coerce_key(v, kind, name, request.label)
+                      for v, kind, name in zip(values, key_types, key_names, strict=True))
                 for values in zip(*key_columns, strict=True)] if key_columns else [()] * rows
         found = _as_of(request.label, keys, store.read_stored(table, keys), now) if as_of \
             else store.read(table, keys, now=now)

@@ -511,7 +511,8 @@ def test_odd_files_are_reported_not_ignored(tmp_path: Path, store: gm.FeatureSto
 def test_code_that_exits_is_invalid_not_a_crash(tmp_path: Path, store: gm.FeatureStore) -> None:
     exiting = "import sys\nsys.exit(3)\n"
     repo = write_repo(tmp_path, base_spec(feature_transformation={"transformation_code": {
-        "path": "./code", "transformer_class": "exiting.Doubler"}}, features=DOUBLED), code={"code/exiting.py": exiting})
+        "path": "./code", "transformer_class": "exiting.Doubler"}}, features=DOUBLED),
+        code={"code/exiting.py": exiting})
     item = fs_item(store.plan(repo))
     assert item.action == "invalid" and "SystemExit(3)" in item.detail, item.detail
 
