@@ -454,7 +454,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, dict | list):
         import json
 
-        text = json.dumps(value, default=str, separators=(", ", ": "))
+        text = json.dumps(value, default=str, separators=(", ", ": "), ensure_ascii=False)
         return text if len(text) <= 160 else text[:157] + "..."
     text = str(value)
     return text if len(text) <= 160 else text[:157] + "..."
