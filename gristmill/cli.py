@@ -329,7 +329,7 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature se
             used_by = [m.ref for m in s.models_using(feature_set.name, feature_set.version)]
             shown = feature_set.to_dict() if show_secrets else redact_settings(feature_set.to_dict())
             data = {**shown, "used_by_models": used_by, "spec": feature_set.spec.to_dict()}
-        typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000), nl=False)
+        typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000, allow_unicode=True), nl=False)
 
 
 def _feature_set_or_entity_hint(s: Any, ref: str, name: str, version: str | None) -> Any:

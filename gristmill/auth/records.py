@@ -15,11 +15,14 @@ and are created with them, on first use.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import hmac
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -159,6 +162,9 @@ class AccessRecords:
         self._refusals: dict[str, float] = {}
         self._denials: dict[tuple[str, str, str], _Refusals] = {}
         self._denials_lock = threading.RLock()
+        # the last second's refusal counts reach the audit log when the process ends (a server stopping)
+        this = weakref.ref(self)
+        atexit.register(lambda: _flush_at_exit(this))
 
     # -- principals and tokens ------------------------------------------------------------------------
     def add_principal(self, name: str, *, kind: str = "user", by: str = "local") -> Principal:
@@ -444,6 +450,13 @@ def _audit(conn: sa.Connection, principal: str, action: str, resource: str, *, a
     result = conn.execute(sa.insert(audit_log).values(at=_now(), principal=principal, action=action,
                                                       resource=resource, allowed=allowed, detail=detail))
     return int(result.inserted_primary_key[0])
+
+
+def _flush_at_exit(reference: weakref.ReferenceType[AccessRecords]) -> None:
+    records = reference()
+    if records is not None and records._denials:
+        with contextlib.suppress(GristmillError):
+            records.flush_refusals()
 
 
 def _sha256(secret: str) -> str:
