@@ -58,7 +58,10 @@ class FieldChange:
     new: Any
 
     def __str__(self) -> str:
-        return f"{self.field}: {_shown(self.old)} → {_shown(self.new)}"
+        old, new = _redacted(self.field, self.old), _redacted(self.field, self.new)
+        if old == new and self.old != self.new:
+            return f"{self.field}: changed (webhook URLs and e-mail addresses are not shown)"
+        return f"{self.field}: {_shown(old)} → {_shown(new)}"
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,7 @@ class Planner:
                             "(Python: allow_data_loss=True) to drop it", changes=tuple(changes), notes=tuple(notes)), None
         notes.extend(f"drops {loss}" for loss in losses)
         notes.extend(self._schedule_notes(registered.asset.materialization_settings, feature_set))
+        notes.extend(_secret_notes(feature_set))
         return PlanItem("feature set", feature_set.ref, "update" if changes else "unchanged", str(path),
                         changes=tuple(changes), notes=tuple(notes)), run if changes or moved else None
 
@@ -378,6 +382,7 @@ class Planner:
         else:
             notes.append("not checked: --skip-source-check")
         notes.extend(self._schedule_notes(None, feature_set))
+        notes.extend(_secret_notes(feature_set))
         using = [m.ref for m in self.store.models_using(feature_set.name)]
         if using:
             notes.append(f"no model uses {feature_set.ref} yet (models using other versions of "
@@ -480,6 +485,39 @@ def _named_list(value: Any) -> bool:
         len({i["name"] for i in value}) == len(value)
 
 
+def _redacted(field: str, value: Any) -> Any:
+    """A plan shows webhook URLs and e-mail addresses redacted (plans are pasted into tickets and logs)."""
+    from gristmill.auth.redact import redact_email, redact_settings, redact_url
+
+    last = field.rsplit(".", 1)[-1]
+    if not field.startswith("materialization_settings") or not isinstance(value, dict | list):
+        return value
+    if last == "webhooks" and isinstance(value, list):
+        return [redact_url(str(url)) for url in value]
+    if last == "emails" and isinstance(value, list):
+        return [redact_email(str(address)) for address in value]
+    if last == "notification" and isinstance(value, dict):
+        value = {"notification": value}
+    if isinstance(value, dict):
+        hidden = redact_settings({"materialization_settings": value})["materialization_settings"]
+        return hidden["notification"] if last == "notification" else hidden
+    return value
+
+
+def _secret_notes(feature_set: FeatureSet) -> list[str]:
+    """A note when the notification settings refer to ``${NAME}`` variables not set here: they are
+    resolved when a notification is sent, so the process that runs jobs needs them."""
+    from gristmill.auth.redact import missing_variables
+
+    settings = feature_set.materialization_settings
+    notification = settings.notification if settings else None
+    missing = missing_variables([*notification.webhooks, *notification.emails]) if notification else []
+    if not missing:
+        return []
+    return [f"notification: environment variable {', '.join(missing)} is not set here; set it where jobs run "
+            "(gristmill scheduler, serve, backfill) or these notifications are not delivered"]
+
+
 def _shown(value: Any) -> str:
     if value is None:
         return "(none)"
@@ -488,7 +526,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, dict | list):
         import json
 
-        text = json.dumps(value, default=str, separators=(", ", ": "))
+        text = json.dumps(value, default=str, separators=(", ", ": "), ensure_ascii=False)
         return text if len(text) <= 160 else text[:157] + "..."
     text = str(value)
     return text if len(text) <= 160 else text[:157] + "..."

@@ -313,9 +313,14 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 @app.command()
 def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature set (or entity with --entity).")],
          store: StoreOption = Path("."),
-         entity: Annotated[bool, typer.Option("--entity", help="Show an entity.")] = False) -> None:
+         entity: Annotated[bool, typer.Option("--entity", help="Show an entity.")] = False,
+         show_secrets: Annotated[bool, typer.Option(
+             "--show-secrets", help="Show webhook URLs and e-mail addresses in full (redacted by default).")] = False,
+         ) -> None:
     """Show a feature set (or entity) as YAML, with its specification."""
     import yaml
+
+    from gristmill.auth.redact import redact_settings
 
     with _user_errors():
         s = _open(store)
@@ -325,8 +330,9 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] of a feature se
         else:
             feature_set = _feature_set_or_entity_hint(s, ref, name, version)
             used_by = [m.ref for m in s.models_using(feature_set.name, feature_set.version)]
-            data = {**feature_set.to_dict(), "used_by_models": used_by, "spec": feature_set.spec.to_dict()}
-        typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000), nl=False)
+            shown = feature_set.to_dict() if show_secrets else redact_settings(feature_set.to_dict())
+            data = {**shown, "used_by_models": used_by, "spec": feature_set.spec.to_dict()}
+        typer.echo(yaml.safe_dump(data, sort_keys=False, width=10_000, allow_unicode=True), nl=False)
 
 
 def _feature_set_or_entity_hint(s: Any, ref: str, name: str, version: str | None) -> Any:
@@ -941,7 +947,7 @@ def access_audit(limit: Annotated[int, typer.Option(help="Most recent N entries.
     """The audit log: refused actions, access changes, materializations started through the server."""
     with _user_errors():
         rows = [{"at": f"{e.at:%Y-%m-%d %H:%M:%S}", "principal": e.principal, "action": e.action,
-                 "resource": e.resource, "allowed": e.allowed, "detail": e.detail or ""}
+                 "resource": e.resource, "allowed": e.allowed, "count": e.count, "detail": e.detail or ""}
                 for e in _access(store).audit_entries(limit=limit, denied_only=denied)]
         _print_rows(rows, as_json)
 

@@ -51,7 +51,10 @@ class SmtpConfig(_Config):
     sender: str = "gristmill@localhost"
     starttls: bool = False
     username: str | None = None
-    password_env: str | None = None      # name of the environment variable holding the password
+    # the password: write a reference to the environment, "${SMTP_PASSWORD}", resolved when a mail is sent
+    # (a literal password works but then sits in this file)
+    password: str | None = None
+    password_env: str | None = None      # older form: the name of the environment variable holding it
 
 
 class NotificationsConfig(_Config):

@@ -146,15 +146,8 @@ class Materializer:
         """Plan, record and run backfill jobs; returns the finished job records (Completed or Failed)."""
         enabled = self.enabled_stores(feature_set)
         if job_id is not None:
-            previous = self.records.get_job(job_id)
-            if previous.ref != feature_set.ref:
-                raise BackfillError(f"job {job_id} belongs to {previous.ref}, not {feature_set.ref}")
-            if not previous.status.finished or previous.status.value == "Completed":
-                raise BackfillError(f"job {job_id} is {previous.status.value}; only a failed or cancelled job's "
-                                    "window can be retried (re-running a Complete window: backfill with "
-                                    "--start/--end)")
-            windows = [(previous.start, previous.end)]
-            targets = [s for s in previous.stores if s in enabled]
+            jobs = [self.retry_job(feature_set, job_id)]
+            targets = list(jobs[0].stores)
         else:
             targets = list(stores) if stores else enabled
             unknown = [s for s in targets if s not in STORES]
@@ -171,10 +164,8 @@ class Materializer:
             plan_store = "offline" if "offline" in targets else "online"
             windows = plan_backfill(self.records.timeline(feature_set.name, feature_set.version, plan_store),
                                     start=lo, end=hi, data_status=data_status)
-        if not targets:
-            raise BackfillError(f"{feature_set.ref}: none of the job's stores is enabled any more")
-        jobs = [self.records.create_job(feature_set.name, feature_set.version, start=s, end=e, stores=targets)
-                for s, e in windows]
+            jobs = [self.records.create_job(feature_set.name, feature_set.version, start=s, end=e, stores=targets)
+                    for s, e in windows]
         log.info("%s: backfill of %d window(s) into %s", feature_set.ref, len(jobs), " + ".join(targets))
         finished = []
         for index, job in enumerate(jobs):
@@ -184,6 +175,26 @@ class Materializer:
         if on_job is not None and finished:
             on_job(finished[-1], len(jobs), len(jobs))
         return finished
+
+    def retry_job(self, feature_set: FeatureSet, job_id: str) -> JobRecord:
+        """Record (not run) the job that retries a failed or cancelled job's window, in those of its stores
+        still enabled; refused when a job already covers the window. The check and the new job are atomic
+        (``create_retry_job``), so concurrent retries of one job make one job."""
+        previous = self.records.get_job(job_id)
+        if previous.ref != feature_set.ref:
+            raise BackfillError(f"job {job_id} belongs to {previous.ref}, not {feature_set.ref}")
+        if not previous.status.finished or previous.status.value == "Completed":
+            raise BackfillError(f"job {job_id} is {previous.status.value}; only a failed or cancelled job's "
+                                "window can be retried (re-running a Complete window: backfill with "
+                                "--start/--end)")
+        enabled = self.enabled_stores(feature_set)
+        targets = [s for s in previous.stores if s in enabled]
+        if not targets:
+            raise BackfillError(f"{feature_set.ref}: none of the job's stores is enabled any more")
+        try:
+            return self.records.create_retry_job(job_id, stores=targets)
+        except ConflictError as exc:
+            raise BackfillError(str(exc)) from None
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobRecord:
         """Mark a queued or running job Cancelled (e.g. its process died); its window turns Incomplete and

@@ -121,10 +121,10 @@ def test_online_lookup_matches_the_sdk(server: Server) -> None:
 
 @pytest.mark.parametrize(("who", "path", "status"), [
     ("reader", "/v1/feature-sets/fs1/1", 200),
-    ("reader", "/v1/feature-sets/fs2/1", 403),            # Reader on fs1 only
+    ("reader", "/v1/feature-sets/fs2/1", 404),            # Reader on fs1 only: fs2 answers as if missing
     ("materializer", "/v1/feature-sets/fs1/1", 200),
     ("by_entity", "/v1/feature-sets/fs2/1", 200),         # an entity grant covers its feature sets
-    ("nobody", "/v1/feature-sets/fs1/1", 403),
+    ("nobody", "/v1/feature-sets/fs1/1", 404),
     ("owner", "/v1/feature-sets/fs9/1", 404),
     ("reader", "/v1/feature-sets/fs1/1/intervals", 200),
     ("reader", "/v1/audit", 403),
@@ -140,9 +140,8 @@ def test_route_permissions(server: Server, who: str, path: str, status: int) -> 
 def test_online_lookup_needs_online_read_on_every_feature_set(server: Server) -> None:
     body = {"features": ["fs1:1:f1", "fs2:1:f1"], "entities": {"acct": ["A"]}, "full_feature_names": True}
     refused = server.client("reader").post("/v1/online/features", json=body)
-    assert refused.status_code == 403
-    message = refused.json()["error"]
-    assert "reader may not online.read on featureset:fs2:1" in message and "Reader on featureset:fs1" in message
+    assert refused.status_code == 404                      # fs2 is not readable: answered as if missing
+    assert refused.json()["error"].startswith("feature set 'fs2' not found; feature sets you may read: fs1")
     assert server.client("materializer").post("/v1/online/features", json={**body, "features": ["fs1:1:f1"]}
                                               ).status_code == 403     # Materializer does not read features
     allowed = server.client("by_entity").post("/v1/online/features", json=body)
@@ -169,7 +168,7 @@ def test_backfill_and_cancel_need_materialize(server: Server) -> None:
     [job] = done.json()
     assert (job["status"], job["rows_written"], job["stores"]) == ("Completed", 3, ["offline"])
     assert server.client("materializer").get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
-    assert server.client("materializer").post("/v1/feature-sets/fs2/1/backfill", json=window).status_code == 403
+    assert server.client("materializer").post("/v1/feature-sets/fs2/1/backfill", json=window).status_code == 404
     queued = server.store.materializer.records.create_job("fs1", "1", start=datetime(2024, 1, 10),
                                                           end=datetime(2024, 1, 11), stores=["offline"])
     assert server.client("reader").post(f"/v1/jobs/{queued.id}/cancel").status_code == 403
@@ -245,15 +244,18 @@ def test_remote_store_answers_like_the_local_one(server: Server) -> None:
 
 def test_remote_store_errors_are_the_local_errors(server: Server) -> None:
     reader = gm.FeatureStore.connect(server.url, token=server.tokens["reader"])
-    with pytest.raises(gm.AccessDeniedError, match=r"reader may not online\.read on featureset:fs2:1.*HTTP 403"):
+    with pytest.raises(gm.NotFoundError, match=r"feature set 'fs2' not found.*HTTP 404"):    # unreadable = missing
         reader.get_online_features(["fs2:1:f1"], {"acct": ["A"]})
+    materializer = gm.FeatureStore.connect(server.url, token=server.tokens["materializer"])
+    with pytest.raises(gm.AccessDeniedError, match=r"materializer may not online\.read on featureset:fs1:1.*HTTP 403"):
+        materializer.get_online_features(["fs1:1:f1"], {"acct": ["A"]})
     with pytest.raises(gm.NotFoundError, match="HTTP 404"):
         reader.get_feature_set("nope", 1)
     with pytest.raises(gm.AccessDeniedError, match="a valid token is required"):
         gm.FeatureStore.connect(server.url).list_jobs()
     with pytest.raises(gm.GristmillError, match=r"preview is not available through the server"):
         reader.preview("fs1", 1, "2024-01-01", "2024-01-02")
-    with pytest.raises(gm.AccessDeniedError, match=r"reader may not offline\.read on featureset:fs2:1"):
+    with pytest.raises(gm.NotFoundError, match=r"feature set 'fs2' not found"):
         reader.get_offline_features(["fs2:1:f1"], pd.DataFrame({"acct": ["A"], "ts": [datetime(2024, 1, 9)]}), "ts")
     with pytest.raises(gm.GristmillError, match=r"cannot reach the feature store server at http://127\.0\.0\.1:9"):
         gm.FeatureStore.connect("http://127.0.0.1:9", token="gm_x_y").list_feature_sets()
@@ -291,7 +293,7 @@ def test_models_and_lineage_over_http(server: Server) -> None:
 
     assert mine([m["ref"] for m in server.client("reader").get("/v1/models").json()]) == ["m_fs1:1"]
     assert mine([m["ref"] for m in server.client("owner").get("/v1/models").json()]) == ["m_both:1", "m_fs1:1"]
-    assert server.client("reader").get("/v1/models/m_both/1").status_code == 403
+    assert server.client("reader").get("/v1/models/m_both/1").status_code == 404     # as if missing
     model = server.client("owner").get("/v1/models/m_both/1").json()
     assert model["retrieval_spec"]["feature_stores"][0]["features"][1] == {"feature_set": "fs2:1",
                                                                             "feature_name": "f1"}
@@ -360,7 +362,7 @@ def test_ui_feature_set_page(server: Server) -> None:
                      "<td>Complete</td>", "Recent jobs", "Completed"):
         assert fragment in html, fragment
     refused = _browser(server, "reader").get("/ui/feature-sets/fs2/1")
-    assert refused.status_code == 403 and "reader may not catalog.read on featureset:fs2:1" in refused.text
+    assert refused.status_code == 404 and "feature set &#x27;fs2&#x27; not found" in refused.text
     assert _browser(server, "owner").get("/ui/feature-sets/nope/1").status_code == 404
 
 

@@ -4,7 +4,9 @@
     tokens        id -> principal, SHA-256 of the secret, created, expires, revoked, last used
     grants        (principal, role, scope) -> granted at, by
     audit_log     one row per decision worth keeping: every denied action, every change of access,
-                  every materialization started through the server
+                  every materialization started through the server. Refusals are throttled: one row
+                  per principal, action and resource per minute, whose ``count`` says how many there
+                  were (a flood of refused requests writes a row a minute, not a row a request)
 
 A token is shown once, when created: ``gm_<id>_<secret>``. Only the hash of the secret is stored, so a
 copy of the registry does not hand out access. Tables share the materialization tables' ``MetaData``
@@ -13,10 +15,14 @@ and are created with them, on first use.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -71,9 +77,15 @@ audit_log = sa.Table(
     sa.Column("resource", sa.String(420), nullable=False),
     sa.Column("allowed", sa.Boolean, nullable=False),
     sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("count", sa.Integer, nullable=True),      # refusals this row stands for (null: 1)
 )
 
 PRINCIPAL_KINDS = ("user", "service")
+#: the same refusal (principal, action, resource) is written once per this many seconds; repeats within it
+#: only raise that row's ``count``
+REFUSAL_WINDOW_SECONDS = 60.0
+#: how often, at most, a row's ``count`` is brought up to date while its refusals go on
+_COUNT_WRITE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,18 @@ class AuditEntry:
     resource: str
     allowed: bool
     detail: str | None
+    count: int = 1                  # a throttled refusal: how many times it happened in its minute
+
+
+@dataclass
+class _Refusals:
+    """The audit row of one principal, action and resource's refusals in the current minute."""
+
+    seq: int
+    started: float
+    count: int = 1
+    written: int = 1                # the count the row holds
+    written_at: float = 0.0
 
 
 class AccessRecords:
@@ -136,6 +160,11 @@ class AccessRecords:
         self.cache_seconds = cache_seconds
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._refusals: dict[str, float] = {}
+        self._denials: dict[tuple[str, str, str], _Refusals] = {}
+        self._denials_lock = threading.RLock()
+        # the last second's refusal counts reach the audit log when the process ends (a server stopping)
+        this = weakref.ref(self)
+        atexit.register(lambda: _flush_at_exit(this))
 
     # -- principals and tokens ------------------------------------------------------------------------
     def add_principal(self, name: str, *, kind: str = "user", by: str = "local") -> Principal:
@@ -341,21 +370,64 @@ class AccessRecords:
         message = (f"{principal} may not {action.value} on {resource}: it holds {held}; it needs "
                    f"{' or '.join(enough)} on {resource} or a scope containing it (an Owner grants it with "
                    f"`gristmill access grant {principal} ROLE --scope ...`)")
-        self.audit(principal, action.value, str(resource), allowed=False, detail=message)
+        self._audit_refusal(principal, action.value, str(resource), message)
         raise AccessDeniedError(message)
+
+    def _audit_refusal(self, principal: str, action: str, resource: str, detail: str) -> None:
+        """Record a refusal: a new row the first time in ``REFUSAL_WINDOW_SECONDS`` for this principal,
+        action and resource, else one more in that row's ``count`` (written at most once a second, and
+        whenever the audit log is read)."""
+        key = (principal, action, resource)
+        now = time.monotonic()
+        with self._denials_lock:
+            current = self._denials.get(key)
+            if current is not None and now - current.started < REFUSAL_WINDOW_SECONDS:
+                current.count += 1
+                if now - current.written_at < _COUNT_WRITE_SECONDS:
+                    return
+                update: tuple[int, int] | None = (current.seq, current.count)
+                current.written, current.written_at = current.count, now
+            else:
+                update = None
+        if update is not None:
+            self._write_count(*update)
+            return
+        if current is not None and current.count > current.written:
+            self._write_count(current.seq, current.count)          # the end of the last minute's refusals
+        with self.records._transaction(write=True) as conn:
+            seq = _audit(conn, principal, action, resource, allowed=False, detail=detail)
+        with self._denials_lock:
+            if len(self._denials) > 10_000:
+                self.flush_refusals()
+                self._denials.clear()
+            self._denials[key] = _Refusals(seq=seq, started=now, written_at=now)
+
+    def flush_refusals(self) -> None:
+        """Write the counts of throttled refusals that their rows do not show yet."""
+        with self._denials_lock:
+            pending = [(r.seq, r.count) for r in self._denials.values() if r.count > r.written]
+            for refusals in self._denials.values():
+                refusals.written = refusals.count
+        for seq, count in pending:
+            self._write_count(seq, count)
+
+    def _write_count(self, seq: int, count: int) -> None:
+        with self.records._transaction(write=True) as conn:
+            conn.execute(sa.update(audit_log).where(audit_log.c.seq == seq).values({audit_log.c["count"]: count}))
 
     def audit(self, principal: str, action: str, resource: str, *, allowed: bool, detail: str | None = None) -> None:
         with self.records._transaction(write=True) as conn:
             _audit(conn, principal, action, resource, allowed=allowed, detail=detail)
 
     def audit_entries(self, *, limit: int = 100, denied_only: bool = False) -> list[AuditEntry]:
+        self.flush_refusals()
         query = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(max(limit, 0))
         if denied_only:
             query = query.where(audit_log.c.allowed.is_(False))
         with self.records._transaction() as conn:
             rows = conn.execute(query).mappings().all()
         return [AuditEntry(_aware_utc(r["at"]), r["principal"], r["action"], r["resource"], bool(r["allowed"]),
-                           r["detail"]) for r in rows]
+                           r["detail"], r["count"] or 1) for r in rows]
 
 
     def _cached(self, kind: str, key: str, load: Callable[[], T]) -> T:
@@ -373,9 +445,18 @@ class AccessRecords:
 
 
 def _audit(conn: sa.Connection, principal: str, action: str, resource: str, *, allowed: bool,
-           detail: str | None = None) -> None:
-    conn.execute(sa.insert(audit_log).values(at=_now(), principal=principal, action=action, resource=resource,
-                                             allowed=allowed, detail=detail))
+           detail: str | None = None) -> int:
+    """Insert an audit row; returns its ``seq``."""
+    result = conn.execute(sa.insert(audit_log).values(at=_now(), principal=principal, action=action,
+                                                      resource=resource, allowed=allowed, detail=detail))
+    return int(result.inserted_primary_key[0])
+
+
+def _flush_at_exit(reference: weakref.ReferenceType[AccessRecords]) -> None:
+    records = reference()
+    if records is not None and records._denials:
+        with contextlib.suppress(GristmillError):
+            records.flush_refusals()
 
 
 def _sha256(secret: str) -> str:

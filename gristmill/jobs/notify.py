@@ -8,11 +8,18 @@ names in ``materialization_settings.notification``.
   ``notifications.smtp``).
 
 Delivery never fails a job: a webhook that does not answer 2xx or a mail server that refuses is logged as
-a warning (logger ``gristmill.notify``) and reported back to the caller.
+a warning (logger ``gristmill.notify``) and reported back to the caller. Secrets never reach the log: a
+webhook is named by its scheme and host only (``gristmill.auth.redact``), an address by its domain.
+
+Settings may refer to environment variables (``${HOOK_TOKEN}`` in a webhook URL, an address, or the SMTP
+``username``/``password``); they are resolved here, when sending, and a variable that is not set is a
+delivery problem naming it. A webhook URL with ``user:password@`` sends them as HTTP basic
+authentication (``urllib`` would take them for part of the host name).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -21,7 +28,9 @@ import urllib.error
 import urllib.request
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from gristmill.auth.redact import MissingSecretError, redact_email, redact_url, resolve
 from gristmill.spec.featureset import JobEvent
 
 if TYPE_CHECKING:
@@ -92,24 +101,39 @@ class Notifier:
         return problems
 
     def _post(self, url: str, body: dict[str, Any]) -> str | None:
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+        shown = f"webhook {redact_url(url)}"
+        try:
+            target, headers = _with_basic_auth(resolve(url, what=shown))
+        except MissingSecretError as exc:
+            return str(exc)
+        request = urllib.request.Request(target, data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json",
-                                                  "User-Agent": "gristmill-notifier"})
+                                                  "User-Agent": "gristmill-notifier", **headers})
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:
                 if not 200 <= response.status < 300:
-                    return f"webhook {url} answered HTTP {response.status}"
+                    return f"{shown} answered HTTP {response.status}"
         except urllib.error.HTTPError as exc:
-            return f"webhook {url} answered HTTP {exc.code}"
+            return f"{shown} answered HTTP {exc.code}"
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            return f"webhook {url} unreachable: {getattr(exc, 'reason', exc)}"
+            # the reason never repeats the URL (urllib's messages name the host at most)
+            reason = getattr(exc, "reason", exc)
+            return f"{shown} unreachable: {type(reason).__name__ if isinstance(reason, ValueError) else reason}"
         return None
 
-    def _mail(self, recipients: list[str], body: dict[str, Any]) -> str | None:
+    def _mail(self, addresses: list[str], body: dict[str, Any]) -> str | None:
         smtp = self.config.smtp
+        shown = ", ".join(redact_email(address) for address in addresses)
         if smtp is None:
-            return (f"e-mail to {', '.join(recipients)} not sent: no mail server configured; add "
+            return (f"e-mail to {shown} not sent: no mail server configured; add "
                     "notifications: {smtp: {host: ..., port: ...}} to featurestore.yaml")
+        try:
+            recipients = [resolve(address, what=f"e-mail address {redact_email(address)}") for address in addresses]
+            username = resolve(smtp.username, what="notifications.smtp.username") if smtp.username else None
+            password = (resolve(smtp.password, what="notifications.smtp.password") if smtp.password is not None
+                        else os.environ.get(smtp.password_env or "", ""))
+        except MissingSecretError as exc:
+            return str(exc)
         job = body["job"]
         message = EmailMessage()
         message["From"] = smtp.sender
@@ -126,9 +150,25 @@ class Notifier:
             with smtplib.SMTP(smtp.host, smtp.port, timeout=self.config.timeout_seconds) as server:
                 if smtp.starttls:
                     server.starttls()
-                if smtp.username:
-                    server.login(smtp.username, os.environ.get(smtp.password_env or "", ""))
+                if username:
+                    server.login(username, password)
                 server.send_message(message)
+        except smtplib.SMTPRecipientsRefused:          # its text lists the addresses
+            return f"mail server {smtp.host}:{smtp.port} refused the recipients {shown}"
         except (smtplib.SMTPException, OSError) as exc:
-            return f"mail server {smtp.host}:{smtp.port} refused or unreachable: {exc}"
+            reason = str(exc)
+            for address in recipients:
+                reason = reason.replace(address, redact_email(address))
+            return f"mail server {smtp.host}:{smtp.port} refused or unreachable: {reason}"
         return None
+
+
+def _with_basic_auth(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``user:password@`` part, and the ``Authorization`` header that carries them."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    netloc = parts.netloc.rpartition("@")[2]
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+    header = "Basic " + base64.b64encode(credentials).decode("ascii")
+    return urlunsplit(parts._replace(netloc=netloc)), {"Authorization": header}

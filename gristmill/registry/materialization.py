@@ -324,6 +324,35 @@ class MaterializationRecords:
         with self._transaction(write=True) as conn:
             return _job(self._job_row(conn, insert_job(conn, name, version, start=start, end=end, stores=stores)))
 
+    def create_retry_job(self, job_id: str, *, stores: Iterable[StoreKind | str]) -> JobRecord:
+        """Record a queued job over the window of the failed or cancelled job ``job_id``, unless a job already
+        covers it: one queued or running over any part of it, or one created since that completed it.
+
+        The check and the new job are one transaction that first locks the window's store rows (as a
+        scheduler's claim does), so concurrent retries of one job create exactly one job; the others get
+        ``ConflictError`` naming the job that covers the window."""
+        kinds = _store_kinds(stores)
+        with self._transaction(write=True) as conn:
+            original = self._job_row(conn, job_id)
+            name, version = original["feature_set"], original["version"]
+            for kind in kinds:                                   # STORE_KINDS order, as every writer locks
+                _lock_state(conn, _key(name, version, kind))
+            status = JobStatus(original["status"])
+            if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise ConflictError(f"job {job_id} is {status.value}; only a failed or cancelled job is retried")
+            start, end = original["window_start"], original["window_end"]
+            covering = conn.execute(
+                sa.select(jobs.c.id, jobs.c.status).where(
+                    jobs.c.feature_set == name, jobs.c.version == version,
+                    jobs.c.window_start < end, jobs.c.window_end > start,
+                    sa.or_(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                           sa.and_(jobs.c.seq > original["seq"], jobs.c.status == JobStatus.COMPLETED.value)))
+                .order_by(jobs.c.seq.desc())).first()
+            if covering is not None:
+                raise ConflictError(f"job {covering.id} is already {covering.status.lower()} over the window of job "
+                                    f"{job_id}; nothing to retry (wait for it, or look at its result)")
+            return _job(self._job_row(conn, insert_job(conn, name, version, start=start, end=end, stores=kinds)))
+
     def start_job(self, job_id: str) -> JobRecord:
         """Queued → Running. Only one caller wins: the others get ``ConflictError`` (no job runs twice)."""
         return self._transition(job_id, to=JobStatus.RUNNING, allowed_from=(JobStatus.QUEUED,),
@@ -367,17 +396,25 @@ class MaterializationRecords:
                   status: JobStatus | str | Iterable[JobStatus | str] | None = None,
                   limit: int = 100) -> list[JobRecord]:
         """Jobs, newest first, optionally of one feature set (version) and status(es)."""
-        query = sa.select(jobs)
-        if feature_set is not None:
-            query = query.where(jobs.c.feature_set == feature_set)
-        if version is not None:
-            query = query.where(jobs.c.version == str(version))
-        if status is not None:
-            wanted = [status] if isinstance(status, str) else list(status)
-            query = query.where(jobs.c.status.in_([_job_status(s).value for s in wanted]))
-        query = query.order_by(jobs.c.seq.desc()).limit(max(limit, 0))
+        query = _jobs_query(feature_set=feature_set, version=version, status=status).limit(max(limit, 0))
         with self._transaction() as conn:
             return [_job(row) for row in conn.execute(query).mappings()]
+
+    def iter_jobs(self, *, feature_set: str | None = None, version: str | int | None = None,
+                  status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+                  page_size: int = 200) -> Iterator[JobRecord]:
+        """Jobs, newest first, read ``page_size`` at a time: for callers that filter each job (e.g. by what a
+        principal may read) and stop once they have enough, without loading every job."""
+        query = _jobs_query(feature_set=feature_set, version=version, status=status)
+        before: int | None = None
+        while True:
+            page = query if before is None else query.where(jobs.c.seq < before)
+            with self._transaction() as conn:
+                rows = conn.execute(page.limit(page_size)).mappings().all()
+            yield from (_job(row) for row in rows)
+            if len(rows) < page_size:
+                return
+            before = rows[-1]["seq"]
 
     def cost_summary(self, *, by: CostGrouping = "feature_set", feature_set: str | None = None,
                      version: str | int | None = None, since: datetime | None = None) -> list[CostRow]:
@@ -463,6 +500,7 @@ class MaterializationRecords:
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CREATE_LOCK_KEY)))
                 metadata.create_all(conn)
                 _add_missing_columns(conn, jobs, _ADDED_JOB_COLUMNS, schema=self._registry.schema)
+                _add_missing_columns(conn, metadata.tables["audit_log"], ("count",), schema=self._registry.schema)
             self._ready = True
 
     @contextmanager
@@ -541,6 +579,19 @@ def _metrics(*, rows_read: int, rows_written: int, bytes_written: int, cpu_secon
     if negative:
         raise RegistryError(f"job metrics cannot be negative: {', '.join(negative)}")
     return values
+
+
+def _jobs_query(*, feature_set: str | None, version: str | int | None,
+                status: JobStatus | str | Iterable[JobStatus | str] | None) -> sa.Select[Any]:
+    query = sa.select(jobs)
+    if feature_set is not None:
+        query = query.where(jobs.c.feature_set == feature_set)
+    if version is not None:
+        query = query.where(jobs.c.version == str(version))
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        query = query.where(jobs.c.status.in_([_job_status(s).value for s in wanted]))
+    return query.order_by(jobs.c.seq.desc())
 
 
 def insert_job(conn: Connection, name: str, version: str | int, *, start: datetime, end: datetime,

@@ -485,9 +485,20 @@ class Registry:
                                 f"(restore one, or ask for an exact version)")
         raise self._not_found(conn, table, kind, name, None)
 
+    def not_found(self, kind: Literal["entity", "feature set", "model"], name: str, version: str | None, *,
+                  visible: Callable[[str, str], bool]) -> NotFoundError:
+        """The error an unknown ``name:version`` gets, naming only the versions and names for which
+        ``visible(name, version)`` holds: to a caller who may not read a version, it does not exist (the
+        server answers an unreadable feature set exactly like a missing one)."""
+        table = {"entity": models.entities, "feature set": models.feature_sets, "model": models.models}[kind]
+        with self._transaction() as conn:
+            return self._not_found(conn, table, kind, name, version, visible=visible)
+
     def _not_found(self, conn: Connection, table: sa.Table, kind: str, name: str,
-                   version: str | None) -> NotFoundError:
+                   version: str | None, *, visible: Callable[[str, str], bool] | None = None) -> NotFoundError:
         rows = conn.execute(sa.select(table.c.name, table.c.version, table.c.archived)).all()
+        if visible is not None:
+            rows = [r for r in rows if visible(r.name, r.version)]
         versions = [(r.version, r.archived) for r in rows if r.name == name]
         if versions:
             listed = ", ".join(v + (" (archived)" if archived else "")
@@ -496,10 +507,15 @@ class Registry:
         names = sorted({r.name for r in rows})
         plural = "entities" if kind == "entity" else f"{kind}s"
         if not names:
+            if visible is not None:
+                return NotFoundError(f"{kind} '{name}' not found; you may read no {plural} (an Owner grants "
+                                     "access with `gristmill access grant`)")
             return NotFoundError(f"{kind} '{name}' not found; no {plural} are registered yet")
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         shown = ", ".join(names[:50]) + (", …" if len(names) > 50 else "")
+        if visible is not None:
+            return NotFoundError(f"{kind} '{name}' not found; {plural} you may read: {shown}{hint}")
         return NotFoundError(f"{kind} '{name}' not found; registered {plural}: {shown}{hint}")
 
     def _next_ref(self, conn: Connection, table: sa.Table, name: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from starlette.exceptions import HTTPException
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
 from gristmill.errors import ConfigError, GristmillError, NotFoundError, install_hint
+from gristmill.server.visibility import Visibility
 from gristmill.spec.retrieval_spec import FeatureRef
 from gristmill.spec.types import FeatureType
 
@@ -81,6 +81,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     """The HTTP app of ``store``. ``auth=False`` (local development only) lets every caller do everything
     as ``anonymous``."""
     access = AccessRecords(store.materializer.records, cache_seconds=CACHE_SECONDS)
+    visible = Visibility(store, access, auth=auth)       # unreadable = missing; secrets to Owners only
     app = FastAPI(title=f"Gristmill feature store {store.name}", version="1",
                   description="Online features, catalog, search and materialization jobs of one feature store.",
                   docs_url=None, redoc_url=None)
@@ -157,37 +158,23 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     @app.get("/v1/feature-sets", tags=["catalog"])
     def feature_sets(principal: str = Caller) -> list[dict[str, Any]]:
-        return [_summary(fs) for fs in store.list_feature_sets()
+        return [visible.shown(principal, fs, _summary(fs)) for fs in store.list_feature_sets()
                 if may(principal, Action.READ_CATALOG, _resource(fs))]
 
     @app.get("/v1/feature-sets/{name}/{version}", tags=["catalog"])
     def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
-        check(principal, Action.READ_CATALOG, feature_set_resource(name, version)[1])
+        visible.feature_set(principal, name, version)
         fs = store.get_feature_set(name, version)            # fresh: description, tags, settings may change
-        used_by = [m.ref for m in store.models_using(name, version) if model_readable(principal, m)]
-        return {**_summary(fs), "used_by_models": used_by, "spec": fs.spec.to_dict()}
-
-    def model_readable(principal: str, model: Any) -> bool:
-        """A model is visible to whoever may read every feature set it uses."""
-        for ref in model.feature_sets:
-            name, version = ref.split(":")
-            try:
-                resource = feature_set_resource(name, version)[1]
-            except NotFoundError:
-                resource = Resource("featureset", name, version)
-            if not may(principal, Action.READ_CATALOG, resource):
-                return False
-        return True
+        used_by = [m.ref for m in store.models_using(name, version) if visible.model_readable(principal, m)]
+        return {**visible.shown(principal, fs, _summary(fs)), "used_by_models": used_by, "spec": fs.spec.to_dict()}
 
     @app.get("/v1/models", tags=["catalog"])
     def models(principal: str = Caller) -> list[dict[str, Any]]:
-        return [m.to_dict() | {"ref": m.ref} for m in store.list_models() if model_readable(principal, m)]
+        return [m.to_dict() | {"ref": m.ref} for m in store.list_models() if visible.model_readable(principal, m)]
 
     @app.get("/v1/models/{name}/{version}", tags=["catalog"])
     def model(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
-        found = store.get_model(name, version)
-        if not model_readable(principal, found):
-            check(principal, Action.READ_CATALOG, Resource("model", name, version))
+        found = visible.model(principal, name, version)
         return found.to_dict() | {"ref": found.ref}
 
     @app.get("/v1/features/search", tags=["catalog"])
@@ -214,7 +201,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
             raise GristmillError(f"features: {other[0]} belongs to another feature store; this server serves "
                                  f"{store.name} only: ask that store's server")
         for name, version in {(ref.feature_set, ref.version) for ref in refs}:
-            check(principal, Action.READ_ONLINE, feature_set_resource(name, version)[1])
+            check(principal, Action.READ_ONLINE, visible.feature_set(principal, name, version))
         result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names,
                                            now=body.now, explain=body.explain)
         answer = {"columns": {name: _json_values(values, result.types.get(name))
@@ -241,7 +228,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                 raise GristmillError(f"features: '{other[0]}' belongs to another feature store; this server "
                                      f"serves {store.name} only")
             for name, version in {(ref.feature_set, ref.version) for ref in refs}:
-                check(principal, Action.READ_OFFLINE, feature_set_resource(name, version)[1])
+                check(principal, Action.READ_OFFLINE, visible.feature_set(principal, name, version))
             try:
                 observations = pq.read_table(io.BytesIO(body))
             except Exception as exc:
@@ -257,13 +244,13 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     @app.get("/v1/feature-sets/{name}/{version}/intervals", tags=["materialization"])
     def intervals(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
-        check(principal, Action.READ_JOBS, feature_set_resource(name, version)[1])
+        check(principal, Action.READ_JOBS, visible.feature_set(principal, name, version))
         return {kind: [{"start": i.start, "end": i.end, "status": i.status.value} for i in items]
                 for kind, items in store.data_intervals(name, version).items()}
 
     @app.post("/v1/feature-sets/{name}/{version}/backfill", tags=["materialization"])
     def backfill(name: str, version: str, body: BackfillRequest, principal: str = Caller) -> list[dict[str, Any]]:
-        resource = feature_set_resource(name, version)[1]
+        resource = visible.feature_set(principal, name, version)
         check(principal, Action.MATERIALIZE, resource)
         access.audit(principal, Action.MATERIALIZE.value, str(resource), allowed=True,
                      detail=f"backfill [{body.start}, {body.end})")
@@ -275,20 +262,18 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     def jobs(feature_set: str | None = None, status: str | None = None, limit: int = 100,
              principal: str = Caller) -> list[dict[str, Any]]:
         name, _, version = (feature_set or "").partition(":")
-        listed = store.list_jobs(feature_set=name or None, version=version or None, status=status, limit=limit)
-        readable = _readable(store, principal, may)
-        return [_job(j) for j in listed if readable(j)]
+        return [_job(j) for j in visible.jobs(principal, feature_set=name or None, version=version or None,
+                                              status=status, limit=limit)]     # filtered, then cut
 
     @app.get("/v1/jobs/{job_id}", tags=["materialization"])
     def job(job_id: str, principal: str = Caller) -> dict[str, Any]:
-        record = store.get_job(job_id)
-        check(principal, Action.READ_JOBS, _job_resource(store, record))
+        record, resource = visible.job(principal, job_id)
+        check(principal, Action.READ_JOBS, resource)
         return _job(record)
 
     @app.post("/v1/jobs/{job_id}/cancel", tags=["materialization"])
     def cancel(job_id: str, principal: str = Caller) -> dict[str, Any]:
-        record = store.get_job(job_id)
-        resource = _job_resource(store, record)
+        resource = visible.job(principal, job_id)[1]
         check(principal, Action.MATERIALIZE, resource)
         access.audit(principal, "job.cancel", str(resource), allowed=True, detail=f"job {job_id}")
         return _job(store.cancel_job(job_id, f"cancelled by {principal}"))
@@ -297,12 +282,12 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     def audit(limit: int = 100, denied_only: bool = False, principal: str = Caller) -> list[dict[str, Any]]:
         check(principal, Action.READ_AUDIT, STORE)
         return [{"at": e.at, "principal": e.principal, "action": e.action, "resource": e.resource,
-                 "allowed": e.allowed, "detail": e.detail}
+                 "allowed": e.allowed, "count": e.count, "detail": e.detail}
                 for e in access.audit_entries(limit=limit, denied_only=denied_only)]
 
     from gristmill.server.ui import add_ui
 
-    ui_error = add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS)
+    ui_error = add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS, visible=visible)
     return app
 
 
@@ -387,21 +372,3 @@ def _job(job: JobRecord) -> dict[str, Any]:
                                  "newest_event_time": job.online.newest_event_time,
                                  "expires_at": job.online.expires_at}})
 
-
-def _job_resource(store: FeatureStore, job: JobRecord) -> Resource:
-    try:
-        return _resource(store.get_feature_set(job.feature_set, job.version))
-    except NotFoundError:
-        return Resource("featureset", job.feature_set, job.version)
-
-
-def _readable(store: FeatureStore, principal: str,
-              may: Callable[[str, Action, Resource], bool]) -> Callable[[JobRecord], bool]:
-    cache: dict[str, bool] = {}
-
-    def readable(job: JobRecord) -> bool:
-        if job.ref not in cache:
-            cache[job.ref] = may(principal, Action.READ_JOBS, _job_resource(store, job))
-        return cache[job.ref]
-
-    return readable

@@ -26,6 +26,7 @@ from gristmill.errors import GristmillError, NotFoundError
 
 if TYPE_CHECKING:
     from gristmill.auth import AccessRecords
+    from gristmill.server.visibility import Visibility
     from gristmill.store import FeatureStore
 
 __all__ = ["COOKIE", "add_ui"]
@@ -49,7 +50,8 @@ input[type=text],input[type=password]{padding:.35rem;width:22rem}button{padding:
 
 
 def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bool,
-           may: Callable[[str, Action, Resource], bool], anonymous: str) -> Callable[[Request, int, str], Response]:
+           may: Callable[[str, Action, Resource], bool], anonymous: str,
+           visible: Visibility) -> Callable[[Request, int, str], Response]:
     """Add the ``/ui`` pages to ``app``; returns the page for an HTTP error under ``/ui`` (an unknown page,
     a wrong method), in the pages' layout, for the app's error handler."""
 
@@ -157,9 +159,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
     @app.get("/ui/feature-sets/{name}/{version}", response_class=HTMLResponse, include_in_schema=False)
     def feature_set_page(request: Request, name: str, version: str) -> Response:
         def render(who: str) -> Response:
-            resource = resource_of(name, version)
-            if not may(who, Action.READ_CATALOG, resource):
-                access.check(who, Action.READ_CATALOG, resource)          # records the refusal, raises
+            resource = visible.feature_set(who, name, version)      # unreadable: as if missing
             fs = store.get_feature_set(name, version)
             spec = fs.spec
             versions = " ".join(_link(f"/ui/feature-sets/{name}/{v.version}", v.version) if v.version != version
@@ -169,9 +169,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             schema.append([escape(spec.timestamp_column), "datetime", "timestamp", ""])
             schema += [[escape(f.name), escape(f.type.value), "feature", escape(f.description or "")]
                        for f in spec.features]
-            models = [m for m in store.models_using(name, version)
-                      if all(may(who, Action.READ_CATALOG, resource_of(*ref.split(":")))
-                             for ref in m.feature_sets if "/" not in ref)]
+            models = [m for m in store.models_using(name, version) if visible.model_readable(who, m)]
             lineage = (", ".join(escape(m.ref) for m in models) if models
                        else "<span class='muted'>no registered model uses it</span>")
             body = (f"<h1>{escape(fs.ref)}</h1><p>{escape(fs.description or '')}</p>"
@@ -197,18 +195,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
     @app.get("/ui/jobs", response_class=HTMLResponse, include_in_schema=False)
     def jobs_page(request: Request, status: str | None = None, done: str = "") -> Response:
         def render(who: str) -> Response:
-            listed = store.list_jobs(status=status or None, limit=200)
-            readable: dict[str, bool] = {}
-            shown = []
-            for job in listed:
-                if job.ref not in readable:
-                    try:
-                        readable[job.ref] = may(who, Action.READ_JOBS, resource_of(job.feature_set, job.version))
-                    except NotFoundError:
-                        readable[job.ref] = may(who, Action.READ_JOBS, Resource("featureset", job.feature_set,
-                                                                                  job.version))
-                if readable[job.ref]:
-                    shown.append(job)
+            shown = visible.jobs(who, status=status or None, limit=200)      # filtered, then cut
             filters = " · ".join(_link(f"/ui/jobs?status={s}" if s else "/ui/jobs", s or "all")
                                  for s in ("", "Running", "Failed", "Completed", "Queued", "Cancelled"))
             actions = {job.id: _action(job) for job in shown if job_resource(job) is not None
@@ -231,8 +218,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         def render(who: str) -> Response:
             if not _same_origin(request):
                 raise AccessDeniedError("act from this server's own pages")
-            job = store.get_job(job_id)
-            resource = job_resource(job) or Resource("featureset", job.feature_set, job.version)
+            job, resource = visible.job(who, job_id)
             if auth:
                 access.check(who, Action.MATERIALIZE, resource)
             if action == "cancel":
@@ -240,20 +226,16 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                 access.audit(who, "job.cancel", str(resource), allowed=True, detail=f"job {job_id} (web UI)")
                 message = f"job {job_id} cancelled"
             elif action == "retry":
-                busy = [j for j in store.list_jobs(feature_set=job.feature_set, version=job.version,
-                                                   status=None, limit=500)
-                        if j.status.value in ("Queued", "Running") and j.start < job.end and job.start < j.end]
-                if busy:
-                    raise GristmillError(f"job {busy[0].id} is already {busy[0].status.value.lower()} over this "
-                                         "window; wait for it")
-                if job.status.value not in ("Failed", "Cancelled"):
-                    raise GristmillError(f"job {job_id} is {job.status.value}; only a failed or cancelled job is "
-                                         "retried")
-                # the retry runs in the background, so a long window never holds the request open
-                threading.Thread(target=_retry, args=(store, job), name=f"retry-{job_id}", daemon=True).start()
+                # the new job is recorded here, atomically with the check that no job covers the window yet
+                # (concurrent clicks make one job); it runs in the background, so a long window never holds
+                # the request open
+                feature_set = store.get_feature_set(job.feature_set, job.version)
+                retry = store.materializer.retry_job(feature_set, job_id)
+                threading.Thread(target=_run, args=(store, feature_set, retry), name=f"retry-{job_id}",
+                                 daemon=True).start()
                 access.audit(who, Action.MATERIALIZE.value, str(resource), allowed=True,
-                             detail=f"retry of job {job_id} started (web UI)")
-                message = f"retry of job {job_id} started; it appears below"
+                             detail=f"retry of job {job_id} started as job {retry.id} (web UI)")
+                message = f"retry of job {job_id} started as job {retry.id}; it appears below"
             else:
                 raise NotFoundError(f"unknown job action '{action}'; use cancel or retry")
             return RedirectResponse(f"/ui/jobs?done={quote(message)}", status_code=303)
@@ -265,10 +247,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         def render(who: str) -> Response:
             rows = []
             for model in store.list_models():
-                sets = [ref.split(":") for ref in model.feature_sets]
-                if all(may(who, Action.READ_CATALOG, resource_of(n, v)) for n, v in sets):
-                    rows.append([escape(model.ref), escape(model.description or ""),
-                                 ", ".join(_link(f"/ui/feature-sets/{n}/{v}", f"{n}:{v}") for n, v in sets),
+                if visible.model_readable(who, model):
+                    # another store's feature sets have no page here: their names only
+                    sets = [escape(ref) if "/" in ref else _link(f"/ui/feature-sets/{ref.replace(':', '/')}", ref)
+                            for ref in model.feature_sets]
+                    rows.append([escape(model.ref), escape(model.description or ""), ", ".join(sets),
                                  escape(", ".join(model.features))])
             return page("Models", who, "<h1>Models</h1>" + _table(["model", "description", "feature sets",
                                                                    "features"], rows))
@@ -283,11 +266,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
     return error_page
 
 
-def _retry(store: FeatureStore, job: Any) -> None:
+def _run(store: FeatureStore, feature_set: Any, job: Any) -> None:
     try:
-        store.backfill(job.feature_set, job.version, job_id=job.id)
-    except GristmillError as exc:                     # the new job records its own failure; this is the rest
-        log.warning("retry of job %s from the web UI failed: %s", job.id, exc)
+        store.materializer.run(feature_set, job)
+    except GristmillError as exc:                     # the job records its own failure; this is the rest
+        log.warning("job %s (a retry from the web UI) failed: %s", job.id, exc)
 
 
 def _scheme(request: Request) -> str:
