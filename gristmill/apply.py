@@ -358,7 +358,8 @@ class Planner:
             return PlanItem("feature set", feature_set.ref, "refuse", str(path),
                             "this change drops materialized data: " + "; ".join(losses) + ". Keep the store enabled "
                             f"in {path.name} (materialization_settings), or apply with --allow-data-loss "
-                            "(Python: allow_data_loss=True) to drop it", changes=tuple(changes), notes=tuple(notes)), None
+                            "(Python: allow_data_loss=True) to drop it", changes=tuple(changes),
+                            notes=tuple(notes)), None
         notes.extend(f"drops {loss}" for loss in losses)
         notes.extend(self._schedule_notes(registered.asset.materialization_settings, feature_set))
         notes.extend(_secret_notes(feature_set))
