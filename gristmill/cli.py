@@ -197,8 +197,9 @@ def plan(folder: Annotated[Path, typer.Argument(help="Folder with entity and fea
                                                          help="Exit 3 when the plan has changes.")] = False) -> None:
     """Show what `apply FOLDER` would do, changing nothing.
 
-    Exit codes: 0 nothing refused or invalid (with --detailed-exitcode: nothing to do), 1 something refused or
-    invalid, 2 a usage mistake (no such folder or store), 3 with --detailed-exitcode: changes to apply."""
+    Exit codes: 0 nothing refused or invalid (with --detailed-exitcode: nothing to do);
+    1 something refused or invalid; 2 a usage mistake (no such folder or store);
+    3 with --detailed-exitcode: changes to apply."""
     with _user_errors():
         result = _open(store).plan(folder, check_source=not skip_source_check, allow_data_loss=allow_data_loss)
     _print_plan(result)
@@ -215,7 +216,7 @@ def apply(folder: Annotated[Path, typer.Argument(help="Folder with entity and fe
           allow_data_loss: AllowDataLoss = False) -> None:
     """Register every entity and feature set found under FOLDER (idempotent; prints the plan it executed).
 
-    Exit codes: 0 applied, 1 something was refused or invalid (the rest was applied), 2 a usage mistake."""
+    Exit codes: 0 applied; 1 something was refused or invalid (the rest was applied); 2 a usage mistake."""
     with _user_errors():
         result = _open(store).apply(folder, check_source=not skip_source_check, allow_data_loss=allow_data_loss)
     _print_plan(result)
