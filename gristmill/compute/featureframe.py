@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gristmill.compute.aggregations import aggregation_sql
 from gristmill.compute.result import arrow_table
+from gristmill.compute.sandbox import run_transformation_sql
 from gristmill.compute.schema import accepts, cast_expression, sql_family, utc_timestamp_sql
 from gristmill.compute.sources import (
     INTERNAL_PREFIX,
@@ -23,7 +24,7 @@ from gristmill.compute.sources import (
     unique_name,
     with_order,
 )
-from gristmill.compute.sqltext import cols, engine_message, interval, q, ts_lit
+from gristmill.compute.sqltext import cols, interval, q, ts_lit
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
@@ -213,26 +214,13 @@ def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str
 
 def _sql_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str, sql: str, label: str) -> str:
     import sqlglot
-    from sqlglot import exp
 
     try:
-        tree = sqlglot.parse_one(sql, read="duckdb")
+        sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.ParseError as exc:
         raise TransformationError(f"{label}: transformation_sql does not parse: {exc}") from None
-
-    def _rename(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and node.name.lower() == "source" and not node.args.get("db"):
-            alias = node.alias or "source"
-            return exp.to_table(source).as_(alias)
-        return node
-
-    rewritten = tree.transform(_rename).sql(dialect="duckdb")
     view = unique_name("sqlt")
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {view}_t AS {rewritten}")
-    except Exception as exc:
-        raise TransformationError(f"{label}: transformation_sql failed: "
-                                  f"{engine_message(exc, names={source: 'source'})}") from None
+    run_transformation_sql(con, source, sql, f"{view}_t", label=label)
     names = _columns(con, f"{view}_t")
     order = "" if ORDER in names else f", rowid::BIGINT AS {q(ORDER)}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{order} FROM {view}_t")
