@@ -13,7 +13,7 @@ from cli_support import gristmill
 
 from gristmill.compute.duckdb_engine import DuckDBEngine
 from gristmill.compute.sandbox import open_sandbox
-from gristmill.errors import SpecError
+from gristmill.errors import SourceError, SpecError
 from gristmill.spec import FeatureSetSpec
 
 TIMES = ["2024-01-01", "2024-01-02", "2024-01-01 12:00"]
@@ -153,3 +153,28 @@ def test_apply_reports_the_spec_invalid(tmp_path: Path) -> None:
     assert ("FeatureSetSpec.yaml: feature_transformation.transformation_sql: read_csv is not allowed"
             in " ".join(result.stdout.split()))
     assert "root:" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+# A source error names the file and the missing columns, never the file's content.
+SECRET = "root:x:0:0:root:/root:/bin/bash"
+FILES = [
+    ("passwd", f"{SECRET}\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n", "csv",
+     "column(s) ts, acct, f1 missing; fix the file or the spec"),
+    ("rows.csv", "ts,acct,f1\n" + "2024-01-01,A,1\n" * 30_000 + f"2024-01-01,B,2,{SECRET}\n", "csv",
+     "CSV Error on Line: 30002 Expected Number of Columns: 3 Found: 4"),
+    ("passwd.parquet", f"{SECRET}\n", "parquet", "cannot be read"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "kind", "named"), FILES, ids=[f[0] for f in FILES])
+def test_source_errors_do_not_echo_the_file(tmp_path: Path, name: str, content: str, kind: str,
+                                            named: str) -> None:
+    (tmp_path / name).write_text(content)
+    spec = FeatureSetSpec.from_dict({"source": {"type": kind, "path": name, "timestamp_column": {"name": "ts"}},
+                                     "index_columns": [{"name": "acct", "type": "string"}],
+                                     "features": [{"name": "f1", "type": "double"}]}, folder=tmp_path)
+    with pytest.raises(SourceError) as caught:
+        spec.compute("2024-01-01", "2024-01-02")
+    message = str(caught.value)
+    assert name in message and named in message, message
+    assert "root:" not in message and "Possible fixes" not in message
