@@ -40,6 +40,15 @@ MARKER = "__gm_marker"
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 
+def shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, saturating at the ends of the datetime range (observations in year 1 or 9999
+    reach back or forward past it)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max if delta > timedelta(0) else datetime.min
+
+
 @dataclass(frozen=True)
 class ComputedView:
     """A view of computed feature rows and what it holds."""
@@ -74,7 +83,7 @@ def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: da
     lookback = spec.source_lookback.timedelta if spec.source_lookback else timedelta(0)
     if expressions is not None:
         lookback = max(lookback, spec.max_window)
-    read_start = start - lookback if start is not None else None
+    read_start = shifted(start, -lookback) if start is not None else None
     log.debug("computing %s over [%s, %s), reading source from %s", label, start, end, read_start)
     source = SourceReader(con, spec, sample_rows=sample_rows).read(read_start, end)
     transformation = spec.feature_transformation
@@ -197,7 +206,7 @@ def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str
     low, high = con.execute(f"SELECT min(__gm_probe_ts), max(__gm_probe_ts) FROM {probes}").fetchall()[0]
     if low is None:
         low = high = datetime(1970, 1, 1)
-    source = SourceReader(con, spec).read(low - spec.max_window, high + ONE_MICROSECOND)
+    source = SourceReader(con, spec).read(shifted(low, -spec.max_window), shifted(high, ONE_MICROSECOND))
     union = unique_name("probe_union")
     key_types = {c.name: c.type.sql for c in spec.index_columns}
     con.execute(

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
-from gristmill.errors import ConfigError, GristmillError, NotFoundError, install_hint
+from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUnavailableError, install_hint
 from gristmill.spec.retrieval_spec import FeatureRef
 from gristmill.spec.types import FeatureType
 
@@ -50,6 +50,8 @@ DOCS_ASSETS = "/docs-assets"
 #: how long the server trusts what it read about a token or a principal's grants (revocations and new
 #: grants take effect within this time)
 CACHE_SECONDS = 5.0
+#: the ``Retry-After`` of a 503 (a store that cannot be reached): seconds a client should wait before retrying
+RETRY_AFTER_SECONDS = 5
 
 
 class OnlineRequest(BaseModel):
@@ -118,6 +120,12 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     @app.exception_handler(GristmillError)
     def user_error(request: Request, exc: GristmillError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, NotFoundError) else 400)
+
+    @app.exception_handler(StoreUnavailableError)
+    def unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+        """A store that cannot be reached is the server's trouble, not the caller's: 503, try again later."""
+        retry = RETRY_AFTER_SECONDS if exc.retry_after is None else max(1, round(exc.retry_after))
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(retry)})
 
     @app.exception_handler(RequestValidationError)
     def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
