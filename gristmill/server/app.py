@@ -25,12 +25,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.exceptions import HTTPException
 
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
 from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUnavailableError, install_hint
+from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, harden
 from gristmill.spec.retrieval_spec import FeatureRef
 from gristmill.spec.types import FeatureType
 
@@ -58,12 +59,13 @@ class OnlineRequest(BaseModel):
     """``features``: ``feature_set:version:feature`` names; ``entities``: one list of values per index
     column (extra columns pass through to the output)."""
 
-    features: list[str] = Field(min_length=1, examples=[["transactions:1:amount_7d_sum"]])
+    features: list[FEATURE_REFERENCE] = Field(min_length=1, max_length=MAX_FEATURES,
+                                              examples=[["transactions:1:amount_7d_sum"]])
     entities: dict[str, list[Any]] = Field(examples=[{"account_id": ["A00001", "A00002"]}])
-    full_feature_names: bool = False
+    full_feature_names: StrictBool = False
     now: datetime | None = Field(default=None, description="Answer as of this time (UTC when naive) instead of "
                                  "the server's clock; a key whose stored value is newer is refused (400).")
-    explain: bool = Field(default=False, description="Add `notes`: why keys got no value (expired, never "
+    explain: StrictBool = Field(default=False, description="Add `notes`: why keys got no value (expired, never "
                           "materialized, not in the store); one more store read per feature set with such keys.")
 
 
@@ -87,6 +89,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                   description="Online features, catalog, search and materialization jobs of one feature store.",
                   docs_url=None, redoc_url=None)
     _add_docs(app)
+    harden(app)
 
     def caller(request: Request) -> str:
         if not auth:
@@ -199,7 +202,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return found.to_dict() | {"ref": found.ref}
 
     @app.get("/v1/features/search", tags=["catalog"])
-    def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:
+    def search(q: str = "", limit: ListLimit = 50, principal: str = Caller) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         readable: dict[tuple[str, str], bool] = {}
         for info in store.search_features(q, limit=100_000):       # filter by access first, then cut to limit
@@ -280,7 +283,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return [_job(j) for j in jobs]
 
     @app.get("/v1/jobs", tags=["materialization"])
-    def jobs(feature_set: str | None = None, status: str | None = None, limit: int = 100,
+    def jobs(feature_set: str | None = None, status: str | None = None, limit: ListLimit = 100,
              principal: str = Caller) -> list[dict[str, Any]]:
         name, _, version = (feature_set or "").partition(":")
         listed = store.list_jobs(feature_set=name or None, version=version or None, status=status, limit=limit)
@@ -302,7 +305,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return _job(store.cancel_job(job_id, f"cancelled by {principal}"))
 
     @app.get("/v1/audit", tags=["access"])
-    def audit(limit: int = 100, denied_only: bool = False, principal: str = Caller) -> list[dict[str, Any]]:
+    def audit(limit: ListLimit = 100, denied_only: bool = False, principal: str = Caller) -> list[dict[str, Any]]:
         check(principal, Action.READ_AUDIT, STORE)
         return [{"at": e.at, "principal": e.principal, "action": e.action, "resource": e.resource,
                  "allowed": e.allowed, "detail": e.detail}
