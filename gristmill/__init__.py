@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "RetrievalError": "gristmill.errors",
     "SourceError": "gristmill.errors",
     "TransformationError": "gristmill.errors",
+    "StoreUnavailableError": "gristmill.errors",
     "OnlineResult": "gristmill.serving",
     "OnlineStoreError": "gristmill.stores.online.encoding",
     "DataStatus": "gristmill.jobs.intervals",
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
         RetrievalError,
         SourceError,
         SpecError,
+        StoreUnavailableError,
         TransformationError,
     )
     from gristmill.jobs.backfill import BackfillError

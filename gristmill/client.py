@@ -8,8 +8,9 @@ What the server offers works the same as on a local store: online lookups, point
 (observations and result travel as Parquet), the catalog (feature sets, entities, models and lineage),
 search, data intervals, jobs, backfill and cancelling jobs. Anything else (applying YAML, preview)
 raises an error that says to open the store's folder instead. Server refusals come back as the same
-errors a local store raises: ``AccessDeniedError`` (401/403), ``NotFoundError`` (404) and
-``GristmillError`` (400), with the server's message.
+errors a local store raises: ``AccessDeniedError`` (401/403), ``NotFoundError`` (404),
+``StoreUnavailableError`` (503, and a server that cannot be reached: retry later) and ``GristmillError``
+(400, a bad request), with the server's message.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.auth.roles import AccessDeniedError
-from gristmill.errors import GristmillError, NotFoundError, install_hint
+from gristmill.errors import GristmillError, NotFoundError, StoreUnavailableError, install_hint
 
 __all__ = ["RemoteFeatureStore"]
 
@@ -215,8 +216,8 @@ class RemoteFeatureStore:
         try:
             response = self._http.request(method, path, **kwargs)
         except self._transport_errors as exc:
-            raise GristmillError(f"cannot reach the feature store server at {self.url}: {exc}; is `gristmill "
-                                 "serve` running there?") from exc
+            raise StoreUnavailableError(f"cannot reach the feature store server at {self.url}: {exc}; is "
+                                        "`gristmill serve` running there?") from exc
         if response.status_code < 400:
             return response.content if raw else response.json()
         try:
@@ -225,6 +226,10 @@ class RemoteFeatureStore:
             message = response.text
         if response.status_code == 422:
             message = f"the server refused the request as malformed: {message}"
+        if response.status_code == 503:
+            retry_after = response.headers.get("retry-after", "")
+            raise StoreUnavailableError(f"{message} (HTTP 503 from {self.url}; retry later)",
+                                        retry_after=float(retry_after) if retry_after.isdigit() else None)
         error = {401: AccessDeniedError, 403: AccessDeniedError, 404: NotFoundError}.get(response.status_code,
                                                                                           GristmillError)
         raise error(f"{message} (HTTP {response.status_code} from {self.url})")

@@ -11,9 +11,12 @@ what was wrong (file, field or argument) and how to fix it.
     ├── SourceError            a source that cannot be read (missing file, missing column, bad type)
     ├── TransformationError    user transformation code or SQL failed or returned the wrong schema
     ├── OfflineStoreError      the offline store could not take a write (e.g. endless concurrent commits)
+    ├── StoreUnavailableError  a store or server that cannot be reached now: the request was fine, retry later
+    │   └── OnlineStoreError   the online store (Redis, SQLite) cannot be reached or used
     └── ConfigError            a bad featurestore.yaml or store argument
 
-(``OnlineStoreError``, for an online store that cannot be reached, lives with the online stores.)
+(``OnlineStoreError`` lives with the online stores.) The server answers ``StoreUnavailableError`` with 503 and
+``Retry-After``; a connected store raises it for 503 answers and for a server it cannot reach.
 """
 
 from __future__ import annotations
@@ -70,3 +73,12 @@ class TransformationError(GristmillError):
 
 class OfflineStoreError(GristmillError):
     """The offline store could not take a write; the message says why and what to do."""
+
+
+class StoreUnavailableError(GristmillError):
+    """A store (or the server) cannot be reached right now; the request itself was fine, so retrying it later
+    may succeed. ``retry_after``: seconds the server suggested waiting (None: no suggestion)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -22,6 +22,7 @@ EXPECTED_PUBLIC_NAMES = [
     "MaterializationSettings",
     "OnlineResult",
     "OnlineStoreError",
+    "StoreUnavailableError",
     "Column",
     "ConfigError",
     "DuckDBEngine",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.engine import AggregationMode, FeatureSetRequest, to_utc_naive
-from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, materialized_view, probe_view
+from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, materialized_view, probe_view, shifted
 from gristmill.compute.pit import (
     ISO_TIME_FORMS,
     ISO_TIME_PATTERN,
@@ -228,9 +228,9 @@ def _feature_window(low: datetime | None, high: datetime | None, delay: timedelt
         epoch = datetime(1970, 1, 1)
         return epoch, epoch
     if lookback == timedelta(0):
-        return low, high + ONE_MICROSECOND
-    end = high - delay + ONE_MICROSECOND
-    start = low - lookback if lookback is not None else None
+        return low, shifted(high, ONE_MICROSECOND)
+    end = shifted(shifted(high, -delay), ONE_MICROSECOND)
+    start = shifted(low, -lookback) if lookback is not None else None
     if start is not None and start > end:
         start = end
     return start, end

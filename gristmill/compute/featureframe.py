@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gristmill.compute.aggregations import aggregation_sql
 from gristmill.compute.result import arrow_table
+from gristmill.compute.sandbox import run_transformation_sql
 from gristmill.compute.schema import accepts, cast_expression, sql_family, utc_timestamp_sql
 from gristmill.compute.sources import (
     INTERNAL_PREFIX,
@@ -23,7 +24,7 @@ from gristmill.compute.sources import (
     unique_name,
     with_order,
 )
-from gristmill.compute.sqltext import cols, engine_message, interval, q, ts_lit
+from gristmill.compute.sqltext import cols, interval, q, ts_lit
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
@@ -37,6 +38,15 @@ log = logging.getLogger("gristmill.compute")
 
 MARKER = "__gm_marker"
 ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, saturating at the ends of the datetime range (observations in year 1 or 9999
+    reach back or forward past it)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max if delta > timedelta(0) else datetime.min
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: da
     lookback = spec.source_lookback.timedelta if spec.source_lookback else timedelta(0)
     if expressions is not None:
         lookback = max(lookback, spec.max_window)
-    read_start = start - lookback if start is not None else None
+    read_start = shifted(start, -lookback) if start is not None else None
     log.debug("computing %s over [%s, %s), reading source from %s", label, start, end, read_start)
     source = SourceReader(con, spec, sample_rows=sample_rows).read(read_start, end)
     transformation = spec.feature_transformation
@@ -196,7 +206,7 @@ def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str
     low, high = con.execute(f"SELECT min(__gm_probe_ts), max(__gm_probe_ts) FROM {probes}").fetchall()[0]
     if low is None:
         low = high = datetime(1970, 1, 1)
-    source = SourceReader(con, spec).read(low - spec.max_window, high + ONE_MICROSECOND)
+    source = SourceReader(con, spec).read(shifted(low, -spec.max_window), shifted(high, ONE_MICROSECOND))
     union = unique_name("probe_union")
     key_types = {c.name: c.type.sql for c in spec.index_columns}
     con.execute(
@@ -213,26 +223,13 @@ def probe_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, probes: str
 
 def _sql_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str, sql: str, label: str) -> str:
     import sqlglot
-    from sqlglot import exp
 
     try:
-        tree = sqlglot.parse_one(sql, read="duckdb")
+        sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.ParseError as exc:
         raise TransformationError(f"{label}: transformation_sql does not parse: {exc}") from None
-
-    def _rename(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and node.name.lower() == "source" and not node.args.get("db"):
-            alias = node.alias or "source"
-            return exp.to_table(source).as_(alias)
-        return node
-
-    rewritten = tree.transform(_rename).sql(dialect="duckdb")
     view = unique_name("sqlt")
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {view}_t AS {rewritten}")
-    except Exception as exc:
-        raise TransformationError(f"{label}: transformation_sql failed: "
-                                  f"{engine_message(exc, names={source: 'source'})}") from None
+    run_transformation_sql(con, source, sql, f"{view}_t", label=label)
     names = _columns(con, f"{view}_t")
     order = "" if ORDER in names else f", rowid::BIGINT AS {q(ORDER)}"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT *{order} FROM {view}_t")

@@ -7,6 +7,7 @@ import glob
 import importlib.util
 import itertools
 import os
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,6 +34,14 @@ _DEFAULT_SUFFIX = {SourceType.PARQUET: "parquet", SourceType.CSV: "csv"}
 
 def unique_name(prefix: str) -> str:
     return f"{INTERNAL_PREFIX}{prefix}_{next(_counter)}"
+
+
+def file_error_message(error: BaseException) -> str:
+    """An engine error about reading a file, without the file's content: DuckDB's CSV errors quote the
+    offending line (``Original Line: root:x:0:0:...``) and list fixes that are its options, not ours."""
+    text = engine_message(error)
+    text = re.sub(r"\s*Original Line:.*?(?=\s+Expected |\s+Possible fixes|$)", "", text)
+    return re.split(r"\s+(?:Possible fixes:|The search space used was:)", text, maxsplit=1)[0].strip()
 
 
 def is_uri(path: str) -> bool:
@@ -173,8 +182,11 @@ class SourceReader:
             raw, what = self._parent(start, end)
         types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE SELECT * FROM {raw}").fetchall()}
         if ts not in types:
-            raise SourceError(f"{what}: timestamp column '{ts}' not found (columns: {', '.join(types)}); "
-                              "fix source.timestamp_column.name")
+            # Columns of files are not listed (see _check_files); those of Delta tables, custom sources and
+            # parent feature sets are names someone chose.
+            listed = "" if source.type in (SourceType.PARQUET, SourceType.CSV) else \
+                f" (columns: {', '.join(n for n in types if not n.startswith(INTERNAL_PREFIX))})"
+            raise SourceError(f"{what}: timestamp column '{ts}' not found{listed}; fix source.timestamp_column.name")
         normalized = self._timestamp_expression(q(ts), types[ts], what)
         view = unique_name("src")
         conditions = []
@@ -223,12 +235,14 @@ class SourceReader:
             try:
                 described = self.con.execute(f"DESCRIBE SELECT * FROM {reader}({lit(file)})").fetchall()
             except Exception as exc:
-                raise SourceError(f"source file {file}: cannot be read: {engine_message(exc)}") from None
+                raise SourceError(f"source file {file}: cannot be read: {file_error_message(exc)}") from None
             types = {row[0]: row[1] for row in described}
             missing = [name for name in required if name not in types]
             if missing:
-                raise SourceError(f"source file {file}: column(s) {', '.join(missing)} missing (columns: "
-                                  f"{', '.join(types)}); fix the file or the spec")
+                # The file's own column names are not shown: a text file read as CSV has its first line as
+                # its "columns" (/etc/passwd would be echoed).
+                raise SourceError(f"source file {file}: column(s) {', '.join(missing)} missing; fix the file "
+                                  "or the spec")
             for name, declared in required.items():
                 if declared is not None and not accepts(declared, types[name]):
                     raise SourceError(f"source file {file}: column '{name}' is {types[name]}, declared "
@@ -266,7 +280,7 @@ class SourceReader:
                 f"{', __gm_file, __gm_file_index' if len(files) > 1 else ''}), {order} AS {ORDER} "
                 f"FROM {from_clause}")
         except Exception as exc:  # duckdb.Error, kept lazy
-            raise SourceError(f"source.path '{path}': cannot read parquet: {engine_message(exc)}") from exc
+            raise SourceError(f"source.path '{path}': cannot read parquet: {file_error_message(exc)}") from exc
         return raw, f"source '{path}'"
 
     def _csv(self) -> tuple[str, str]:
@@ -280,7 +294,7 @@ class SourceReader:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {raw}_t AS SELECT * FROM read_csv({file_list}, "
                              f"union_by_name=true){limit}")
         except Exception as exc:
-            raise SourceError(f"source.path '{path}': cannot read csv: {engine_message(exc)}") from exc
+            raise SourceError(f"source.path '{path}': cannot read csv: {file_error_message(exc)}") from exc
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {raw} AS SELECT *, rowid::BIGINT AS {ORDER} FROM {raw}_t")
         return raw, f"source '{path}'"
 

@@ -24,12 +24,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.exceptions import HTTPException
 
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
-from gristmill.errors import ConfigError, GristmillError, NotFoundError, install_hint
+from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUnavailableError, install_hint
+from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, harden
 from gristmill.server.visibility import Visibility
 from gristmill.spec.retrieval_spec import FeatureRef
 from gristmill.spec.types import FeatureType
@@ -50,18 +51,21 @@ DOCS_ASSETS = "/docs-assets"
 #: how long the server trusts what it read about a token or a principal's grants (revocations and new
 #: grants take effect within this time)
 CACHE_SECONDS = 5.0
+#: the ``Retry-After`` of a 503 (a store that cannot be reached): seconds a client should wait before retrying
+RETRY_AFTER_SECONDS = 5
 
 
 class OnlineRequest(BaseModel):
     """``features``: ``feature_set:version:feature`` names; ``entities``: one list of values per index
     column (extra columns pass through to the output)."""
 
-    features: list[str] = Field(min_length=1, examples=[["transactions:1:amount_7d_sum"]])
+    features: list[FEATURE_REFERENCE] = Field(min_length=1, max_length=MAX_FEATURES,
+                                              examples=[["transactions:1:amount_7d_sum"]])
     entities: dict[str, list[Any]] = Field(examples=[{"account_id": ["A00001", "A00002"]}])
-    full_feature_names: bool = False
+    full_feature_names: StrictBool = False
     now: datetime | None = Field(default=None, description="Answer as of this time (UTC when naive) instead of "
                                  "the server's clock; a key whose stored value is newer is refused (400).")
-    explain: bool = Field(default=False, description="Add `notes`: why keys got no value (expired, never "
+    explain: StrictBool = Field(default=False, description="Add `notes`: why keys got no value (expired, never "
                           "materialized, not in the store); one more store read per feature set with such keys.")
 
 
@@ -86,6 +90,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                   description="Online features, catalog, search and materialization jobs of one feature store.",
                   docs_url=None, redoc_url=None)
     _add_docs(app)
+    harden(app)
 
     def caller(request: Request) -> str:
         if not auth:
@@ -119,6 +124,12 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     @app.exception_handler(GristmillError)
     def user_error(request: Request, exc: GristmillError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404 if isinstance(exc, NotFoundError) else 400)
+
+    @app.exception_handler(StoreUnavailableError)
+    def unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+        """A store that cannot be reached is the server's trouble, not the caller's: 503, try again later."""
+        retry = RETRY_AFTER_SECONDS if exc.retry_after is None else max(1, round(exc.retry_after))
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(retry)})
 
     @app.exception_handler(RequestValidationError)
     def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -178,7 +189,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return found.to_dict() | {"ref": found.ref}
 
     @app.get("/v1/features/search", tags=["catalog"])
-    def search(q: str = "", limit: int = 50, principal: str = Caller) -> list[dict[str, Any]]:
+    def search(q: str = "", limit: ListLimit = 50, principal: str = Caller) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         readable: dict[tuple[str, str], bool] = {}
         for info in store.search_features(q, limit=100_000):       # filter by access first, then cut to limit
@@ -259,7 +270,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return [_job(j) for j in jobs]
 
     @app.get("/v1/jobs", tags=["materialization"])
-    def jobs(feature_set: str | None = None, status: str | None = None, limit: int = 100,
+    def jobs(feature_set: str | None = None, status: str | None = None, limit: ListLimit = 100,
              principal: str = Caller) -> list[dict[str, Any]]:
         name, _, version = (feature_set or "").partition(":")
         return [_job(j) for j in visible.jobs(principal, feature_set=name or None, version=version or None,
@@ -279,7 +290,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return _job(store.cancel_job(job_id, f"cancelled by {principal}"))
 
     @app.get("/v1/audit", tags=["access"])
-    def audit(limit: int = 100, denied_only: bool = False, principal: str = Caller) -> list[dict[str, Any]]:
+    def audit(limit: ListLimit = 100, denied_only: bool = False, principal: str = Caller) -> list[dict[str, Any]]:
         check(principal, Action.READ_AUDIT, STORE)
         return [{"at": e.at, "principal": e.principal, "action": e.action, "resource": e.resource,
                  "allowed": e.allowed, "count": e.count, "detail": e.detail}

@@ -153,6 +153,15 @@ class FeatureTransformation(Frozen):
                              f"transformation_code, transformation_sql (got {', '.join(given) or 'none'})")
         return self
 
+    @field_validator("transformation_sql")
+    @classmethod
+    def _one_select(cls, value: str | None) -> str | None:
+        if value is not None:
+            from gristmill.compute.sandbox import check_transformation_sql
+
+            check_transformation_sql(value)
+        return value
+
 
 class FeatureSetSpec(Frozen):
     """The specification of a feature set: everything needed to compute it."""

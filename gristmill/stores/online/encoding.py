@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gristmill.errors import GristmillError, RetrievalError
+from gristmill.errors import RetrievalError, StoreUnavailableError
 from gristmill.spec.types import FeatureType
 from gristmill.stores.online.base import CREATE_TIMESTAMP, EVENT_TIMESTAMP, NEVER
 
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 
-class OnlineStoreError(GristmillError):
+class OnlineStoreError(StoreUnavailableError):
     """An online store that cannot be reached or used (the message says where and what to check)."""
 
 
