@@ -452,7 +452,7 @@ def write_derived(repo: Path, name: str, parent: str, features: list[dict[str, s
 def test_a_derived_version_is_checked_against_the_parent_apply_will_use(tmp_path: Path,
                                                                       store: gm.FeatureStore) -> None:
     store.apply(write_repo(tmp_path))                                                  # fs1:1 has amount
-    repo = write_repo(tmp_path, base_spec(features=[{"name": "spend", "type": "double"}]),
+    repo = write_repo(tmp_path / "v2", base_spec(features=[{"name": "spend", "type": "double"}]),
                       data=ROWS.rename(columns={"amount": "spend"}))               # fs1:1 changed: refused
     write_derived(repo, "zchild", "fs1:1", DOUBLED, "SELECT acct, ts, spend * 2 AS doubled FROM source")
     plan = store.plan(repo)
