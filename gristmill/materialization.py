@@ -218,6 +218,12 @@ class Materializer:
         asked."""
         if start is None or end is None:
             return
+        now = to_utc_naive(self.store.now(), name="now")
+        if end > now and not allow_future:
+            raise BackfillError(
+                f"--end {end:%Y-%m-%d %H:%M:%S} is after now ({now:%Y-%m-%d %H:%M:%S} UTC): event time after now "
+                "holds no data yet, and the window would be marked Complete while empty; pass an end up to now, "
+                "or --allow-future (allow_future=True) to materialize it anyway")
         most = self.store.config.limits.backfill_max_span_days
         span = end - start
         if span > timedelta(days=most):
@@ -225,12 +231,6 @@ class Materializer:
                 f"--start/--end: the window [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) spans {span.days:,} days; "
                 f"one backfill may cover at most {most:,} days (limits.backfill_max_span_days in featurestore.yaml): "
                 "split it into several backfills, or raise the limit")
-        now = to_utc_naive(self.store.now(), name="now")
-        if end > now and not allow_future:
-            raise BackfillError(
-                f"--end {end:%Y-%m-%d %H:%M:%S} is after now ({now:%Y-%m-%d %H:%M:%S} UTC): event time after now "
-                "holds no data yet, and the window would be marked Complete while empty; pass an end up to now, "
-                "or --allow-future (allow_future=True) to materialize it anyway")
 
     def cancel(self, job_id: str, reason: str = "cancelled by user") -> JobRecord:
         """Mark a queued or running job Cancelled (e.g. its process died); its window turns Incomplete and
