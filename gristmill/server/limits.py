@@ -18,8 +18,9 @@ import asyncio
 import io
 import logging
 import math
+import queue
+import threading
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -48,14 +49,20 @@ class LimitExceeded(Exception):
 
 
 class BackfillWorkers:
-    """A fixed-size pool running the backfill jobs this server queued, with their heartbeats."""
+    """A fixed number of threads running the backfill jobs this server queued, with their heartbeats.
+
+    The threads are daemons: a stopping server does not wait for a long job. It cancels its jobs instead
+    (their windows turn Incomplete and can be retried); a server killed outright leaves them to be reaped."""
 
     def __init__(self, store: FeatureStore, *, size: int) -> None:
         self.store = store
         self.size = size
-        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="backfill")
+        self._queue: queue.Queue[tuple[FeatureSet, JobRecord] | None] = queue.Queue()
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
         self._beats = Heartbeats(store.materializer.schedules, store.materializer.worker).start()
-        self._waiting: dict[str, Future[JobRecord]] = {}
+        for index in range(size):
+            threading.Thread(target=self._work, name=f"backfill-{index}", daemon=True).start()
 
     def submit(self, feature_set: FeatureSet, *, start: Any, end: Any, data_status: Sequence[str] | None,
                stores: Sequence[str] | None, allow_future: bool) -> list[JobRecord]:
@@ -65,30 +72,44 @@ class BackfillWorkers:
                                                       stores=stores, allow_future=allow_future)
         self._beats.add(*(job.id for job in jobs))
         for job in jobs:
-            self._waiting[job.id] = self._pool.submit(self._run, feature_set, job)
+            self._queue.put((feature_set, job))
         return jobs
 
-    def _run(self, feature_set: FeatureSet, job: JobRecord) -> JobRecord:
-        try:
-            return self.store.materializer.run(feature_set, job)
-        except BaseException as exc:           # run records a job's own failures; this is anything else
-            log.exception("job %s: the backfill worker stopped: %s", job.id, exc)
-            raise
-        finally:
-            self._beats.discard(job.id)
-            self._waiting.pop(job.id, None)
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            feature_set, job = item
+            with self._lock:
+                self._running.add(job.id)
+            try:
+                self.store.materializer.run(feature_set, job)      # records the job's own failure
+            except Exception:
+                log.exception("job %s: the backfill worker failed", job.id)
+            finally:
+                self._beats.discard(job.id)
+                with self._lock:
+                    self._running.discard(job.id)
 
     def shutdown(self) -> None:
-        """Cancel the jobs that have not started (they would never run: their window turns Incomplete and
-        can be retried), let a running one finish, stop the heartbeats."""
-        for job_id, future in list(self._waiting.items()):
-            if future.cancel():
-                self._beats.discard(job_id)
+        """Cancel the jobs still queued or running here (retry them with ``backfill --job-id``)."""
+        waiting: list[str] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                waiting.append(item[1].id)
+        with self._lock:
+            running = sorted(self._running)
+        for job_ids, reason in ((waiting, "the server stopped before the job ran"),
+                                (running, "the server stopped while the job ran")):
+            for job_id in job_ids:
                 try:
-                    self.store.materializer.cancel(job_id, "the server stopped before the job ran")
+                    self.store.materializer.cancel(job_id, reason)
                 except GristmillError as exc:
                     log.warning("job %s: not cancelled: %s", job_id, exc)
-        self._pool.shutdown(wait=True)
+        for _ in range(self.size):
+            self._queue.put(None)
         self._beats.stop()
 
 
