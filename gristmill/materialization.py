@@ -204,7 +204,7 @@ class Materializer:
                                     start=lo, end=hi, data_status=data_status)
             self._check_window(lo if lo is not None else (windows[0][0] if windows else None),
                                hi if hi is not None else (windows[-1][1] if windows else None),
-                               allow_future=allow_future)
+                               allow_future=allow_future or hi is None)   # stored intervals were allowed once
         if not targets:
             raise BackfillError(f"{feature_set.ref}: none of the job's stores is enabled any more")
         jobs = [self.schedules.create_job(feature_set.name, feature_set.version, start=s, end=e, stores=targets,
