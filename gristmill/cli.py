@@ -508,6 +508,8 @@ def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a register
                  help="Only intervals with this status (repeatable): None, Incomplete, Complete.")] = None,
              job_id: Annotated[str | None, typer.Option(help="Retry the window of this failed job.")] = None,
              only: Annotated[str | None, typer.Option(help="Only this store: offline or online.")] = None,
+             allow_future: Annotated[bool, typer.Option(
+                 "--allow-future", help="Allow a window that ends after now (it holds no data yet).")] = False,
              store: StoreOption = Path(".")) -> None:
     """Materialize a feature set: one job per matching data interval, run here, with a progress bar."""
     with _user_errors():
@@ -526,10 +528,10 @@ def backfill(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a register
                                description=f"backfill {ref} [{job.start}, {job.end})")
 
                 jobs = s.backfill(name, version, start=start, end=end, data_status=data_status, job_id=job_id,
-                                  stores=[only] if only else None, on_job=on_job)
+                                  stores=[only] if only else None, on_job=on_job, allow_future=allow_future)
         else:
             jobs = s.backfill(name, version, start=start, end=end, data_status=data_status, job_id=job_id,
-                              stores=[only] if only else None)
+                              stores=[only] if only else None, allow_future=allow_future)
         _print_rows([_job_row(j) for j in jobs], False)
         failed = [j for j in jobs if j.status.value != "Completed"]
         console.print(f"{len(jobs) - len(failed)} of {len(jobs)} job(s) completed")
@@ -550,11 +552,18 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
          status: Annotated[str | None, typer.Option(help="Queued, Running, Completed, Failed, Cancelled.")] = None,
          limit: Annotated[int, typer.Option(help="Most recent N jobs.")] = 50,
          cancel: Annotated[bool, typer.Option("--cancel", help="Cancel JOB_ID (queued or running).")] = False,
+         reap: Annotated[bool, typer.Option("--reap", help="Fail the queued or running jobs whose worker is gone "
+                                                           "(exited, or silent for --lease seconds).")] = False,
+         lease: Annotated[float, typer.Option(
+             help="With --reap: seconds without heartbeat after which a job's worker counts as gone.")] = 120.0,
          store: StoreOption = Path("."),
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List materialization jobs (newest first) or show one, with status and metrics."""
     with _user_errors():
         s = _open(store)
+        if reap:
+            _reap(s, lease=lease, as_json=as_json)
+            return
         if cancel:
             from gristmill.errors import SpecError
 
@@ -570,6 +579,24 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
         _print_rows([_job_row(j, as_json=as_json) for j in listed], as_json)
         if not as_json:
             _expiry_notes(listed)
+
+
+def _reap(s: Any, *, lease: float, as_json: bool) -> None:
+    """``gristmill jobs --reap``: fail the jobs of workers that are gone, and say how to retry them."""
+    from datetime import timedelta
+
+    from gristmill.errors import SpecError
+    from gristmill.jobs.liveness import reap_stale_jobs
+
+    if lease < 5:
+        raise SpecError(f"--lease {lease:g}: must be at least 5 seconds (a shorter lease takes a worker that "
+                        "waits on a busy registry for a dead one)")
+    reaped = reap_stale_jobs(s, lease=timedelta(seconds=lease))
+    _print_rows([_job_row(j, as_json=as_json) for j in reaped], as_json)
+    if not as_json:
+        console.print(f"{len(reaped)} job(s) of stopped workers failed", highlight=False)
+        for job in reaped:
+            _job_failed(job, retry=False, store=s)
 
 
 def _stop_on_sigterm() -> None:

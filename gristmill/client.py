@@ -193,11 +193,33 @@ class RemoteFeatureStore:
                                     i["status"]) for i in items] for kind, items in answer.items()}
 
     def backfill(self, name: str, version: str | int, *, start: Any = None, end: Any = None,
-                 data_status: list[str] | None = None, stores: list[str] | None = None) -> list[Any]:
-        """Run a backfill on the server (the call returns when its jobs have ended)."""
-        body = {"start": _iso(start), "end": _iso(end), "data_status": data_status, "stores": stores}
+                 data_status: list[str] | None = None, stores: list[str] | None = None,
+                 allow_future: bool = False, wait: bool = True, timeout: float | None = 3600.0,
+                 poll_seconds: float = 1.0) -> list[Any]:
+        """Run a backfill on the server: it queues the jobs and its backfill workers run them.
+
+        With ``wait`` (the default, as on a local store) the call returns when every job has ended
+        (Completed, Failed or Cancelled), polling each job every ``poll_seconds``; after ``timeout`` seconds
+        (``None``: no limit) it raises ``GristmillError`` naming the jobs still running (they go on: follow
+        them with ``get_job``). With ``wait=False`` it returns the Queued jobs at once."""
+        import time
+
+        body = {"start": _iso(start), "end": _iso(end), "data_status": data_status, "stores": stores,
+                "allow_future": allow_future}
         path = f"/v1/feature-sets/{_q(name)}/{_q(version)}/backfill"
-        return [_job(item) for item in self._call("POST", path, json=body)]
+        jobs = [_job(item) for item in self._call("POST", path, json=body)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while wait:
+            jobs = [job if job.status.finished else self.get_job(job.id) for job in jobs]
+            running = [job.id for job in jobs if not job.status.finished]
+            if not running:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise GristmillError(f"backfill of {name}:{version}: job(s) {', '.join(running)} still queued or "
+                                     f"running after {timeout:g} s; they go on on the server: follow them with "
+                                     "get_job(id), or pass a longer timeout")
+            time.sleep(poll_seconds)
+        return jobs
 
     def list_jobs(self, *, feature_set: str | None = None, version: str | int | None = None,
                   status: str | None = None, limit: int = 100) -> list[Any]:

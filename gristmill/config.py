@@ -62,6 +62,25 @@ class NotificationsConfig(_Config):
     timeout_seconds: float = 10.0        # per webhook call or mail delivery
 
 
+class LimitsConfig(_Config):
+    """Bounds on the work one request may ask for (docs/server.md, "Limits and hardening")."""
+
+    #: the widest window one backfill may cover, in days (split wider ones into several backfills)
+    backfill_max_span_days: int = Field(default=3660, ge=1)
+    #: how many backfill jobs ``gristmill serve`` runs at once (the rest wait, Queued, in its worker pool)
+    server_backfill_workers: int = Field(default=1, ge=1, le=64)
+    #: the largest Parquet body ``POST /v1/offline/features`` reads, in bytes
+    offline_request_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: the most observation rows one ``POST /v1/offline/features`` may send (from the Parquet footer)
+    offline_request_max_rows: int = Field(default=1_000_000, ge=1)
+    #: how many offline retrievals the server runs at once
+    server_retrievals_at_once: int = Field(default=2, ge=1, le=64)
+    #: how long a retrieval waits for a free slot before the server answers 503 with Retry-After
+    server_retrieval_wait_seconds: float = Field(default=10.0, ge=0)
+    #: DuckDB's memory limit for each query the server runs, when ``engine.memory_limit`` is not set
+    server_engine_memory_limit: str = "2GB"
+
+
 class StoreConfig(_Config):
     """The contents of ``featurestore.yaml``."""
 
@@ -71,6 +90,7 @@ class StoreConfig(_Config):
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     engine: EngineConfig = EngineConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    limits: LimitsConfig = LimitsConfig()
     # other feature stores a query may span: name -> store folder (relative to this one), used by feature
     # references like "risk/scores:1:score"
     peers: dict[str, str] = {}

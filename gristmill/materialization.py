@@ -13,7 +13,7 @@ import logging
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from gristmill.compute.engine import to_utc_naive
 from gristmill.errors import GristmillError, SpecError, TransformationError
 from gristmill.jobs.backfill import BackfillError, plan_backfill
 from gristmill.jobs.intervals import DataInterval, DataStatus
+from gristmill.jobs.liveness import Heartbeats, worker_name
 from gristmill.jobs.materialize import materialize_window
 from gristmill.jobs.notify import Notifier
 from gristmill.registry.materialization import ConflictError
@@ -73,10 +74,14 @@ class Materializer:
 
     def __init__(self, store: FeatureStore) -> None:
         from gristmill.registry.materialization import MaterializationRecords
+        from gristmill.registry.schedules import ScheduleRecords
 
         self.store = store
         self.records: MaterializationRecords = MaterializationRecords(store.registry)
+        self.schedules = ScheduleRecords(self.records)
         self.notifier = Notifier(store.name, store.config.notifications)
+        #: the owner of the jobs this process creates (their heartbeats say it is alive: ``jobs/liveness.py``)
+        self.worker = worker_name()
 
     # -- tables -----------------------------------------------------------------------------------------
     def offline_table(self, feature_set: FeatureSet, materialization_version: int | None = None) -> OfflineTable:
@@ -142,8 +147,34 @@ class Materializer:
     def backfill(self, feature_set: FeatureSet, *, start: Any = None, end: Any = None,
                  data_status: Sequence[str | DataStatus] | None = None, job_id: str | None = None,
                  stores: Sequence[str] | None = None,
-                 on_job: Callable[[JobRecord, int, int], None] | None = None) -> list[JobRecord]:
-        """Plan, record and run backfill jobs; returns the finished job records (Completed or Failed)."""
+                 on_job: Callable[[JobRecord, int, int], None] | None = None,
+                 allow_future: bool = False) -> list[JobRecord]:
+        """Plan, record and run backfill jobs; returns the finished job records (Completed or Failed).
+
+        The jobs are owned by this process: it sends their heartbeats until each ends, so if it dies
+        (``kill -9``) they can be reaped (``gristmill jobs --reap``) instead of staying Running forever."""
+        jobs = self.queue_backfill(feature_set, start=start, end=end, data_status=data_status, job_id=job_id,
+                                   stores=stores, allow_future=allow_future)
+        finished = []
+        with Heartbeats(self.schedules, self.worker) as beats:
+            beats.add(*(job.id for job in jobs))
+            for index, job in enumerate(jobs):
+                if on_job is not None:
+                    on_job(job, index, len(jobs))
+                finished.append(self.run(feature_set, job))
+                beats.discard(job.id)
+        if on_job is not None and finished:
+            on_job(finished[-1], len(jobs), len(jobs))
+        return finished
+
+    def queue_backfill(self, feature_set: FeatureSet, *, start: Any = None, end: Any = None,
+                       data_status: Sequence[str | DataStatus] | None = None, job_id: str | None = None,
+                       stores: Sequence[str] | None = None, allow_future: bool = False) -> list[JobRecord]:
+        """Plan and record backfill jobs (Queued, owned by ``self.worker``) without running them.
+
+        A new window is checked first: it may span at most ``limits.backfill_max_span_days`` (featurestore.yaml)
+        and may not end after now (the store's clock) unless ``allow_future``: event time after now holds no
+        data yet, and a job over it would mark it Complete while empty."""
         enabled = self.enabled_stores(feature_set)
         if job_id is not None:
             jobs = [self.retry_job(feature_set, job_id)]
@@ -164,17 +195,33 @@ class Materializer:
             plan_store = "offline" if "offline" in targets else "online"
             windows = plan_backfill(self.records.timeline(feature_set.name, feature_set.version, plan_store),
                                     start=lo, end=hi, data_status=data_status)
-            jobs = [self.records.create_job(feature_set.name, feature_set.version, start=s, end=e, stores=targets)
+            self._check_window(lo if lo is not None else (windows[0][0] if windows else None),
+                               hi if hi is not None else (windows[-1][1] if windows else None),
+                               allow_future=allow_future or hi is None)   # stored intervals were allowed once
+            jobs = [self.schedules.create_job(feature_set.name, feature_set.version, start=s, end=e, stores=targets,
+                                              worker=self.worker)
                     for s, e in windows]
         log.info("%s: backfill of %d window(s) into %s", feature_set.ref, len(jobs), " + ".join(targets))
-        finished = []
-        for index, job in enumerate(jobs):
-            if on_job is not None:
-                on_job(job, index, len(jobs))
-            finished.append(self.run(feature_set, job))
-        if on_job is not None and finished:
-            on_job(finished[-1], len(jobs), len(jobs))
-        return finished
+        return jobs
+
+    def _check_window(self, start: datetime | None, end: datetime | None, *, allow_future: bool) -> None:
+        """A backfill window's bounds: at most ``limits.backfill_max_span_days`` wide, not after now unless
+        asked."""
+        if start is None or end is None:
+            return
+        now = to_utc_naive(self.store.now(), name="now")
+        if end > now and not allow_future:
+            raise BackfillError(
+                f"--end {end:%Y-%m-%d %H:%M:%S} is after now ({now:%Y-%m-%d %H:%M:%S} UTC): event time after now "
+                "holds no data yet, and the window would be marked Complete while empty; pass an end up to now, "
+                "or --allow-future (allow_future=True) to materialize it anyway")
+        most = self.store.config.limits.backfill_max_span_days
+        span = end - start
+        if span > timedelta(days=most):
+            raise BackfillError(
+                f"--start/--end: the window [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) spans {span.days:,} days; "
+                f"one backfill may cover at most {most:,} days (limits.backfill_max_span_days in featurestore.yaml): "
+                "split it into several backfills, or raise the limit")
 
     def retry_job(self, feature_set: FeatureSet, job_id: str) -> JobRecord:
         """Record (not run) the job that retries a failed or cancelled job's window, in those of its stores
@@ -192,7 +239,7 @@ class Materializer:
         if not targets:
             raise BackfillError(f"{feature_set.ref}: none of the job's stores is enabled any more")
         try:
-            return self.records.create_retry_job(job_id, stores=targets)
+            return self.records.create_retry_job(job_id, stores=targets, worker=self.worker)
         except ConflictError as exc:
             raise BackfillError(str(exc)) from None
 

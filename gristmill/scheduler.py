@@ -22,18 +22,15 @@ Jobs end with notifications like every job (``jobs/notify.py``).
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gristmill.errors import GristmillError
+from gristmill.jobs.liveness import Heartbeats, reap_stale_jobs, worker_name
 from gristmill.jobs.schedule import recurrence_window, runs_between
-from gristmill.materialization import retry_command
-from gristmill.registry.materialization import ConflictError, JobRecord, JobStatus
+from gristmill.registry.materialization import JobRecord
 from gristmill.registry.schedules import ScheduleRecords
 
 if TYPE_CHECKING:
@@ -81,7 +78,7 @@ class Scheduler:
         if max_catch_up < 1:
             raise GristmillError(f"max_catch_up must be at least 1, got {max_catch_up}")
         self.store = store
-        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker = worker or worker_name()
         self.heartbeat = heartbeat
         self.lease = lease
         self.max_catch_up = max_catch_up
@@ -136,23 +133,9 @@ class Scheduler:
         return sorted(due, key=lambda d: (d.run_at, d.feature_set.ref))
 
     def reap(self) -> list[JobRecord]:
-        """Fail the queued or running jobs whose worker sent no heartbeat for ``lease``."""
-        failed = []
-        for stale in self.schedules.stale(silent_for=self.lease):
-            # the text is read wherever the job is looked at, so the retry command names the store
-            reason = (f"worker {stale.worker} stopped: no heartbeat since {stale.heartbeat_at:%Y-%m-%d %H:%M:%S} "
-                      f"UTC; retry with: {retry_command(stale.job, store=self.store.path)}")
-            def still_silent(conn: Any, job_id: str = stale.job.id) -> bool:
-                return self.schedules.still_stale(conn, job_id, silent_for=self.lease)
-
-            try:                                      # fails it only if its worker is still silent, atomically
-                job = self.store.materializer.records.fail_job(stale.job.id, reason, status=JobStatus.FAILED,
-                                                               only_if=still_silent)
-            except ConflictError:                     # it beat or ended meanwhile, or another worker reaped it
-                continue
-            log.warning("%s: job %s failed: %s", job.ref, job.id, reason)
-            failed.append(self.store.materializer.ended(job))
-        return failed
+        """Fail the queued or running jobs whose worker sent no heartbeat for ``lease`` (or whose worker was a
+        process of this machine that has exited): ``jobs/liveness.py``."""
+        return reap_stale_jobs(self.store, lease=self.lease)
 
     # -- forever ------------------------------------------------------------------------------------
     def run(self, *, poll_seconds: float = 30.0, stop: threading.Event | None = None,
@@ -175,19 +158,11 @@ class Scheduler:
     def _run(self, feature_set: FeatureSet, job: JobRecord) -> JobRecord:
         """Run a claimed job, sending heartbeats meanwhile; an interrupt cancels it (its window turns
         Incomplete) before it propagates."""
-        beating = threading.Event()
-
-        def beat() -> None:
-            while not beating.wait(self.heartbeat.total_seconds()):
-                try:
-                    self.schedules.heartbeat(job.id, self.worker)
-                except GristmillError as exc:
-                    log.warning("job %s: heartbeat not recorded: %s", job.id, exc)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-        thread.start()
+        beats = Heartbeats(self.schedules, self.worker, every=self.heartbeat)
+        beats.add(job.id)
         try:
-            return self.store.materializer.run(feature_set, job)
+            with beats:
+                return self.store.materializer.run(feature_set, job)
         except BaseException:
             try:
                 self.interrupted_job = self.store.materializer.cancel(
@@ -195,6 +170,3 @@ class Scheduler:
             except GristmillError as exc:
                 log.warning("job %s: not cancelled: %s", job.id, exc)
             raise
-        finally:
-            beating.set()
-            thread.join()

@@ -550,17 +550,20 @@ class FeatureStore:
     def backfill(self, name: str, version: str | int, *, start: datetime | str | None = None,
                  end: datetime | str | None = None, data_status: Sequence[str] | None = None,
                  job_id: str | None = None, stores: Sequence[str] | None = None,
-                 on_job: Callable[..., None] | None = None) -> list[Any]:
+                 on_job: Callable[..., None] | None = None, allow_future: bool = False) -> list[Any]:
         """Materialize a feature set version: one job per matching data interval in ``[start, end)``.
 
         ``data_status`` picks intervals by status (``["Incomplete", "None"]``...); ``job_id`` retries a failed
         job's window. Jobs run in this process; returns their records (Completed or Failed, with metrics).
+        A window may span at most ``limits.backfill_max_span_days`` (featurestore.yaml) and may not end after
+        now unless ``allow_future=True``.
 
         >>> store.backfill("transactions", 1, start="2025-01-01", end="2025-02-01")   # doctest: +SKIP
         """
         feature_set = self._cached_feature_set(name, str(version))
         return self.materializer.backfill(feature_set, start=start, end=end, data_status=data_status,
-                                          job_id=job_id, stores=stores, on_job=on_job)
+                                          job_id=job_id, stores=stores, on_job=on_job,
+                                          allow_future=allow_future)
 
     def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
         """The data status timeline of each store (offline, online) of a feature set version."""

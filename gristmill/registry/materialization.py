@@ -324,7 +324,8 @@ class MaterializationRecords:
         with self._transaction(write=True) as conn:
             return _job(self._job_row(conn, insert_job(conn, name, version, start=start, end=end, stores=stores)))
 
-    def create_retry_job(self, job_id: str, *, stores: Iterable[StoreKind | str]) -> JobRecord:
+    def create_retry_job(self, job_id: str, *, stores: Iterable[StoreKind | str], worker: str | None = None
+                         ) -> JobRecord:
         """Record a queued job over the window of the failed or cancelled job ``job_id``, unless a job already
         covers it: one queued or running over any part of it, or one created since that completed it.
 
@@ -351,7 +352,13 @@ class MaterializationRecords:
             if covering is not None:
                 raise ConflictError(f"job {covering.id} is already {covering.status.lower()} over the window of job "
                                     f"{job_id}; nothing to retry (wait for it, or look at its result)")
-            return _job(self._job_row(conn, insert_job(conn, name, version, start=start, end=end, stores=kinds)))
+            new_id = insert_job(conn, name, version, start=start, end=end, stores=kinds)
+            if worker is not None:                       # owned from the start, so a dead owner's job is reaped
+                from gristmill.registry.schedules import _db_now, job_heartbeats
+
+                conn.execute(sa.insert(job_heartbeats).values(job_id=new_id, worker=worker,
+                                                              heartbeat_at=_db_now(conn)))
+            return _job(self._job_row(conn, new_id))
 
     def start_job(self, job_id: str) -> JobRecord:
         """Queued → Running. Only one caller wins: the others get ``ConflictError`` (no job runs twice)."""

@@ -110,6 +110,15 @@ class ScheduleRecords:
         except sa_exc.IntegrityError:      # PostgreSQL: a concurrent worker inserted the same run first
             return None
 
+    def create_job(self, name: str, version: str | int, *, start: datetime, end: datetime,
+                   stores: Iterable[StoreKind | str], worker: str) -> JobRecord:
+        """Record a queued job owned by ``worker`` (its window marked ``Pending``), with the worker's first
+        heartbeat in the same transaction: a job is never unowned, so a dead owner's jobs can be reaped."""
+        with self.records._transaction(write=True) as conn:
+            job_id = insert_job(conn, name, version, start=start, end=end, stores=stores)
+            conn.execute(sa.insert(job_heartbeats).values(job_id=job_id, worker=worker, heartbeat_at=_db_now(conn)))
+            return _job(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().one())
+
     def last_run(self, name: str, version: str | int) -> datetime | None:
         """The latest claimed run time of ``name:version`` (naive UTC), or None."""
         with self.records._transaction() as conn:
@@ -148,6 +157,12 @@ class ScheduleRecords:
         beat = sa.select(job_heartbeats.c.heartbeat_at).where(job_heartbeats.c.job_id == job_id)
         at = conn.execute(beat.with_for_update() if conn.dialect.name == "postgresql" else beat).scalar()
         return at is not None and _aware_utc(at) < _db_now(conn) - silent_for
+
+    def still_owned_by(self, conn: sa.Connection, job_id: str, worker: str) -> bool:
+        """Whether ``job_id``'s heartbeat row still names ``worker``, inside the caller's transaction (locked
+        on PostgreSQL, as in ``still_stale``)."""
+        owner = sa.select(job_heartbeats.c.worker).where(job_heartbeats.c.job_id == job_id)
+        return conn.execute(owner.with_for_update() if conn.dialect.name == "postgresql" else owner).scalar() == worker
 
     @staticmethod
     def _stale_query(conn: sa.Connection, silent_for: timedelta) -> sa.Select[Any]:

@@ -31,6 +31,7 @@ from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
 from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUnavailableError, install_hint
 from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, harden
+from gristmill.server.limits import add_limits
 from gristmill.server.visibility import Visibility
 from gristmill.spec.retrieval_spec import FeatureRef
 from gristmill.spec.types import FeatureType
@@ -74,6 +75,8 @@ class BackfillRequest(BaseModel):
     end: datetime | None = None
     data_status: list[str] | None = None
     stores: list[str] | None = Field(default=None, examples=[["offline", "online"]])
+    allow_future: bool = Field(default=False, description="Allow a window that ends after now (it holds no data "
+                               "yet); refused (400) otherwise.")
 
 
 class _Denied(Exception):
@@ -91,6 +94,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                   docs_url=None, redoc_url=None)
     _add_docs(app)
     harden(app)
+    limits = add_limits(app, store)
 
     def caller(request: Request) -> str:
         if not auth:
@@ -226,11 +230,13 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
               responses={200: {"content": {PARQUET: {}}, "description": "the training data as Parquet"}})
     async def offline_features(request: Request, features: str, timestamp_column: str,
                                full_feature_names: bool = False, as_known_at: bool = False,
-                               aggregation_mode: str = "per_event", principal: str = Caller) -> Response:
+                               aggregation_mode: str = "per_event", principal: str = Caller,
+                               _slot: None = Depends(limits.retrieval_slot)) -> Response:
         """Point-in-time training data: the body is the observations as Parquet, the answer Parquet too
-        (``features`` comma-separated ``feature_set:version:feature``)."""
+        (``features`` comma-separated ``feature_set:version:feature``). Bounded: see docs/server.md, "Limits and
+        hardening" (413 for a body or row count over the limit, 503 when too many retrievals run)."""
         names = [f.strip() for f in features.split(",") if f.strip()]
-        body = await request.body()
+        body = await limits.read_body(request)
 
         def retrieve() -> bytes:
             refs = [FeatureRef.parse(f) for f in names]
@@ -240,6 +246,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                                      f"serves {store.name} only")
             for name, version in {(ref.feature_set, ref.version) for ref in refs}:
                 check(principal, Action.READ_OFFLINE, visible.feature_set(principal, name, version))
+            limits.check_rows(body)
             try:
                 observations = pq.read_table(io.BytesIO(body))
             except Exception as exc:
@@ -259,14 +266,17 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         return {kind: [{"start": i.start, "end": i.end, "status": i.status.value} for i in items]
                 for kind, items in store.data_intervals(name, version).items()}
 
-    @app.post("/v1/feature-sets/{name}/{version}/backfill", tags=["materialization"])
+    @app.post("/v1/feature-sets/{name}/{version}/backfill", tags=["materialization"], status_code=202)
     def backfill(name: str, version: str, body: BackfillRequest, principal: str = Caller) -> list[dict[str, Any]]:
+        """Queue the jobs of a backfill and answer at once (202) with them, Queued: the server's backfill
+        workers run them (follow them at ``/v1/jobs/{id}``)."""
         resource = visible.feature_set(principal, name, version)
         check(principal, Action.MATERIALIZE, resource)
         access.audit(principal, Action.MATERIALIZE.value, str(resource), allowed=True,
                      detail=f"backfill [{body.start}, {body.end})")
-        jobs = store.backfill(name, version, start=body.start, end=body.end, data_status=body.data_status,
-                              stores=body.stores)
+        jobs = limits.backfills.submit(feature_set_resource(name, version)[0], start=body.start, end=body.end,
+                                       data_status=body.data_status, stores=body.stores,
+                                       allow_future=body.allow_future)
         return [_job(j) for j in jobs]
 
     @app.get("/v1/jobs", tags=["materialization"])

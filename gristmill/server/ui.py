@@ -10,7 +10,6 @@ pages are plain HTML with a little CSS, and the jobs page refreshes itself.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from html import escape
@@ -227,12 +226,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                 message = f"job {job_id} cancelled"
             elif action == "retry":
                 # the new job is recorded here, atomically with the check that no job covers the window yet
-                # (concurrent clicks make one job); it runs in the background, so a long window never holds
-                # the request open
+                # (concurrent clicks make one job); the server's backfill workers run it, so a long window
+                # never holds the request open
                 feature_set = store.get_feature_set(job.feature_set, job.version)
                 retry = store.materializer.retry_job(feature_set, job_id)
-                threading.Thread(target=_run, args=(store, feature_set, retry), name=f"retry-{job_id}",
-                                 daemon=True).start()
+                request.app.state.limits.backfills.submit_job(feature_set, retry)   # the server's fixed pool
                 access.audit(who, Action.MATERIALIZE.value, str(resource), allowed=True,
                              detail=f"retry of job {job_id} started as job {retry.id} (web UI)")
                 message = f"retry of job {job_id} started as job {retry.id}; it appears below"
@@ -264,13 +262,6 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                                             "<p><a href='/ui'>Back to the catalog</a></p>", status=status)
 
     return error_page
-
-
-def _run(store: FeatureStore, feature_set: Any, job: Any) -> None:
-    try:
-        store.materializer.run(feature_set, job)
-    except GristmillError as exc:                     # the job records its own failure; this is the rest
-        log.warning("job %s (a retry from the web UI) failed: %s", job.id, exc)
 
 
 def _scheme(request: Request) -> str:

@@ -64,7 +64,7 @@ def test_scenario_15_backfill_by_data_status(tmp_path: Path) -> None:
     records.set_status("fs1", "1", "offline", day[1], day[2], DataStatus.INCOMPLETE)
     records.set_status("fs1", "1", "offline", day[3], day[4], DataStatus.COMPLETE)
     jobs = store.backfill("fs1", 1, start="2025-04-02T12:00", end="2025-04-04T12:00",
-                          data_status=["Complete", "Incomplete"])
+                          data_status=["Complete", "Incomplete"], allow_future=True)   # the store's clock: 2024
     assert [(j.start, j.end) for j in jobs] == [(datetime(2025, 4, 2, 12), day[2]), (day[3], datetime(2025, 4, 4, 12))]
     timeline = [(i.start, i.end, i.status.value) for i in store.data_intervals("fs1", 1)["offline"]]
     noon = datetime(2025, 4, 2, 12)

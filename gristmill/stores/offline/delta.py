@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,13 +135,15 @@ class DeltaOfflineStore:
                 if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
                     raise                                  # else: a concurrent writer created it first
         first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
-        days = {first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)}
         # Optimistic concurrency: the rewritten days hold the stored rows outside the window, as of the
         # snapshot read here, so the commit must land right on top of that snapshot. If another writer
         # committed in between, ours fails (no automatic rebase), its files are deleted and it starts over.
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             delta = DeltaTable(uri, storage_options=self.storage_options)
             stored = [f for f in delta.file_uris() if _file_day_in(f, {(first_day, last_day)})]
+            # only the days that hold rows (stored or new) are replaced: a window's empty days cost nothing,
+            # however many there are (a 2,000-year window of a few rows is a few partitions, not 730,000)
+            days = {_file_day(f) for f in stored if f"{DAY_COLUMN}=" in f}
             kept = ""
             if stored:
                 files = ", ".join(lit(f) for f in stored)
@@ -166,10 +168,13 @@ class DeltaOfflineStore:
                 rows += count
                 written_bytes += size
                 day = path.parent.name.split("=", 1)[1]
+                days.add(datetime.fromisoformat(day).date())
                 actions.append(AddAction(path=f"{path.parent.name}/{path.name}", size=size,
                                          partition_values={DAY_COLUMN: day},
                                          modification_time=int(path.stat().st_mtime * 1000), data_change=True,
                                          stats=json.dumps({"numRecords": count})))
+            if not days:                       # nothing stored in the window and nothing new: no commit
+                break
             try:
                 delta.create_write_transaction(
                     actions, mode="overwrite", schema=delta.schema(), partition_by=[DAY_COLUMN],
@@ -290,11 +295,15 @@ def _file_sizes(table: Any) -> dict[str, int]:
     return dict(zip(columns.get("path", []), columns.get("size_bytes", []), strict=True))
 
 
+def _file_day(uri: str) -> date:
+    """The event day of a file of a day-partitioned table (from its ``_event_day=`` folder)."""
+    return datetime.fromisoformat(uri.split(f"{DAY_COLUMN}=", 1)[1].split("/", 1)[0]).date()
+
+
 def _file_day_in(uri: str, windows: set[tuple[Any, Any]]) -> bool:
-    marker = f"{DAY_COLUMN}="
-    if marker not in uri:
+    if f"{DAY_COLUMN}=" not in uri:
         return True
-    day = datetime.fromisoformat(uri.split(marker, 1)[1].split("/", 1)[0]).date()
+    day = _file_day(uri)
     return any(first <= day <= last for first, last in windows)
 
 
