@@ -59,10 +59,7 @@ def test_no_generated_request_gets_a_server_error(served: Served) -> None:
         generated = st.one_of(*(operation.as_strategy(generation_mode=mode)
                                 for mode in (schemathesis.GenerationMode.POSITIVE,
                                              schemathesis.GenerationMode.NEGATIVE)))
-        # A backfill of a known feature set over a generated window runs unbounded work in the request
-        # (issue 8, item 1, owned elsewhere): generated names only, until backfills are queued as jobs.
-        strategy = generated if operation.path.endswith("/backfill") else \
-            st.one_of(generated, generated.map(with_known_names))
+        strategy = st.one_of(generated, generated.map(with_known_names))   # backfills are queued jobs now
 
         @seed(SEED)
         @settings(max_examples=EXAMPLES_PER_OPERATION * 2, deadline=None, database=None, derandomize=True,
