@@ -213,3 +213,27 @@ def test_one_audit_row_per_minute_then_a_new_one(tmp_path: Path, monkeypatch: py
             access.check("nobody", Action.READ_CATALOG, resource)
     entries = access.audit_entries(denied_only=True)
     assert [e.count for e in entries] == [2, 5]            # newest first
+
+
+def test_ui_search_filters_before_it_cuts(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    big = tmp_path / "big"
+    (big / "spec").mkdir(parents=True)
+    features = [{"name": f"x{i:03d}", "type": "double", "description": "needle"} for i in range(300)]
+    (big / "FeatureSet.yaml").write_text(yaml.safe_dump({"name": "big", "version": "1",
+                                                         "specification": {"path": "./spec"}}))
+    (big / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump({
+        "source": {"type": "parquet", "path": str(tmp_path / "data" / "rows.parquet"),
+                   "timestamp_column": {"name": "ts"}},
+        "index_columns": [{"name": "acct", "type": "string"}], "features": features,
+        "feature_transformation": {"transformation_sql": "SELECT acct, ts, "
+                                   + ", ".join(f"f1 AS x{i:03d}" for i in range(300)) + " FROM source"}}))
+    assert store.apply(big).ok
+    store.update_feature_set("fs1", 1, tags={"kind": "needle"})      # fs1's features match through its tags
+    tokens = add_principals(store)
+    with serve(store, tokens) as server:
+        assert len(server.client("owner").get("/v1/features/search", params={"q": "needle", "limit": 1000}).json()) \
+            == 301
+        page = server.browser("reader").get("/ui", params={"q": "needle"})
+    assert page.status_code == 200
+    assert "1 feature(s) matching" in page.text and "fs1:1:f1" in page.text

@@ -144,8 +144,16 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             body = (f"<h1>Catalog</h1><form action='/ui'><input type='text' name='q' value='{escape(q, quote=True)}' "
                     "placeholder='search features: name, description, tags'> <button>Search</button></form>")
             if q:
-                found = [f for f in store.search_features(q, limit=200)
-                         if may(who, Action.READ_CATALOG, resource_of(f.feature_set, f.version))]
+                readable: dict[tuple[str, str], bool] = {}
+                found = []
+                for f in store.search_features(q, limit=100_000):    # filter by access first, then cut to 200
+                    key = (f.feature_set, f.version)
+                    if key not in readable:
+                        readable[key] = may(who, Action.READ_CATALOG, resource_of(*key))
+                    if readable[key]:
+                        found.append(f)
+                        if len(found) >= 200:
+                            break
                 body += f"<h2>{len(found)} feature(s) matching “{escape(q)}”</h2>" + _table(
                     ["feature", "type", "description", "tags"],
                     [[_link(f"/ui/feature-sets/{f.feature_set}/{f.version}", f.ref), escape(f.type.value),
