@@ -545,3 +545,28 @@ class Rows:
 def test_a_reference_without_its_feature_says_so() -> None:
     with pytest.raises(gm.RetrievalError, match="is the feature missing"):
         gm.FeatureRetrievalSpec.from_features(["transactions:1"])
+
+
+def test_a_runaway_sql_check_is_interrupted_and_bounded(tmp_path: Path, store: gm.FeatureStore,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    monkeypatch.setattr(check, "CHECK_SECONDS", 2.0)
+    bomb = "SELECT s.acct, s.ts, CAST(count(*) OVER () AS VARCHAR) AS v FROM source s, range(100000000000) r"
+    repo = write_repo(tmp_path, base_spec(feature_transformation={"transformation_sql": bomb},
+                                          features=[{"name": "v", "type": "string"}]))
+    item = fs_item(store.plan(repo))
+    assert item.action == "invalid" and "did not finish within 2 s" in item.detail, item.detail
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("check ") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name.startswith("check ") for t in threading.enumerate())   # the query was interrupted
+
+
+def test_sql_may_not_read_settings(tmp_path: Path, store: gm.FeatureStore) -> None:
+    sql = "SELECT acct, ts, current_setting('temp_directory') AS v FROM source"
+    repo = write_repo(tmp_path, base_spec(feature_transformation={"transformation_sql": sql},
+                                          features=[{"name": "v", "type": "string"}]))
+    item = fs_item(store.plan(repo))
+    assert item.action == "invalid" and "current_setting" in item.detail, item.detail

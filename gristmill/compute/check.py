@@ -13,7 +13,7 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gristmill.compute.sources import is_uri
 from gristmill.compute.sqltext import engine_message
@@ -28,6 +28,7 @@ log = logging.getLogger("gristmill.compute")
 
 SAMPLE_ROWS = 1_000          # source rows a check reads at most
 CHECK_SECONDS = 30.0         # a check that takes longer is refused (the transformation hangs or crawls)
+CHECK_MEMORY = "1GB"         # the engine's memory limit while checking (a sample needs little; SQL may not)
 
 CheckStatus = Literal["passed", "failed", "not checked"]
 
@@ -81,10 +82,12 @@ def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetim
     if reason is not None:
         return SourceCheck("not checked", reason)
     outcome: dict[str, SourceCheck] = {}
+    connections: list[Any] = []
 
     def run() -> None:
         try:
-            rows = engine.check(spec, sample_rows=sample_rows, window=_custom_window(spec, now), label=label)
+            rows = engine.check(spec, sample_rows=sample_rows, window=_custom_window(spec, now), label=label,
+                                memory_limit=CHECK_MEMORY, started=connections.append)
             outcome["result"] = SourceCheck("passed", f"{rows} sample row(s) computed")
         except GristmillError as exc:
             outcome["result"] = SourceCheck("failed", engine_message(exc))
@@ -98,7 +101,11 @@ def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetim
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        log.warning("%s: the source check is still running after %.0f s; giving up on it", label, seconds)
+        from gristmill.compute.sandbox import interrupt
+
+        for con in connections:                # SQL stops here; Python code cannot be stopped from outside
+            interrupt(con)
+        log.warning("%s: the source check is still running after %.0f s; interrupted it", label, seconds)
         if spec.source.path and is_uri(spec.source.path):
             return SourceCheck("not checked", f"{spec.source.path} did not answer within {seconds:.0f} s")
         return SourceCheck("failed", f"{label}: computing a sample of at most {sample_rows} source rows did not "

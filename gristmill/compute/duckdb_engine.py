@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,11 +89,16 @@ class DuckDBEngine:
         return FeatureFrame(con, sql, description=f"{label} over [{lo}, {hi})")
 
     def check(self, spec: FeatureSetSpec, *, sample_rows: int, window: tuple[datetime, datetime] | None,
-              label: str = "feature set") -> int:
+              label: str = "feature set", memory_limit: str | None = None,
+              started: Callable[[Any], None] | None = None) -> int:
         """Compute ``spec`` on at most ``sample_rows`` source rows (of ``window``, else the first rows) and
         raise the error a backfill would meet; also refuse undeclared output columns of SQL or code
         transformations. Returns the number of rows computed."""
         con = self.connect()
+        if memory_limit:
+            con.execute(f"SET memory_limit = {lit(memory_limit)}")
+        if started is not None:
+            started(con)                        # the caller may interrupt it (gristmill.compute.check)
         start, end = window if window is not None else (None, None)
         view = compute_view(con, spec, start, end, label=label, sample_rows=sample_rows)
         transformation = spec.feature_transformation

@@ -41,6 +41,7 @@ NOT_ALLOWED_FUNCTIONS = frozenset({
     "sqlite_attach", "postgres_scan", "postgres_attach", "postgres_query", "mysql_scan", "mysql_query",
     "delta_scan", "iceberg_scan", "iceberg_metadata", "iceberg_snapshots", "read_xlsx", "st_read",
     "query", "query_table", "getenv", "load_extension", "duckdb_extensions", "duckdb_settings",
+    "current_setting",
 })
 
 #: DuckDB settings the sandboxed database is opened with
@@ -146,6 +147,7 @@ def run_transformation_sql(con: duckdb.DuckDBPyConnection, source: str, sql: str
     except ValueError as exc:
         raise TransformationError(f"{label}: transformation_sql: {exc}") from None
     sandbox = open_sandbox(con)
+    _open_sandboxes.setdefault(id(con), []).append(sandbox)
     try:
         incoming = con.sql(f"SELECT * FROM {source}").to_arrow_reader(BATCH_ROWS)
         sandbox.register("__gm_source_rows", incoming)
@@ -161,7 +163,26 @@ def run_transformation_sql(con: duckdb.DuckDBPyConnection, source: str, sql: str
             with contextlib.suppress(duckdb.Error):
                 con.unregister(f"{target}_rows")
     finally:
+        running = _open_sandboxes.get(id(con), [])
+        if sandbox in running:
+            running.remove(sandbox)
+        if not running:
+            _open_sandboxes.pop(id(con), None)
         sandbox.close()
+
+
+#: the sandboxes running a transformation, by the id of the connection they run for (see ``interrupt``)
+_open_sandboxes: dict[int, list[duckdb.DuckDBPyConnection]] = {}
+
+
+def interrupt(con: duckdb.DuckDBPyConnection) -> None:
+    """Stop what ``con`` and the sandboxes running transformations for it are computing (a check that took
+    too long): their queries fail with an interruption error."""
+    for sandbox in list(_open_sandboxes.get(id(con), [])):
+        with contextlib.suppress(Exception):
+            sandbox.interrupt()
+    with contextlib.suppress(Exception):
+        con.interrupt()
 
 
 def open_sandbox(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
