@@ -79,6 +79,14 @@ class LimitsConfig(_Config):
     server_retrieval_wait_seconds: float = Field(default=10.0, ge=0)
     #: DuckDB's memory limit for each query the server runs, when ``engine.memory_limit`` is not set
     server_engine_memory_limit: str = "2GB"
+    #: the most observation columns one ``POST /v1/offline/features`` may send (from the Parquet footer)
+    offline_request_max_columns: int = Field(default=1_000, ge=1)
+    #: the largest body of every other request (JSON), in bytes
+    request_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    #: the most keys (rows of ``entities``) one online lookup may ask for
+    online_request_max_keys: int = Field(default=10_000, ge=1)
+    #: how long the server waits for a request body to arrive in full
+    request_body_seconds: float = Field(default=60.0, gt=0)
 
 
 class StoreConfig(_Config):

@@ -37,6 +37,7 @@ ROWS = pd.DataFrame({"acct": ["A", "A", "B"],
                      "f1": [3.0, 5.0, 9.0]})
 #: a custom source that takes a minute per window: its jobs are still running or queued when the server dies
 SLOW_SOURCE = """
+import os
 import time
 
 import pandas as pd
@@ -44,8 +45,10 @@ import pandas as pd
 
 class Slow:
     def process(self, start, end, **kwargs):
-        time.sleep(60)
-        return pd.DataFrame({"acct": ["A"], "ts": [start], "f1": [1.0]})
+        deadline = time.monotonic() + 60                 # a minute, or until the test creates the release file
+        while time.monotonic() < deadline and not os.path.exists(kwargs["release"]):
+            time.sleep(0.05)
+        return pd.DataFrame({"acct": ["A"], "ts": [start or pd.Timestamp("2024-01-09")], "f1": [1.0]})
 """
 
 
@@ -61,7 +64,8 @@ def _store(tmp_path: Path, request: pytest.FixtureRequest, registry: str, *,
     (slow / "FeatureSet.yaml").write_text((repo / "fs" / "FeatureSet.yaml").read_text().replace("fs1", "slow"))
     spec = yaml.safe_load((repo / "fs" / "spec" / "FeatureSetSpec.yaml").read_text())
     spec["source"] = {"type": "custom", "timestamp_column": {"name": "ts"},
-                      "source_process_code": {"path": "./code", "process_class": "slow.Slow"}}
+                      "source_process_code": {"path": "./code", "process_class": "slow.Slow"},
+                      "kwargs": {"release": str(tmp_path / "release")}}
     (slow / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump(spec))
     (slow / "spec" / "code" / "slow.py").write_text(SLOW_SOURCE)
     url, schema = request.getfixturevalue("postgres_schema") if registry == "postgresql" else (None, None)
@@ -223,26 +227,19 @@ def test_too_many_retrievals_at_once_are_answered_503(tmp_path: Path, request: p
                           limits={"server_retrievals_at_once": 1, "server_retrieval_wait_seconds": 0})
     small = _parquet(pa.table({"acct": ["A"], "ts": pa.array([datetime(2024, 1, 10)], pa.timestamp("us"))}))
     with _serve(store) as (_, url):
-        sending, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=lambda: first.update(r=httpx.post(
+            f"{url}/v1/offline/features", params={"features": "slow:1:f1", "timestamp_column": "ts"},
+            content=small, timeout=90, headers={"Authorization": f"Bearer {token}"})))
         first: dict[str, httpx.Response] = {}
-
-        def trickle() -> Iterator[bytes]:                                  # holds its slot until released
-            yield small[:10]
-            sending.set()
-            release.wait(30)
-            yield small[10:]
-
-        holder = threading.Thread(target=lambda: first.update(r=_offline(url, token, trickle())))
-        holder.start()
+        holder.start()                       # computes the slow source: holds the only slot until released
         try:
-            assert sending.wait(30), "the first request was not sent"
-            time.sleep(0.5)                                               # it is in, holding the only slot
+            time.sleep(1.5)
             busy = _offline(url, token, small)
             assert busy.status_code == 503, busy.text
             assert busy.headers["retry-after"] == "1"
             assert "limits.server_retrievals_at_once" in busy.json()["error"]
         finally:
-            release.set()
+            (tmp_path / "release").touch()
             holder.join(timeout=60)
         assert first["r"].status_code == 200, first["r"].text
         assert _offline(url, token, small).status_code == 200

@@ -162,6 +162,11 @@ class DuckDBEngine:
         con.execute(f"CREATE OR REPLACE TEMP VIEW {obs} AS SELECT *, {obs_time} AS {OBS_TIME}"
                     f"{''.join(', ' + e for e in extra)} FROM {raw}")
         low, high = con.execute(f"SELECT min({OBS_TIME}), max({OBS_TIME}) FROM {obs}").fetchall()[0]
+        outside = [value for value in (low, high) if value is not None and not isinstance(value, datetime)]
+        if outside:            # DuckDB hands back times Python cannot hold as text
+            raise RetrievalError(f"timestamp_column '{timestamp_column}': observation times must lie between "
+                                 f"0001-01-01 and 9999-12-31 in UTC (one is {outside[0]} after converting its "
+                                 "offset)")
         plans: list[JoinPlan] = []
         right_sides: list[str] = []
         for request in requests:

@@ -91,5 +91,8 @@ def to_utc_naive(value: datetime | str | Any, *, name: str) -> datetime:
         else:
             raise RetrievalError(f"{name}: expected a datetime or ISO string, got {type(value).__name__}")
     if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise RetrievalError(f"{name}: {value.isoformat()} is outside the years 1 to 9999 in UTC") from None
     return value

@@ -13,6 +13,7 @@ route, 405 for a wrong method, 422 for a request that does not match its schema 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 from datetime import datetime
@@ -217,6 +218,7 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                                  f"{store.name} only: ask that store's server")
         for name, version in {(ref.feature_set, ref.version) for ref in refs}:
             check(principal, Action.READ_ONLINE, visible.feature_set(principal, name, version))
+        limits.check_keys(body.entities)
         result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names,
                                            now=body.now, explain=body.explain)
         answer = {"columns": {name: _json_values(values, result.types.get(name))
@@ -230,15 +232,13 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
               responses={200: {"content": {PARQUET: {}}, "description": "the training data as Parquet"}})
     async def offline_features(request: Request, features: str, timestamp_column: str,
                                full_feature_names: bool = False, as_known_at: bool = False,
-                               aggregation_mode: str = "per_event", principal: str = Caller,
-                               _slot: None = Depends(limits.retrieval_slot)) -> Response:
+                               aggregation_mode: str = "per_event", principal: str = Caller) -> Response:
         """Point-in-time training data: the body is the observations as Parquet, the answer Parquet too
         (``features`` comma-separated ``feature_set:version:feature``). Bounded: see docs/server.md, "Limits and
         hardening" (413 for a body or row count over the limit, 503 when too many retrievals run)."""
         names = [f.strip() for f in features.split(",") if f.strip()]
-        body = await limits.read_body(request)
 
-        def retrieve() -> bytes:
+        def authorize() -> None:
             refs = [FeatureRef.parse(f) for f in names]
             other = [ref.text for ref in refs if ref.store not in (None, store.name)]
             if other:
@@ -246,7 +246,14 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                                      f"serves {store.name} only")
             for name, version in {(ref.feature_set, ref.version) for ref in refs}:
                 check(principal, Action.READ_OFFLINE, visible.feature_set(principal, name, version))
-            limits.check_rows(body)
+
+        # who may ask is checked, and the body read (bounded in size and time), before a retrieval slot is taken:
+        # a slow or unauthorized upload never holds one
+        await run_in_threadpool(authorize)
+        body = await limits.read_body(request)
+        limits.check_rows(body)
+
+        def retrieve() -> bytes:
             try:
                 observations = pq.read_table(io.BytesIO(body))
             except Exception as exc:
@@ -258,7 +265,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
             pq.write_table(table, out)
             return out.getvalue()
 
-        return Response(await run_in_threadpool(retrieve), media_type=PARQUET)
+        async with contextlib.asynccontextmanager(limits.retrieval_slot)():
+            answer = await run_in_threadpool(retrieve)
+        return Response(answer, media_type=PARQUET)
 
     @app.get("/v1/feature-sets/{name}/{version}/intervals", tags=["materialization"])
     def intervals(name: str, version: str, principal: str = Caller) -> dict[str, Any]:

@@ -4,12 +4,14 @@ offline route (so generated clients and schemathesis see the API as it answers).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
+from starlette.requests import ClientDisconnect
 
 from gristmill.spec.common import MAX_NAME_LENGTH, MAX_VERSION_LENGTH
 
@@ -45,6 +47,9 @@ BODY_ERRORS: dict[str, str] = {"413": "The request body or its rows exceed the s
 BEARER = "bearer"
 
 
+log = logging.getLogger("gristmill.server")
+
+
 def harden(app: FastAPI) -> None:
     """Refuse over-long URLs (414) and describe errors, security and bodies in the OpenAPI document."""
 
@@ -56,6 +61,17 @@ def harden(app: FastAPI) -> None:
                                           f"{MAX_URL_LENGTH:,}; names are at most {MAX_NAME_LENGTH} characters"},
                                 status_code=414)
         return await call_next(request)
+
+    @app.exception_handler(UnicodeError)
+    def unpaired_surrogate(request: Request, exc: UnicodeError) -> JSONResponse:
+        # JSON may carry "\ud800" (a lone surrogate), which no store can encode: the request's text is invalid
+        return JSONResponse({"error": "the request holds text that is not valid Unicode (an unpaired surrogate such "
+                                      "as \\ud800); send valid UTF-8 text"}, status_code=400)
+
+    @app.exception_handler(ClientDisconnect)
+    def client_left(request: Request, exc: ClientDisconnect) -> Response:
+        log.debug("%s %s: the client disconnected before its body arrived", request.method, request.url.path)
+        return Response(status_code=400)          # nobody reads it; without a handler it is logged as an error
 
     generate = app.openapi
 

@@ -128,19 +128,38 @@ class ServerLimits:
 
     async def read_body(self, request: Request) -> bytes:
         """The request body, refused (413) as soon as it passes ``offline_request_max_bytes``: a declared
-        ``Content-Length`` over it is refused before reading, a streamed body when it crosses it."""
+        ``Content-Length`` over it is refused before reading, a streamed body when it crosses it; a body that
+        does not arrive in full within ``request_body_seconds`` is refused (408)."""
         most = self.config.offline_request_max_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > most:
             raise LimitExceeded(413, _too_large(int(declared), most))
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > most:
-                raise LimitExceeded(413, _too_large(None, most))
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        async def read() -> bytes:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > most:
+                    raise LimitExceeded(413, _too_large(None, most))
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        seconds = self.config.request_body_seconds
+        try:
+            return await asyncio.wait_for(read(), timeout=seconds)
+        except TimeoutError:
+            raise LimitExceeded(408, f"request body: not received in full within {seconds:g} s "
+                                     "(limits.request_body_seconds in featurestore.yaml)") from None
+
+    def check_keys(self, entities: dict[str, list[Any]]) -> None:
+        """Refuse (413) an online lookup of more than ``online_request_max_keys`` keys."""
+        most = self.config.online_request_max_keys
+        keys = max((len(values) for values in entities.values()), default=0)
+        if keys > most:
+            raise LimitExceeded(413, f"entities: {keys:,} keys; one lookup may ask for at most {most:,} "
+                                     "(limits.online_request_max_keys in featurestore.yaml): split the keys into "
+                                     "several requests")
 
     def check_rows(self, body: bytes) -> None:
         """Refuse (413) observations of more than ``offline_request_max_rows`` rows, counted from the Parquet
@@ -148,9 +167,21 @@ class ServerLimits:
         import pyarrow.parquet as pq
 
         try:
-            rows = pq.ParquetFile(io.BytesIO(body)).metadata.num_rows
+            parquet = pq.ParquetFile(io.BytesIO(body))
+            metadata, names = parquet.metadata, parquet.schema_arrow.names
         except Exception:
             return                      # not Parquet: reading it says so, with the reason
+        rows = metadata.num_rows
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise LimitExceeded(400, f"request body: column {repeated[0]} appears more than once in the observations; "
+                                     "give every column its own name")
+        columns = metadata.num_columns
+        if columns > self.config.offline_request_max_columns:
+            raise LimitExceeded(413, f"request body: the observations have {columns:,} columns; one request may send "
+                                     f"at most {self.config.offline_request_max_columns:,} "
+                                     "(limits.offline_request_max_columns in featurestore.yaml): send only the "
+                                     "index, timestamp and pass-through columns you need")
         most = self.config.offline_request_max_rows
         if rows > most:
             raise LimitExceeded(413, f"request body: the observations have {rows:,} rows; one request may send at "
@@ -183,6 +214,42 @@ async def _acquire_now(slots: asyncio.Semaphore) -> None:
     await slots.acquire()
 
 
+class BodyLimit:
+    """ASGI middleware: request bodies (but the offline route's, which has its own limit) larger than
+    ``most`` bytes are refused with 413, by ``Content-Length`` before reading or as they stream in."""
+
+    def __init__(self, app: Any, *, most: int, skip: tuple[str, ...]) -> None:
+        self.app = app
+        self.most = most
+        self.skip = skip
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.skip:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.most:
+            await JSONResponse({"error": _body_too_large(self.most)}, status_code=413)(scope, receive, send)
+            return
+        size = 0
+
+        async def limited() -> Any:
+            nonlocal size
+            message = await receive()
+            if message.get("type") == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.most:
+                    raise LimitExceeded(413, _body_too_large(self.most))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _body_too_large(most: int) -> str:
+    return (f"request body: over {most:,} bytes (limits.request_max_bytes in featurestore.yaml); send smaller "
+            "requests")
+
+
 def add_limits(app: FastAPI, store: FeatureStore) -> ServerLimits:
     """Install the server's limits on ``app``: the 413/503 answers, the backfill worker pool (stopped with
     the server), the engine's memory limit; and fail the jobs of workers that are gone (e.g. this server's
@@ -204,6 +271,7 @@ def add_limits(app: FastAPI, store: FeatureStore) -> ServerLimits:
         headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after is not None else None
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
+    app.add_middleware(BodyLimit, most=limits.config.request_max_bytes, skip=("/v1/offline/features",))
     app.router.on_shutdown.append(limits.backfills.shutdown)
     app.state.limits = limits
     return limits
