@@ -766,7 +766,7 @@ def demo(path: Annotated[Path, typer.Argument(help="Folder for the demo store an
     from gristmill.demo import run_demo
 
     with _user_errors():
-        run_demo(path, rows=rows, echo=lambda text: console.print(text, highlight=False, soft_wrap=True))
+        run_demo(path, rows=rows, echo=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False))
 
 
 

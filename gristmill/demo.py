@@ -4,7 +4,6 @@ lookups (SDK and CLI) — everything a new user sees in the first minute."""
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import subprocess
 import sys
@@ -231,8 +230,7 @@ def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] 
     store.close()
     echo(f"done in {time.perf_counter() - started:.1f} s. Next:")
     at = f"--store {shlex.quote(str(store.path))}"
-    server_extra = [] if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn") else [
-        f"# the server needs its extra: {install_hint('server')}"]
+    server_extra = [] if _server_installed() else [f"# the server needs its extra: {install_hint('server')}"]
     for line in (f"gristmill list {at}", f"gristmill jobs {at}", *server_extra,
                  "# the REST server and web UI need a token: a principal, a role and its token (printed once)",
                  f"gristmill access add demo-user {at}", f"gristmill access grant demo-user Owner {at}",
@@ -242,6 +240,15 @@ def run_demo(path: str | Path, *, rows: int = 300_000, echo: Callable[..., Any] 
                  f"gristmill ui {at}"):
         echo(f"  {line}")
     return output
+
+
+def _server_installed() -> bool:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _run_cli(arguments: list[str]) -> str:

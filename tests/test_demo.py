@@ -68,3 +68,16 @@ def test_demo_prints_the_commands_to_serve_it_with_a_token(demo: tuple[Path, Res
         ran = gristmill(*shlex.split(command)[1:])
         assert_ok(ran)
     assert ran.stdout.startswith("gm_")
+
+
+def test_the_demo_says_how_to_install_the_server_when_it_is_missing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = ("import sys\nsys.modules['fastapi'] = None\nsys.argv = ['gristmill', 'demo', sys.argv[1], '--rows', "
+               "'3000']\nfrom gristmill.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", program, str(tmp_path / "demo")], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert "pip install 'gristmill[server]' (in a source checkout: pip install -e '.[server]')" in said, said
