@@ -391,34 +391,15 @@ class Planner:
         return PlanItem("feature set", feature_set.ref, "create", str(path), notes=tuple(notes)), run
 
     def _check_entities(self, feature_set: FeatureSet, path: Path) -> None:
-        declared = {c.name: c.type for c in feature_set.spec.index_columns}
-        covered: dict[str, Any] = {}
-        for ref in feature_set.entities:
-            entity = self._entities.get(ref)
-            if entity is None:
-                name, version = ref.split(":")
-                try:
-                    entity = self.store.registry.get_entity(name, version)
-                except NotFoundError as exc:
-                    raise SpecError(f"{path}: entities: {exc}; register the entity first (put its YAML in the "
-                                    "applied folder)") from None
-            covered.update({c.name: c.type for c in entity.index_columns})
-        if feature_set.entities and covered != declared:
-            shown = lambda columns: "[" + ", ".join(f"{n}: {t.value}" for n, t in columns.items()) + "]"  # noqa: E731
-            raise SpecError(f"{path}: feature set {feature_set.ref}: index_columns {shown(declared)} do not match "
-                            f"its entities' index columns {shown(covered)}; make them equal (names and types)")
+        try:
+            self.store.check_entities(feature_set, planned=self._entities)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
 
     def _data_losses(self, old: FeatureSet, new: FeatureSet) -> list[str]:
         """What disabling stores (old settings → new) would drop, one text per store that holds data."""
-        before = old.materialization_settings or MaterializationSettings()
-        after = new.materialization_settings or MaterializationSettings()
-        losses = []
-        for kind in ("offline", "online"):
-            if getattr(before, f"{kind}_enabled") and not getattr(after, f"{kind}_enabled"):
-                held = self.store.materializer.data_held(old, kind)
-                if held:
-                    losses.append(f"{kind} store: {held} ({kind}_enabled: true → false)")
-        return losses
+        return [f"{kind} store: {held} ({kind}_enabled: true → false)"
+                for kind, held in self.store.data_losses(old, new).items()]
 
     def _schedule_notes(self, before: MaterializationSettings | None, feature_set: FeatureSet) -> list[str]:
         from gristmill.jobs.schedule import next_run, recurrence_window

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -238,7 +238,7 @@ class FeatureStore:
         ``allow_data_loss``."""
         spec = feature_set.spec
         feature_set = feature_set.with_spec(self.with_parent(spec, feature_set.ref))
-        self._check_entities(feature_set, spec)
+        self.check_entities(feature_set)
         registration = self.registration(feature_set)
         spec_dict = registration.spec
         try:
@@ -310,30 +310,41 @@ class FeatureStore:
                 changes.append(FieldChange(f"code file {name}", old, new))
         return changes
 
-    def _refuse_data_loss(self, old: FeatureSet, new: FeatureSet, *, allow: bool) -> None:
+    def data_losses(self, old: FeatureSet, new: FeatureSet) -> dict[str, str]:
+        """What going from ``old``'s materialization settings to ``new``'s would drop: per store it disables
+        (offline, online), a text saying what that store holds; stores holding nothing are left out."""
         before = old.materialization_settings or MaterializationSettings()
         after = new.materialization_settings or MaterializationSettings()
+        losses = {}
         for kind in ("offline", "online"):
             if getattr(before, f"{kind}_enabled") and not getattr(after, f"{kind}_enabled"):
                 held = self.materializer.data_held(old, kind)
-                if not held:
-                    continue
-                if not allow:
-                    raise DataLossError(f"feature set {new.ref}: disabling {kind} materialization drops {held}; "
-                                        f"keep {kind}_enabled: true, or pass allow_data_loss=True "
-                                        "(CLI: --allow-data-loss) to drop it")
-                log.warning("%s: %s materialization disabled; dropping %s", new.ref, kind, held)
+                if held:
+                    losses[kind] = held
+        return losses
 
-    def _check_entities(self, feature_set: FeatureSet, spec: FeatureSetSpec) -> None:
-        declared = {c.name: c.type for c in spec.index_columns}
+    def _refuse_data_loss(self, old: FeatureSet, new: FeatureSet, *, allow: bool) -> None:
+        for kind, held in self.data_losses(old, new).items():
+            if not allow:
+                raise DataLossError(f"feature set {new.ref}: disabling {kind} materialization drops {held}; "
+                                    f"keep {kind}_enabled: true, or pass allow_data_loss=True "
+                                    "(CLI: --allow-data-loss) to drop it")
+            log.warning("%s: %s materialization disabled; dropping %s", new.ref, kind, held)
+
+    def check_entities(self, feature_set: FeatureSet, *, planned: Mapping[str, Entity] | None = None) -> None:
+        """The entities of ``feature_set`` must be registered (or in ``planned``, by ``name:version``) and their
+        index columns must equal the spec's."""
+        declared = {c.name: c.type for c in feature_set.spec.index_columns}
         covered: dict[str, Any] = {}
         for ref in feature_set.entities:
-            name, version = ref.split(":")
-            try:
-                entity = self.registry.get_entity(name, version)
-            except NotFoundError as exc:
-                raise SpecError(f"feature set {feature_set.ref}: entities: {exc}; register the entity first "
-                                "(put its YAML in the applied folder)") from None
+            entity = (planned or {}).get(ref)
+            if entity is None:
+                name, version = ref.split(":")
+                try:
+                    entity = self.registry.get_entity(name, version)
+                except NotFoundError as exc:
+                    raise SpecError(f"feature set {feature_set.ref}: entities: {exc}; register the entity first "
+                                    "(put its YAML in the applied folder)") from None
             covered.update({c.name: c.type for c in entity.index_columns})
         if feature_set.entities and covered != declared:
             raise SpecError(f"feature set {feature_set.ref}: index_columns "

@@ -209,15 +209,19 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
                               "tags": info.tags})
         return found
 
-    @app.post("/v1/online/features", tags=["online"])
-    def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
-        refs = [FeatureRef.parse(f) for f in body.features]
+    def may_read_features(principal: str, action: Action, features: list[str]) -> None:
+        """Refuse references to another feature store's features, and features the caller may not read."""
+        refs = [FeatureRef.parse(f) for f in features]
         other = [ref.text for ref in refs if ref.store not in (None, store.name)]
         if other:
-            raise GristmillError(f"features: {other[0]} belongs to another feature store; this server serves "
+            raise GristmillError(f"features: '{other[0]}' belongs to another feature store; this server serves "
                                  f"{store.name} only: ask that store's server")
         for name, version in {(ref.feature_set, ref.version) for ref in refs}:
-            check(principal, Action.READ_ONLINE, visible.feature_set(principal, name, version))
+            check(principal, action, visible.feature_set(principal, name, version))
+
+    @app.post("/v1/online/features", tags=["online"])
+    def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
+        may_read_features(principal, Action.READ_ONLINE, body.features)
         limits.check_keys(body.entities)
         result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names,
                                            now=body.now, explain=body.explain)
@@ -238,18 +242,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
         hardening" (413 for a body or row count over the limit, 503 when too many retrievals run)."""
         names = [f.strip() for f in features.split(",") if f.strip()]
 
-        def authorize() -> None:
-            refs = [FeatureRef.parse(f) for f in names]
-            other = [ref.text for ref in refs if ref.store not in (None, store.name)]
-            if other:
-                raise GristmillError(f"features: '{other[0]}' belongs to another feature store; this server "
-                                     f"serves {store.name} only")
-            for name, version in {(ref.feature_set, ref.version) for ref in refs}:
-                check(principal, Action.READ_OFFLINE, visible.feature_set(principal, name, version))
-
         # who may ask is checked, and the body read (bounded in size and time), before a retrieval slot is taken:
         # a slow or unauthorized upload never holds one
-        await run_in_threadpool(authorize)
+        await run_in_threadpool(may_read_features, principal, Action.READ_OFFLINE, names)
         body = await limits.read_body(request)
         limits.check_rows(body)
 
