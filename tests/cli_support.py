@@ -6,8 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
+from redis_servers import free_port
 
 Result = subprocess.CompletedProcess[str]
 
@@ -54,3 +60,39 @@ def assert_user_error(result: Result, *fragments: str) -> None:
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+@contextmanager
+def gristmill_serve(store: str | Path, *, env: dict[str, str] | None = None, log: Path | None = None
+                    ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``gristmill serve`` on ``store`` at a free port, as a real subprocess, once it answers ``/health``;
+    yields (process, base URL) and stops it when the block ends (unless the test killed it). Its output goes
+    to ``log`` when given (the tests read it), else to pipes, shown if it fails to start."""
+    port = free_port()
+    output = log.open("w") if log is not None else None
+    process = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store)],
+                               env={**_environment(), **(env or {})}, text=True,
+                               stdout=output or subprocess.PIPE,
+                               stderr=subprocess.STDOUT if output else subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def printed() -> str:
+        return log.read_text() if log is not None else str(process.communicate())
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, printed()
+                assert time.monotonic() < deadline, "gristmill serve did not answer within 30 s"
+                time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.communicate(timeout=30)
+        if output is not None:
+            output.close()

@@ -4,7 +4,6 @@ a SQLite or a PostgreSQL registry (shared by the server hardening test modules).
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +14,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from cli_support import _command, _environment
-from redis_servers import free_port
+from cli_support import gristmill_serve
 from repo_support import write_fs1_repo
 
 import gristmill as gm
@@ -92,22 +90,5 @@ def add_principals(store: gm.FeatureStore) -> dict[str, str]:
 @contextmanager
 def serve(store: gm.FeatureStore, tokens: dict[str, str], *, env: dict[str, str] | None = None) -> Iterator[Served]:
     """``gristmill serve`` on ``store`` as a subprocess, until the block ends."""
-    port = free_port()
-    process = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store.path)],
-                               env={**_environment(), **(env or {})}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.communicate()
-                assert time.monotonic() < deadline, "gristmill serve did not answer within 30 s"
-                time.sleep(0.1)
+    with gristmill_serve(store.path, env=env) as (process, url):
         yield Served(url, store, tokens, process)
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)

@@ -4,7 +4,6 @@ hardening and schemathesis test modules)."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,8 +13,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
-from cli_support import _command, _environment
-from redis_servers import free_port
+from cli_support import gristmill_serve
 from repo_support import write_fs1_repo
 
 import gristmill as gm
@@ -58,24 +56,7 @@ def make_store(root: Path, *, online_store: str | None = None) -> tuple[Path, di
 
 @contextmanager
 def serving(store_path: Path, tokens: dict[str, str]) -> Iterator[Served]:
-    """Run ``gristmill serve`` on ``store_path`` until the block ends."""
-    port = free_port()
-    log = store_path.parent / f"serve-{port}.log"
-    with log.open("w") as output:
-        process = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store_path)],
-                                   env=_environment(), stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "gristmill serve did not answer within 30 s"
-                time.sleep(0.1)
+    """Run ``gristmill serve`` on ``store_path`` until the block ends (its output in ``serve-*.log`` beside it)."""
+    log = store_path.parent / f"serve-{time.monotonic_ns()}.log"
+    with gristmill_serve(store_path, log=log) as (_, url):
         yield Served(url, store_path, tokens)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from cli_support import _command, _environment
+from cli_support import _command, _environment, gristmill_serve
 from redis_servers import free_port
 from repo_support import write_fs1_repo
 
@@ -86,25 +86,8 @@ def _store(tmp_path: Path, request: pytest.FixtureRequest, registry: str, *,
 @contextmanager
 def _serve(store: gm.FeatureStore) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``gristmill serve`` on a free port, until the block ends (then stopped, unless the test killed it)."""
-    port = free_port()
-    server = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store.path)],
-                              env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.communicate()
-                assert time.monotonic() < deadline, "gristmill serve did not answer within 30 s"
-                time.sleep(0.1)
-        yield server, url
-    finally:
-        if server.poll() is None:
-            server.terminate()
-        server.communicate(timeout=30)
+    with gristmill_serve(store.path) as served:
+        yield served
 
 
 def _peak_rss_mb(pid: int) -> float:
