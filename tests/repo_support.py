@@ -32,3 +32,21 @@ def write_fs1_repo(root: Path, *, source: str | Path | dict[str, Any], settings:
         spec["temporal_join_lookback"] = {"days": lookback_days}
     (repo / "fs" / "spec" / "FeatureSetSpec.yaml").write_text(yaml.safe_dump(spec))
     return repo
+
+
+#: a custom source that takes a minute per window (or until the file named by its ``release`` kwarg exists):
+#: its jobs are surely still running when a test kills their process
+SLOW_SOURCE = """
+import os
+import time
+
+import pandas as pd
+
+
+class Slow:
+    def process(self, start, end, **kwargs):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not os.path.exists(kwargs.get("release", "")):
+            time.sleep(0.05)
+        return pd.DataFrame({"acct": ["A"], "ts": [start or pd.Timestamp("2024-01-09")], "f1": [1.0]})
+"""

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from cli_support import _command, _environment, gristmill_serve
 from redis_servers import free_port
-from repo_support import write_fs1_repo
+from repo_support import SLOW_SOURCE, write_fs1_repo
 
 import gristmill as gm
 from gristmill.auth import AccessRecords
@@ -35,21 +35,6 @@ ROWS = pd.DataFrame({"acct": ["A", "A", "B"],
                      "ts": pd.Series([datetime(2024, 1, 8), datetime(2024, 1, 9, 12), datetime(2024, 1, 9)]
                                      ).astype("datetime64[us]"),
                      "f1": [3.0, 5.0, 9.0]})
-#: a custom source that takes a minute per window: its jobs are still running or queued when the server dies
-SLOW_SOURCE = """
-import os
-import time
-
-import pandas as pd
-
-
-class Slow:
-    def process(self, start, end, **kwargs):
-        deadline = time.monotonic() + 60                 # a minute, or until the test creates the release file
-        while time.monotonic() < deadline and not os.path.exists(kwargs["release"]):
-            time.sleep(0.05)
-        return pd.DataFrame({"acct": ["A"], "ts": [start or pd.Timestamp("2024-01-09")], "f1": [1.0]})
-"""
 
 
 def _store(tmp_path: Path, request: pytest.FixtureRequest, registry: str, *,

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from cli_support import _command, _environment, assert_ok, assert_user_error, gristmill
-from repo_support import write_fs1_repo
+from repo_support import SLOW_SOURCE, write_fs1_repo
 
 import gristmill as gm
 from gristmill.jobs.backfill import BackfillError
@@ -26,18 +26,6 @@ ROWS = pd.DataFrame({"acct": ["A", "B", "C"],
                      "ts": pd.Series([datetime(40, 3, 1), datetime(1990, 1, 9, 12), datetime(2024, 1, 8)]
                                      ).astype("datetime64[us]"),
                      "f1": [1.0, 2.0, 3.0]})
-#: a custom source that takes a minute per window: a job that is surely still running when it is killed
-SLOW_SOURCE = """
-import time
-
-import pandas as pd
-
-
-class Slow:
-    def process(self, start, end, **kwargs):
-        time.sleep(60)
-        return pd.DataFrame({"acct": ["A"], "ts": [start], "f1": [1.0]})
-"""
 
 
 def _store(tmp_path: Path, request: pytest.FixtureRequest, registry: str, *, slow: bool = False,
