@@ -37,20 +37,28 @@ A_EVENT, A_EXPIRES = datetime(2024, 1, 9, 12), datetime(2024, 1, 11, 12)
 MakeStore = Callable[..., gm.FeatureStore]
 
 
+def fs1_store(tmp_path: Path, *, offline: bool = False, online: bool = True, clock: datetime = CLOCK,
+              online_store: str | None = None, online_prefix: str | None = None) -> gm.FeatureStore:
+    """A store on ``ROWS`` (fs1:1, lookback 2 days) with a fixed clock and the repo applied."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    ROWS.to_parquet(tmp_path / "data" / "rows.parquet")
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", lookback_days=2,
+                          settings={"offline_enabled": offline, "online_enabled": online})
+    store = gm.FeatureStore.init(tmp_path / "store", online_store=online_store, online_prefix=online_prefix,
+                                 clock=lambda: clock)
+    assert store.apply(repo).ok
+    return store
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     """A store on ``ROWS`` (fs1:1, lookback 2 days) with a fixed clock, its online store SQLite or Redis."""
     made: list[gm.FeatureStore] = []
 
     def make(*, clock: datetime = CLOCK, offline: bool = False) -> gm.FeatureStore:
-        (tmp_path / "data").mkdir(exist_ok=True)
-        ROWS.to_parquet(tmp_path / "data" / "rows.parquet")
-        repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", lookback_days=2,
-                              settings={"offline_enabled": offline, "online_enabled": True})
-        online = REDIS_URL if request.param == "redis" else None
-        store = gm.FeatureStore.init(tmp_path / "store", online_store=online,
-                                     online_prefix=f"gmtest-{uuid.uuid4().hex[:10]}", clock=lambda: clock)
-        assert store.apply(repo).ok
+        store = fs1_store(tmp_path, offline=offline, clock=clock,
+                          online_store=REDIS_URL if request.param == "redis" else None,
+                          online_prefix=f"gmtest-{uuid.uuid4().hex[:10]}")
         made.append(store)
         return store
 
@@ -88,21 +96,13 @@ def test_backfill_of_an_expired_window_records_that_every_key_expired(make_store
 
 
 def test_offline_only_job_has_no_online_outcome(tmp_path: Path) -> None:
-    ROWS.to_parquet(tmp_path / "rows.parquet")
-    repo = write_fs1_repo(tmp_path, source=tmp_path / "rows.parquet", lookback_days=2,
-                          settings={"offline_enabled": True, "online_enabled": False})
-    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: CLOCK)
-    store.apply(repo)
+    store = fs1_store(tmp_path, offline=True, online=False)
     [job] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-10")
     assert job.online is None and store.get_job(job.id).online is None
 
 
 def test_registry_from_before_the_online_columns_gets_them_on_open(tmp_path: Path) -> None:
-    ROWS.to_parquet(tmp_path / "rows.parquet")
-    repo = write_fs1_repo(tmp_path, source=tmp_path / "rows.parquet", lookback_days=2,
-                          settings={"offline_enabled": False, "online_enabled": True})
-    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: CLOCK)
-    store.apply(repo)
+    store = fs1_store(tmp_path, offline=False, online=True)
     [old] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-05")
     with store.registry.engine.begin() as conn:          # the jobs table as an earlier release created it
         for column in ("online_keys_written", "online_keys_expired", "newest_event_time", "online_expires_at"):
@@ -231,11 +231,7 @@ def test_explain_says_why_keys_have_no_value(make_store: MakeStore, request: pyt
 
 
 def test_cli_online_get_as_of(tmp_path: Path) -> None:
-    ROWS.to_parquet(tmp_path / "rows.parquet")
-    repo = write_fs1_repo(tmp_path, source=tmp_path / "rows.parquet", lookback_days=2,
-                          settings={"offline_enabled": False, "online_enabled": True})
-    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: CLOCK)
-    store.apply(repo)
+    store = fs1_store(tmp_path, offline=False, online=True)
     backfill(store).close()
     folder = tmp_path / "store"
     base = ["online", "get", "--features", "fs1:1:f1", "--key", "acct=A,C", "--store", folder]
@@ -256,11 +252,7 @@ def test_cli_online_get_as_of(tmp_path: Path) -> None:
 
 
 def test_server_and_client_carry_online_outcome_as_of_and_notes(tmp_path: Path) -> None:
-    ROWS.to_parquet(tmp_path / "rows.parquet")
-    repo = write_fs1_repo(tmp_path, source=tmp_path / "rows.parquet", lookback_days=2,
-                          settings={"offline_enabled": False, "online_enabled": True})
-    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: CLOCK)
-    store.apply(repo)
+    store = fs1_store(tmp_path, offline=False, online=True)
     for url in _serve(store, auth=False):
         remote = gm.FeatureStore.connect(url)
         [job] = remote.backfill("fs1", 1, start="2024-01-01", end="2024-01-10")
