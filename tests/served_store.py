@@ -4,15 +4,19 @@ hardening and schemathesis test modules)."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from cli_support import gristmill_serve
 from repo_support import write_fs1_repo
 
@@ -60,3 +64,10 @@ def serving(store_path: Path, tokens: dict[str, str]) -> Iterator[Served]:
     log = store_path.parent / f"serve-{time.monotonic_ns()}.log"
     with gristmill_serve(store_path, log=log) as (_, url):
         yield Served(url, store_path, tokens)
+
+
+def parquet_bytes(table: pa.Table, **options: Any) -> bytes:
+    """``table`` as the bytes of a Parquet file (a request body of ``POST /v1/offline/features``)."""
+    out = io.BytesIO()
+    pq.write_table(table, out, **options)
+    return out.getvalue()

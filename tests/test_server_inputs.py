@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from redis_servers import RedisServer
-from served_store import Served, make_store, serving
+from served_store import Served, make_store, parquet_bytes, serving
 
 import gristmill as gm
 
@@ -29,11 +29,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with serving(store_path, tokens) as running:
         yield running
 
-
-def _parquet(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    return out.getvalue()
 
 
 # -- item 7: 4xx, never 5xx ---------------------------------------------------------------------------------
@@ -63,7 +58,7 @@ def test_observation_times_are_checked(served: Served, times: pa.Array, status: 
     table = pa.table({"acct": pa.array(["A"] * len(times)), "ts": times})
     response = served.client("reader").post("/v1/offline/features", params={"features": "fs1:1:f1",
                                                                             "timestamp_column": "ts"},
-                                            content=_parquet(table),
+                                            content=parquet_bytes(table),
                                             headers={"content-type": "application/vnd.apache.parquet"})
     assert response.status_code == status, response.text
     if named is not None:
@@ -101,7 +96,7 @@ def test_offline_boolean_query_parameters_are_strict(served: Served, value: str)
     table = pa.table({"acct": ["A"], "ts": pa.array([datetime(2024, 1, 9, 13)], pa.timestamp("us"))})
     response = served.client("reader").post(
         "/v1/offline/features", params={"features": "fs1:1:f1", "timestamp_column": "ts", "full_feature_names": value},
-        content=_parquet(table), headers={"content-type": "application/vnd.apache.parquet"})
+        content=parquet_bytes(table), headers={"content-type": "application/vnd.apache.parquet"})
     assert response.status_code == 422, response.text
     assert "full_feature_names (query parameter)" in response.json()["error"]
 
@@ -247,7 +242,7 @@ def test_frames_round_trip(served: Served) -> None:
     table = pa.table({"acct": ["A", "B"], "ts": pa.array([datetime(2024, 1, 9, 13)] * 2, pa.timestamp("us"))})
     response = served.client("reader").post("/v1/offline/features", params={"features": "fs1:1:f1",
                                                                             "timestamp_column": "ts"},
-                                            content=_parquet(table),
+                                            content=parquet_bytes(table),
                                             headers={"content-type": "application/vnd.apache.parquet"})
     assert response.status_code == 200, response.text
     assert pd.read_parquet(io.BytesIO(response.content))["f1"].tolist() == [5.0, 9.0]

@@ -25,6 +25,7 @@ import yaml
 from cli_support import _command, _environment, gristmill_serve
 from redis_servers import free_port
 from repo_support import SLOW_SOURCE, write_fs1_repo
+from served_store import parquet_bytes
 
 import gristmill as gm
 from gristmill.auth import AccessRecords
@@ -82,11 +83,6 @@ def _peak_rss_mb(pid: int) -> float:
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM")
 
-
-def _parquet(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    return out.getvalue()
 
 
 # -- backfill ---------------------------------------------------------------------------------------------
@@ -156,7 +152,8 @@ def test_offline_requests_are_bounded(tmp_path: Path, request: pytest.FixtureReq
                           limits={"offline_request_max_bytes": 200_000, "offline_request_max_rows": 1000})
     [job] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-10")
     assert job.status.value == "Completed", job.error
-    small = _parquet(pa.table({"acct": ["A", "B"], "ts": pa.array([datetime(2024, 1, 10)] * 2, pa.timestamp("us"))}))
+    small = parquet_bytes(pa.table({"acct": ["A", "B"],
+                                    "ts": pa.array([datetime(2024, 1, 10)] * 2, pa.timestamp("us"))}))
     # 20 million identical rows: a few hundred KB of zstd Parquet, gigabytes once read
     attack = io.BytesIO()
     chunk = pa.table({"acct": pa.array(["A"] * 1_000_000).dictionary_encode(),
@@ -193,7 +190,7 @@ def test_offline_requests_are_bounded(tmp_path: Path, request: pytest.FixtureReq
 def test_too_many_retrievals_at_once_are_answered_503(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     store, token = _store(tmp_path, request, "sqlite",
                           limits={"server_retrievals_at_once": 1, "server_retrieval_wait_seconds": 0})
-    small = _parquet(pa.table({"acct": ["A"], "ts": pa.array([datetime(2024, 1, 10)], pa.timestamp("us"))}))
+    small = parquet_bytes(pa.table({"acct": ["A"], "ts": pa.array([datetime(2024, 1, 10)], pa.timestamp("us"))}))
     with _serve(store) as (_, url):
         holder = threading.Thread(target=lambda: first.update(r=httpx.post(
             f"{url}/v1/offline/features", params={"features": "slow:1:f1", "timestamp_column": "ts"},

@@ -5,16 +5,14 @@ errors."""
 
 from __future__ import annotations
 
-import io
 import socket
 import time
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from served_store import Served, make_store, serving
+from served_store import Served, make_store, parquet_bytes, serving
 
 LIMITS = {"online_request_max_keys": 100, "request_max_bytes": 20_000, "offline_request_max_columns": 50,
           "server_retrievals_at_once": 1, "server_retrieval_wait_seconds": 1.0, "request_body_seconds": 2.0}
@@ -30,11 +28,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with serving(store_path, tokens) as server:
         yield server
 
-
-def _parquet(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    return out.getvalue()
 
 
 OFFLINE = "/v1/offline/features?features=fs1:1:f1&timestamp_column=ts"
@@ -60,7 +53,7 @@ def test_a_slow_upload_holds_no_retrieval_slot_and_times_out(served: Served) -> 
         time.sleep(0.5)
         observations = pa.table({"acct": ["A"], "ts": pa.array([1_704_931_200_000_000], pa.timestamp("us"))})
         with served.client("owner") as owner:
-            answer = owner.post(OFFLINE, content=_parquet(observations))
+            answer = owner.post(OFFLINE, content=parquet_bytes(observations))
         assert answer.status_code == 200, answer.text                 # the slow upload held no slot
         slow.settimeout(10)
         reply = ""
@@ -77,9 +70,9 @@ def test_parquet_bodies_of_many_or_repeated_columns(served: Served) -> None:
     repeated = pa.Table.from_arrays([pa.array(["A"]), base["ts"], pa.array([1]), pa.array([2])],
                                     names=["acct", "ts", "x", "x"])
     with served.client("reader") as reader:
-        too_wide = reader.post(OFFLINE, content=_parquet(wide))
+        too_wide = reader.post(OFFLINE, content=parquet_bytes(wide))
         assert too_wide.status_code == 413 and "limits.offline_request_max_columns" in too_wide.json()["error"]
-        twice = reader.post(OFFLINE, content=_parquet(repeated))
+        twice = reader.post(OFFLINE, content=parquet_bytes(repeated))
         assert twice.status_code == 400 and "column x appears more than once" in twice.json()["error"], twice.text
         assert "__" not in twice.json()["error"]
 
@@ -87,7 +80,7 @@ def test_parquet_bodies_of_many_or_repeated_columns(served: Served) -> None:
 @pytest.mark.parametrize("edge", ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"])
 def test_times_at_the_edge_of_the_calendar_are_400(served: Served, edge: str) -> None:
     with served.client("owner") as owner:
-        offline = owner.post(OFFLINE, content=_parquet(pa.table({"acct": ["A"], "ts": [edge]})))
+        offline = owner.post(OFFLINE, content=parquet_bytes(pa.table({"acct": ["A"], "ts": [edge]})))
         assert offline.status_code == 400 and "between 0001-01-01 and 9999-12-31" in offline.json()["error"]
         online = owner.post("/v1/online/features", json={"features": ["fs1:1:f1"], "entities": {"acct": ["A"]},
                                                          "now": edge})
