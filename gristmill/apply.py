@@ -439,6 +439,10 @@ def diff(old: Any, new: Any, prefix: str = "") -> list[FieldChange]:
         return changes
     if old == new:
         return []
+    if prefix == "source.path" and isinstance(old, str | None) and isinstance(new, str | None):
+        from gristmill.compute.check import without_userinfo
+
+        return [FieldChange(prefix, old and without_userinfo(old), new and without_userinfo(new))]
     if prefix.startswith("source.kwargs.") and _SECRET_NAME.search(prefix.rsplit(".", 1)[-1]):  # never in CI logs
         return [FieldChange(prefix, None if old is None else "(hidden)", None if new is None else "(hidden, changed)")]
     return [FieldChange(prefix or "<value>", old, new)]

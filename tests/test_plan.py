@@ -570,3 +570,14 @@ def test_sql_may_not_read_settings(tmp_path: Path, store: gm.FeatureStore) -> No
                                           features=[{"name": "v", "type": "string"}]))
     item = fs_item(store.plan(repo))
     assert item.action == "invalid" and "current_setting" in item.detail, item.detail
+
+
+def test_credentials_in_a_source_uri_stay_out_of_the_plan(tmp_path: Path, store: gm.FeatureStore) -> None:
+    uri = "s3://AKIAEXAMPLE:wJalrSECRET@bucket/transactions/*.parquet"
+    repo = write_repo(tmp_path, base_spec(source={"type": "parquet", "path": uri, "timestamp_column": {"name": "ts"}}))
+    assert fs_item(store.apply(repo)).action == "created"
+    changed = write_repo(tmp_path, base_spec(source={"type": "parquet", "path": uri.replace("bucket", "other"),
+                                                     "timestamp_column": {"name": "ts"}}))
+    text = str(store.plan(changed))
+    assert "source.path: s3://…@bucket/transactions/*.parquet → s3://…@other/transactions/*.parquet" in text, text
+    assert "SECRET" not in text and "AKIA" not in text

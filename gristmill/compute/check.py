@@ -58,6 +58,7 @@ def unreachable_reason(spec: FeatureSetSpec) -> str | None:
         fsspec.get_filesystem_class(protocol)
     except (ValueError, ImportError) as exc:
         return f"{protocol}:// sources cannot be read from this machine ({str(exc).splitlines()[0]})"
+    shown = without_userinfo(path)               # a URI may carry user:password@: never into a plan or CI log
     try:
         filesystem = fsspec.filesystem(protocol)
         fixed = re.split(r"[*?\[]", path, maxsplit=1)[0].rstrip("/")
@@ -65,8 +66,15 @@ def unreachable_reason(spec: FeatureSetSpec) -> str | None:
     except FileNotFoundError:
         return None
     except Exception as exc:  # credentials, network, permissions: anything the store client raises
-        return f"cannot reach {path} from this machine: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        reason = (str(exc).splitlines() or [""])[0].replace(path, shown)[:200]
+        return f"cannot reach {shown} from this machine: {type(exc).__name__}: {reason}"
     return None
+
+
+def without_userinfo(uri: str) -> str:
+    """``uri`` with a ``user:password@`` in its authority replaced by ``…@`` (a plain ``container@`` of an
+    Azure URI names no secret and stays)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@:]*:[^/@]*@", r"\1…@", uri)
 
 
 def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetime,
@@ -107,7 +115,8 @@ def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetim
             interrupt(con)
         log.warning("%s: the source check is still running after %.0f s; interrupted it", label, seconds)
         if spec.source.path and is_uri(spec.source.path):
-            return SourceCheck("not checked", f"{spec.source.path} did not answer within {seconds:.0f} s")
+            return SourceCheck("not checked", f"{without_userinfo(spec.source.path)} did not answer within "
+                                              f"{seconds:.0f} s")
         return SourceCheck("failed", f"{label}: computing a sample of at most {sample_rows} source rows did not "
                                      f"finish within {seconds:.0f} s; make the transformation or source faster, "
                                      "or register without the check (--skip-source-check)")
