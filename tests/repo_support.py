@@ -50,3 +50,11 @@ class Slow:
             time.sleep(0.05)
         return pd.DataFrame({"acct": ["A"], "ts": [start or pd.Timestamp("2024-01-09")], "f1": [1.0]})
 """
+
+
+def set_limits(store: Path, limits: dict[str, Any]) -> None:
+    """Merge ``limits`` into the ``limits:`` block of the store's ``featurestore.yaml``."""
+    config_file = store / "featurestore.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["limits"] = {**(config.get("limits") or {}), **limits}
+    config_file.write_text(yaml.safe_dump(config))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
-from cli_support import _command, _environment, assert_ok, assert_user_error, gristmill
+from cli_support import _command, _environment, assert_ok, assert_user_error, gristmill, gristmill_serve
 from redis_servers import free_port
 
 import gristmill as gm
@@ -31,27 +31,12 @@ def test_access_commands_then_serve(tmp_path: Path) -> None:
     assert_user_error(gristmill("access", "grant", "svc-model", "Reader", "--scope", "table:x", "--store", store),
                       "scope 'table:x'")
 
-    port = free_port()
-    server = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store)],
-                              env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.communicate()
-                assert time.monotonic() < deadline, "gristmill serve did not answer within 30 s"
-                time.sleep(0.1)
+    with gristmill_serve(store) as (_, url):
         auth = {"Authorization": f"Bearer {token}"}
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/whoami", headers=auth).json() == {
+        assert httpx.get(f"{url}/v1/whoami", headers=auth).json() == {
             "principal": "svc-model", "grants": [{"role": "Reader", "scope": "store"}]}
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/audit", headers=auth).status_code == 403
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/feature-sets").status_code == 401
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        assert httpx.get(f"{url}/v1/audit", headers=auth).status_code == 403
+        assert httpx.get(f"{url}/v1/feature-sets").status_code == 401
     token_id = token.split("_")[1]
     assert_ok(gristmill("access", "revoke-token", token_id, "--store", store))
     assert_ok(gristmill("access", "revoke", "svc-model", "Reader", "--store", store))

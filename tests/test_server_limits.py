@@ -24,7 +24,7 @@ import pytest
 import yaml
 from cli_support import _command, _environment, gristmill_serve
 from redis_servers import free_port
-from repo_support import SLOW_SOURCE, write_fs1_repo
+from repo_support import SLOW_SOURCE, set_limits, write_fs1_repo
 from served_store import parquet_bytes
 
 import gristmill as gm
@@ -57,10 +57,7 @@ def _store(tmp_path: Path, request: pytest.FixtureRequest, registry: str, *,
     url, schema = request.getfixturevalue("postgres_schema") if registry == "postgresql" else (None, None)
     store = gm.FeatureStore.init(tmp_path / "store", registry_url=url, registry_schema=schema)
     if limits:
-        config_file = store.path / "featurestore.yaml"
-        config = yaml.safe_load(config_file.read_text())
-        config["limits"] = {**config.get("limits", {}), **limits}
-        config_file.write_text(yaml.safe_dump(config))
+        set_limits(store.path, limits)
         store = gm.FeatureStore(store.path)
     assert store.apply(repo, check_source=False).ok
     access = AccessRecords(store.materializer.records)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-import yaml
+from repo_support import set_limits
 from served_store import Served, make_store, parquet_bytes, serving
 
 LIMITS = {"online_request_max_keys": 100, "request_max_bytes": 20_000, "offline_request_max_columns": 50,
@@ -21,10 +21,7 @@ LIMITS = {"online_request_max_keys": 100, "request_max_bytes": 20_000, "offline_
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     store_path, tokens = make_store(tmp_path_factory.mktemp("review"))
-    config_file = store_path / "featurestore.yaml"
-    config = yaml.safe_load(config_file.read_text())
-    config["limits"] = LIMITS
-    config_file.write_text(yaml.safe_dump(config))
+    set_limits(store_path, LIMITS)
     with serving(store_path, tokens) as server:
         yield server
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 from cli_support import _command, _environment, assert_ok, assert_user_error, gristmill
-from repo_support import SLOW_SOURCE, write_fs1_repo
+from repo_support import SLOW_SOURCE, set_limits, write_fs1_repo
 
 import gristmill as gm
 from gristmill.jobs.backfill import BackfillError
@@ -42,10 +41,7 @@ def _store(tmp_path: Path, request: pytest.FixtureRequest, registry: str, *, slo
     url, schema = request.getfixturevalue("postgres_schema") if registry == "postgresql" else (None, None)
     store = gm.FeatureStore.init(tmp_path / "store", registry_url=url, registry_schema=schema)
     if limits:
-        config_file = store.path / "featurestore.yaml"
-        config = yaml.safe_load(config_file.read_text())
-        config["limits"] = {**config.get("limits", {}), **limits}
-        config_file.write_text(yaml.safe_dump(config))
+        set_limits(store.path, limits)
     store = gm.FeatureStore(store.path, clock=clock)
     assert store.apply(repo, check_source=False).ok
     return store
