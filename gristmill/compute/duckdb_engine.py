@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.engine import AggregationMode, FeatureSetRequest, to_utc_naive
-from gristmill.compute.featureframe import ONE_MICROSECOND, compute_view, materialized_view, probe_view, shifted
+from gristmill.compute.engine import FeatureSetRequest, to_utc_naive
+from gristmill.compute.featureframe import compute_view, materialized_view, probe_view
 from gristmill.compute.pit import (
     ISO_TIME_FORMS,
     ISO_TIME_PATTERN,
@@ -25,6 +25,14 @@ from gristmill.compute.pit import (
     point_in_time_sql,
     utc_time_sql,
 )
+from gristmill.compute.planning import (
+    AggregationMode,
+    feature_window,
+    missing_index_columns,
+    rename_clashes,
+    request_order,
+)
+from gristmill.compute.planning import aggregation_mode as parse_mode
 from gristmill.compute.result import FeatureFrame, RetrievalResult
 from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
@@ -114,14 +122,7 @@ class DuckDBEngine:
     def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,
                  as_known_at: bool = False, aggregation_mode: str = "per_event") -> RetrievalResult:
         """Point-in-time join of ``requests`` onto ``observations`` (SPEC §3)."""
-        try:
-            mode = AggregationMode(aggregation_mode)
-        except ValueError:
-            raise RetrievalError(f"aggregation_mode '{aggregation_mode}' is unknown; use one of: "
-                                 f"{', '.join(m.value for m in AggregationMode)}") from None
-        if mode == AggregationMode.AS_OF_OBSERVATION and as_known_at:
-            raise RetrievalError("as_known_at=True cannot be combined with aggregation_mode="
-                                 "'as_of_observation'; use one of them")
+        mode = parse_mode(aggregation_mode, as_known_at=as_known_at)
         if not requests:
             raise RetrievalError("features: the list is empty; name at least one feature as "
                                  "'feature_set:version:feature'")
@@ -134,13 +135,10 @@ class DuckDBEngine:
         if timestamp_column not in types:
             raise RetrievalError(f"timestamp_column '{timestamp_column}' is not a column of the observations "
                                  f"(columns: {', '.join(columns)}); pass the name of the observation time column")
-        missing = {r.label: [k for k in r.spec.index_column_names if k not in types] for r in requests}
-        missing = {label: keys for label, keys in missing.items() if keys}
+        missing = missing_index_columns(requests, columns)
         if missing:
-            detail = "; ".join(f"{label} needs {', '.join(keys)}" for label, keys in missing.items())
-            raise RetrievalError(f"observations lack index column(s): {detail} "
-                                 f"(observation columns: {', '.join(columns)})")
-        requests = _rename_clashes(requests, columns)
+            raise RetrievalError(missing)
+        requests = rename_clashes(requests, columns)
         obs_time = _time_expression(con, raw, timestamp_column, types[timestamp_column])
         key_casts: dict[tuple[str, str], str] = {}
         extra = []
@@ -187,7 +185,7 @@ class DuckDBEngine:
                 plans.append(plan)
                 right_sides.append(asof_side_sql(view, features))
                 continue
-            start, end = _feature_window(low, high, delay, lookback)
+            start, end = feature_window(low, high, delay, lookback)
             if request.materialized is not None and not as_known_at:
                 view = materialized_view(con, spec, request.materialized, start, end, label=request.label)
             else:
@@ -195,56 +193,13 @@ class DuckDBEngine:
             plan = JoinPlan(view, obs_keys, list(request.outputs), delay, lookback, as_known_at=as_known_at)
             plans.append(plan)
             right_sides.append(known_at_sql(plan, obs) if as_known_at else asof_side_sql(view, features))
-        output_order = [name for r in requests for _, name in r.outputs]
         # Observations given in memory come back as given (the query only computes the features); rows read
         # from files come back as the engine read them.
         shown = [] if given is not None else columns
-        sql = point_in_time_sql(obs, shown, plans, right_sides, _request_order(requests, output_order))
+        sql = point_in_time_sql(obs, shown, plans, right_sides, request_order(requests))
         labels = ", ".join(r.label for r in requests)
         return RetrievalResult(con, sql, description=f"point-in-time retrieval of {labels}", observations=given,
                                frame=observations, observation_columns=columns)
-
-
-def _rename_clashes(requests: list[FeatureSetRequest], columns: list[str]) -> list[FeatureSetRequest]:
-    """A feature whose output name is already an observation column gets the suffix ``_1`` (``_2``...)."""
-    taken = set(columns)
-    renamed = []
-    for request in requests:
-        outputs = []
-        for feature, name in request.outputs:
-            final, n = name, 0
-            while final in taken:
-                n += 1
-                final = f"{name}_{n}"
-            if final != name:
-                log.warning("feature %s of %s is output as %s: an observation column is named %s",
-                            feature, request.label, final, name)
-            taken.add(final)
-            outputs.append((feature, final))
-        renamed.append(FeatureSetRequest(request.label, request.spec, tuple(outputs), request.position,
-                                         request.materialized))
-    return renamed
-
-
-def _request_order(requests: list[FeatureSetRequest], names: list[str]) -> list[str]:
-    """Output names sorted by the position of each feature in the user's request."""
-    positions = {name: pos for r in requests for (_, name), pos in zip(r.outputs, r.position, strict=True)}
-    return sorted(names, key=lambda name: positions[name])
-
-
-def _feature_window(low: datetime | None, high: datetime | None, delay: timedelta,
-                    lookback: timedelta | None) -> tuple[datetime | None, datetime]:
-    """The feature rows any observation can reach: ``[min(t) - lookback, max(t) - delay]``."""
-    if low is None or high is None:
-        epoch = datetime(1970, 1, 1)
-        return epoch, epoch
-    if lookback == timedelta(0):
-        return low, shifted(high, ONE_MICROSECOND)
-    end = shifted(shifted(high, -delay), ONE_MICROSECOND)
-    start = shifted(low, -lookback) if lookback is not None else None
-    if start is not None and start > end:
-        start = end
-    return start, end
 
 
 def _time_expression(con: duckdb.DuckDBPyConnection, raw: str, name: str, sql_type: str) -> str:

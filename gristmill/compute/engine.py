@@ -5,21 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gristmill.compute.planning import AggregationMode
 from gristmill.errors import RetrievalError
+
+__all__ = ["AggregationMode", "Engine", "FeatureSetRequest", "MaterializedData", "to_utc_naive"]
 
 if TYPE_CHECKING:
     from gristmill.compute.result import FeatureFrame, RetrievalResult
     from gristmill.spec.featureset_spec import FeatureSetSpec
-
-
-class AggregationMode(StrEnum):
-    """How DSL window features are evaluated in retrieval."""
-
-    PER_EVENT = "per_event"                  # value of the latest event row (materialized = computed)
-    AS_OF_OBSERVATION = "as_of_observation"  # window ending exactly at the observation time minus delay
 
 
 @dataclass(frozen=True)

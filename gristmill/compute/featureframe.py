@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from gristmill.compute.aggregations import aggregation_sql
+from gristmill.compute.planning import ONE_MICROSECOND, shifted, source_read_start, split_windows
 from gristmill.compute.result import arrow_table
 from gristmill.compute.sandbox import run_transformation_sql
 from gristmill.compute.schema import accepts, cast_expression, sql_family, utc_timestamp_sql
@@ -25,7 +26,7 @@ from gristmill.compute.sources import (
     with_order,
 )
 from gristmill.compute.sqltext import cols, interval, q, ts_lit
-from gristmill.errors import RetrievalError, TransformationError
+from gristmill.errors import TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
 if TYPE_CHECKING:
@@ -37,16 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gristmill.compute")
 
 MARKER = "__gm_marker"
-ONE_MICROSECOND = timedelta(microseconds=1)
-
-
-def shifted(moment: datetime, delta: timedelta) -> datetime:
-    """``moment + delta``, saturating at the ends of the datetime range (observations in year 1 or 9999
-    reach back or forward past it)."""
-    try:
-        return moment + delta
-    except OverflowError:
-        return datetime.max if delta > timedelta(0) else datetime.min
 
 
 @dataclass(frozen=True)
@@ -80,10 +71,8 @@ def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: da
 
     ``sample_rows`` reads only that many source rows (checking a spec before it is registered)."""
     expressions = spec.window_expressions
-    lookback = spec.source_lookback.timedelta if spec.source_lookback else timedelta(0)
-    if expressions is not None:
-        lookback = max(lookback, spec.max_window)
-    read_start = shifted(start, -lookback) if start is not None else None
+    read_start = source_read_start(start, source_lookback=spec.source_lookback.timedelta if spec.source_lookback
+                                   else None, max_window=spec.max_window if expressions is not None else None)
     log.debug("computing %s over [%s, %s), reading source from %s", label, start, end, read_start)
     source = SourceReader(con, spec, sample_rows=sample_rows).read(read_start, end)
     transformation = spec.feature_transformation
@@ -103,29 +92,10 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
     """Feature rows of ``[start, end)``: read from the offline store where the window is Complete, computed
     from source elsewhere. Materialized rows are already de-duplicated by the tie rule, so both halves
     give the same point-in-time answers."""
-    low = start or datetime.min
-    complete = [(max(s, low), min(e, end)) for s, e in materialized.complete if s < end and e > low]
+    split = split_windows(materialized, start, end, label=label)
+    complete, gaps = split.complete, split.gaps
     if not complete:
-        if materialized.strict:
-            raise RetrievalError(f"{label}: no Complete offline data in [{start}, {end}) and strict retrieval "
-                                 "refuses to compute from source; backfill the window first")
         return compute_view(con, spec, start, end, label=label)
-    gaps: list[tuple[datetime | None, datetime]] = []
-    cursor: datetime | None = start
-    for s, e in sorted(complete):
-        if cursor is None or cursor < s:
-            gaps.append((cursor, s))
-        cursor = e
-    if cursor is not None and cursor < end:
-        gaps.append((cursor, end))
-    if materialized.strict and gaps and gaps[0][0] is None:
-        # Unbounded lookback: strict retrieval never reads the source, so time before the first
-        # materialized window counts as holding no rows (documented in docs/materialization.md).
-        gaps = gaps[1:]
-    if gaps and materialized.strict:
-        shown = ", ".join(f"[{s or '-inf'}, {e})" for s, e in gaps)
-        raise RetrievalError(f"{label}: windows {shown} are not Complete in the offline store and strict "
-                             "retrieval refuses to compute from source; backfill them first")
     epoch = datetime(1970, 1, 1)
     shape = compute_view(con, spec, epoch, epoch, label=label)
     columns = [*shape.keys, shape.timestamp, *([CREATE_TIMESTAMP] if shape.has_create_timestamp else []),
@@ -138,8 +108,6 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
         parts.append(f"SELECT {cols(columns)}, {q(ORDER)} FROM {part.name}")
     view = unique_name("fs_mat")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(parts)}")
-    log.info("%s: reading %d Complete window(s) from the offline store, computing %d gap(s) from source",
-             label, len(complete), len(gaps))
     return ComputedView(name=view, keys=shape.keys, timestamp=shape.timestamp, features=shape.features,
                         has_create_timestamp=shape.has_create_timestamp, ties_are_equal=shape.ties_are_equal)
 

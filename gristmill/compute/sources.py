@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gristmill.compute.planning import INTERNAL_PREFIX, ORDER
 from gristmill.compute.schema import accepts, utc_timestamp_sql
 from gristmill.compute.sqltext import engine_message, lit, q, ts_lit
 from gristmill.errors import SourceError, SpecError, TransformationError
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-INTERNAL_PREFIX = "__gm_"          # reserved for the engine's own columns and views
-ORDER = "__gm_order"
 MAX_CHECKED_FILES = 500  # per-file schema checks (footer reads) up to this many files
 _counter = itertools.count()
 

@@ -46,6 +46,18 @@ class OfflineTable:
 
 
 @dataclass(frozen=True)
+class OfflineFiles:
+    """Parquet files of one Delta table snapshot that may hold rows of ``windows`` (see ``files``).
+
+    Their timestamps are UTC (``timestamp[us, UTC]``); the day partition column is not in the files."""
+
+    uri: str
+    files: tuple[str, ...]
+    windows: tuple[tuple[datetime, datetime], ...]
+    version: int | None                 # the snapshot's table version (None: no table yet)
+
+
+@dataclass(frozen=True)
 class WriteStats:
     rows: int
     bytes: int
@@ -198,6 +210,29 @@ class DeltaOfflineStore:
                  uri, written.version())
         return WriteStats(rows=rows, bytes=written_bytes, table_version=written.version())
 
+    def files(self, table: OfflineTable, windows: list[tuple[datetime, datetime]]) -> OfflineFiles:
+        """The Parquet files (of one table snapshot) that may hold rows of ``windows``: those of the day
+        partitions the windows touch. Readers keep only rows with ``start <= ts < end`` of a window.
+
+        This is what an engine reads (DuckDB or Spark alike): the store hands over files, never a
+        connection. A table whose readers need more than plain Parquet (deletion vectors, column mapping)
+        is refused: its files alone would give wrong rows."""
+        from deltalake import DeltaTable
+
+        uri = self.table_uri(table)
+        if not windows or not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            return OfflineFiles(uri=uri, files=(), windows=tuple(windows), version=None)
+        delta = DeltaTable(uri, storage_options=self.storage_options)
+        protocol = delta.protocol()
+        features = set(protocol.reader_features or ())
+        unsupported = features & {"deletionVectors", "columnMapping", "v2Checkpoint"}
+        if unsupported:
+            raise OfflineStoreError(f"offline store {uri}: the Delta table uses {', '.join(sorted(unsupported))}, "
+                                    "which this reader does not support; rewrite the window with a backfill")
+        days = {(s.date(), (e - timedelta(microseconds=1)).date()) for s, e in windows}
+        chosen = tuple(f for f in delta.file_uris() if _file_day_in(f, days))
+        return OfflineFiles(uri=uri, files=chosen, windows=tuple(windows), version=delta.version())
+
     def register(self, con: duckdb.DuckDBPyConnection, table: OfflineTable,
                  windows: list[tuple[datetime, datetime]], *, schema: pa.Schema) -> str:
         """A DuckDB view of the stored rows whose timestamp lies in one of ``windows`` (one snapshot)."""
@@ -207,16 +242,11 @@ class DeltaOfflineStore:
         view = unique_name("offline")
         wanted = [*table.keys, table.timestamp, CREATE_TIMESTAMP, *table.features]
         uri = self.table_uri(table)
-        files: list[str] = []
-        delta: Any = None
-        if windows and DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
-            delta = DeltaTable(uri, storage_options=self.storage_options)
-            days = {(s.date(), (e - timedelta(microseconds=1)).date()) for s, e in windows}
-            files = [f for f in delta.file_uris() if _file_day_in(f, days)]
+        files = list(self.files(table, windows).files)
         if files and not is_uri(uri):
             source = f"read_parquet([{', '.join(lit(f) for f in files)}])"
         elif files:
-            dataset = delta.to_pyarrow_dataset()
+            dataset = DeltaTable(uri, storage_options=self.storage_options).to_pyarrow_dataset()
             source = unique_name("offline_ds")
             con.register(source, dataset)
         else:
