@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 import pandas as pd
 import pytest
 import yaml
+from spark_session import spark_engine
 
 import gristmill as gm
 
@@ -272,9 +274,52 @@ def _materialize_offline(repo: Repo, name: str, version: str) -> None:
     done.add((name, version))
 
 
+@contextmanager
+def _engine(store: gm.FeatureStore, engine: Any) -> Iterator[None]:
+    """Run with ``engine`` as the store's engine (the module's store is shared by every path)."""
+    previous = store._engine
+    store._engine = engine
+    try:
+        yield
+    finally:
+        store._engine = previous
+
+
+def _retrieve_spark_computed(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
+                             **options: Any) -> pd.DataFrame:
+    """Point-in-time join computed from source by the Spark engine (a classic local session)."""
+    with _engine(repo.store, spark_engine()):
+        return _retrieve_computed(repo, features, observations, timestamp_column, **options)
+
+
+def _retrieve_spark_materialized(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
+                                 **options: Any) -> pd.DataFrame:
+    """Engine crossing: materialized by the DuckDB engine (``store.backfill``), read by the Spark engine."""
+    from gristmill.errors import GristmillError
+    from gristmill.retrieval import references
+
+    try:
+        wanted = {(r.feature_set, r.version) for r in references(features)}
+    except GristmillError:
+        wanted = set()
+    for name, version in wanted:
+        _materialize_offline(repo, name, version)
+    with _engine(repo.store, spark_engine()):
+        return repo.store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
+                                               **options).to_pandas()
+
+
+def _compute_spark_spec(repo: Repo, name: str, start: str, end: str, *, version: str = "1") -> pd.DataFrame:
+    """``FeatureSetSpec.load(folder).compute(start, end, engine=SparkEngine(...))``."""
+    spec = gm.FeatureSetSpec.load(repo.spec_folder(name, version))
+    return spec.compute(start, end, engine=spark_engine()).to_pandas()
+
+
 RETRIEVAL_PATHS: dict[str, Retrieve] = {"duckdb-computed": _retrieve_computed,
-                                        "duckdb-materialized": _retrieve_materialized}
-COMPUTE_PATHS: dict[str, Compute] = {"duckdb-spec": _compute_spec}
+                                        "duckdb-materialized": _retrieve_materialized,
+                                        "spark-computed": _retrieve_spark_computed,
+                                        "spark-materialized": _retrieve_spark_materialized}
+COMPUTE_PATHS: dict[str, Compute] = {"duckdb-spec": _compute_spec, "spark-spec": _compute_spark_spec}
 
 
 @pytest.fixture(scope="module", params=list(RETRIEVAL_PATHS))
