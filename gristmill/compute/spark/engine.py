@@ -137,7 +137,6 @@ class SparkEngine:
     def compute(self, spec: FeatureSetSpec, start: datetime | str | None, end: datetime | str | None,
                 *, label: str = "feature set") -> SparkFeatureFrame:
         """Compute ``spec`` over ``[start, end)``: index columns, timestamp, [create_timestamp], features."""
-        from pyspark.sql import functions as F
 
         from gristmill.compute.spark.frames import feature_rows
 
@@ -148,11 +147,10 @@ class SparkEngine:
         rows = feature_rows(self.spark, spec, lo, hi, label=label)
         shown = [*rows.keys, rows.timestamp, *([CREATE_TIMESTAMP] if rows.has_create_timestamp else []),
                  *rows.features]
-        order = "__gm_sort"
-        frame = rows.df.select(*shown, F.struct(*[F.col(k) for k in rows.keys], F.col(rows.timestamp),
-                                                F.col(ORDER)).alias(order))
+        frame = rows.df.select(*shown, ORDER)
         schema = _compute_schema(spec, has_create=rows.has_create_timestamp)
-        return SparkFeatureFrame(frame, description=f"{label} over [{lo}, {hi})", order=order, schema=schema)
+        return SparkFeatureFrame(frame, description=f"{label} over [{lo}, {hi})",
+                                 order=[*rows.keys, rows.timestamp, ORDER], schema=schema)
 
     def check(self, spec: FeatureSetSpec, *, sample_rows: int, window: tuple[datetime, datetime] | None,
               label: str = "feature set", memory_limit: str | None = None,
@@ -227,14 +225,14 @@ class SparkEngine:
         if obs.given is not None:
             given = obs.given
             features_only = result.select(ROW, *output_order)
-            return SparkRetrievalResult(features_only, description=description, order=ROW, schema=feature_schema,
+            return SparkRetrievalResult(features_only, description=description, order=[ROW], schema=feature_schema,
                                         observations=given, given=observations,
                                         full=lambda: _joined_back(spark, given, features_only))
         import pyarrow as pa
 
         carried_schema = _arrow_schema_of(obs.frame.select(*obs.carried))
         schema = pa.schema([*carried_schema, *feature_schema])
-        return SparkRetrievalResult(result, description=description, order=ROW, schema=schema,
+        return SparkRetrievalResult(result, description=description, order=[ROW], schema=schema,
                                     observation_columns=obs.columns)
 
 
@@ -258,7 +256,6 @@ def _memory_observations(spark: SparkSession, observations: Any, requests: list[
                          timestamp_column: str) -> tuple[_Observations, list[FeatureSetRequest]]:
     """Observations held in memory (pandas, Polars, Arrow): checked and converted exactly as the DuckDB
     engine does (its own functions, in-process), then only the row id, time and keys go to Spark."""
-    import pyarrow as pa
 
     from gristmill.compute.duckdb_engine import (
         DuckDBEngine,
@@ -487,10 +484,8 @@ def materialized_rows(spark: SparkSession, spec: FeatureSetSpec, materialized: M
                *shape.features]
     files = materialized.store.files(materialized.table, split.complete)
     schema = spark_schema(spec)
-    if files.files:
-        stored = spark.read.schema(schema).parquet(*files.files)
-    else:
-        stored = spark.createDataFrame([], schema)
+    stored = (spark.read.schema(schema).parquet(*files.files) if files.files
+              else spark.createDataFrame([], schema))
     micros = F.unix_micros(F.col(shape.timestamp))
     inside = reduce(lambda a, b: a | b, [(micros >= _micros(s - EPOCH)) & (micros < _micros(e - EPOCH))
                                          for s, e in split.complete])

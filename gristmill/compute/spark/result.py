@@ -26,15 +26,15 @@ log = logging.getLogger("gristmill.compute")
 
 
 class SparkQuery(QueryResult):
-    """Rows of a Spark DataFrame, fetched on first use. ``order`` names the column the rows are sorted by
-    (dropped from the output); ``schema`` is the Arrow schema of the output (Spark's own Arrow types differ
-    from the DuckDB engine's for naive times and narrow integers)."""
+    """Rows of a Spark DataFrame, fetched on first use. ``order`` names the columns the rows are sorted by
+    (ascending, nulls last; those not in ``schema`` are left out of the output); ``schema`` is the Arrow
+    schema of the output (Spark's own Arrow types differ from the DuckDB engine's for naive times)."""
 
-    def __init__(self, frame: DataFrame, *, description: str, order: str | None, schema: pa.Schema,
+    def __init__(self, frame: DataFrame, *, description: str, order: Sequence[str], schema: pa.Schema,
                  full: Callable[[], DataFrame] | None = None) -> None:
         super().__init__(None, "", description=description)  # type: ignore[arg-type]
         self._spark = frame
-        self._order = order
+        self._order = list(order)
         self._schema = schema
         self._full = full
 
@@ -53,16 +53,21 @@ class SparkQuery(QueryResult):
             raise
 
     def _output(self) -> DataFrame:
-        """The DataFrame in output order, without the order column."""
+        """The DataFrame in output order, with only the output columns."""
+        from pyspark.sql import functions as F
+
         frame = self._spark
-        if self._order is not None:
-            frame = frame.orderBy(self._order).drop(self._order)
-        return frame
+        if self._order:
+            frame = frame.orderBy(*[F.col(c).asc_nulls_last() for c in self._order])
+        return frame.select(*self._schema.names)
 
     def to_arrow(self) -> pa.Table:
         if self._table is None:
             started = time.perf_counter()
-            fetched = self._run(lambda: self._output().toArrow())
+            # sorted on the driver: the rows are collected anyway, and a distributed sort costs a sampling job
+            fetched = self._run(lambda: self._spark.toArrow())
+            if self._order and fetched.num_rows > 1:
+                fetched = fetched.sort_by([(c, "ascending", "at_end") for c in self._order])
             self._table = _conform(fetched, self._schema)
             log.info("%s: %d rows in %.2f s (Spark)", self._description, self._table.num_rows,
                      time.perf_counter() - started)
@@ -121,7 +126,7 @@ class SparkRetrievalResult(RetrievalResult, SparkQuery):
     In-memory observations come back exactly as given (the Spark job computes only the feature columns);
     ``to_spark()`` then joins them back in Spark."""
 
-    def __init__(self, frame: DataFrame, *, description: str, order: str, schema: pa.Schema,
+    def __init__(self, frame: DataFrame, *, description: str, order: Sequence[str], schema: pa.Schema,
                  observations: pa.Table | None = None, given: Any = None,
                  observation_columns: Sequence[str] = (), full: Callable[[], DataFrame] | None = None) -> None:
         SparkQuery.__init__(self, frame, description=description, order=order, schema=schema, full=full)
