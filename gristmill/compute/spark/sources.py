@@ -23,7 +23,7 @@ from gristmill.compute.sources import (
     to_arrow_table,
     with_order,
 )
-from gristmill.compute.spark.types import type_name, utc_timestamp
+from gristmill.compute.spark.types import timestamp_literal, type_name, utc_timestamp
 from gristmill.errors import SourceError
 from gristmill.spec.featureset_spec import FeatureSetSpec, SourceType
 
@@ -68,9 +68,9 @@ def read_source(spark: SparkSession, spec: FeatureSetSpec, start: datetime | Non
         raw = raw.orderBy(ORDER).limit(int(sample_rows))
     rows = raw.withColumn(ts, normalized)
     if start is not None:
-        rows = rows.where(F.col(ts) >= F.lit(start))
+        rows = rows.where(F.col(ts) >= timestamp_literal(start))
     if end is not None:
-        rows = rows.where(F.col(ts) < F.lit(end))
+        rows = rows.where(F.col(ts) < timestamp_literal(end))
     return rows
 
 

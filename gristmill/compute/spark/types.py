@@ -8,9 +8,11 @@ serves both engines and schema errors read the same whichever engine computed th
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from gristmill.compute import schema
+from gristmill.compute.planning import EPOCH, ONE_MICROSECOND
 from gristmill.errors import SourceError
 from gristmill.spec.types import FeatureType
 
@@ -144,3 +146,10 @@ def _iso_text(column: Column) -> Column:
 
     with_seconds = F.regexp_replace(column, r"([T ]\d{1,2}:\d{2})(?=$|[+\-Z ])", "$1:00")
     return F.regexp_replace(with_seconds, r"(\d)\s*([+-]\d{2}):?(\d{2})$", "$1$2:$3")
+
+
+def timestamp_literal(moment: datetime) -> Column:
+    """A naive UTC datetime as a Spark timestamp literal, independent of the driver's and session's zones."""
+    from pyspark.sql import functions as F
+
+    return F.timestamp_micros(F.lit((moment - EPOCH) // ONE_MICROSECOND))
