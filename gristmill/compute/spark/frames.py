@@ -13,9 +13,15 @@ from gristmill.compute.planning import EPOCH, INTERNAL_PREFIX, ONE_MICROSECOND, 
 from gristmill.compute.spark import windows
 from gristmill.compute.spark.sources import read_source
 from gristmill.compute.spark.transform import code_rows, sql_rows
-from gristmill.compute.spark.types import accepts, cast_expression, spark_type, sql_family, timestamp_literal, type_name,
+from gristmill.compute.spark.types import (
+    accepts,
+    cast_expression,
+    spark_type,
+    sql_family,
+    timestamp_literal,
+    type_name,
     utc_timestamp,
-
+)
 from gristmill.errors import TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
