@@ -286,7 +286,8 @@ def _range_lookups(data: DataFrame, per_query: DataFrame, keys: list[str], looku
 
     ordered = Window.partitionBy(*keys).orderBy(TIME, TIE, ORDER)
     table = data.select(*keys, F.row_number().over(ordered).alias("__gm_idx"),
-                        *[F.col(f"`{e.source_column}`") for e in lookups])
+                        *[F.col(f"`{name}`") for name in dict.fromkeys(e.source_column for e in lookups)])
+    ordered = Window.partitionBy(*keys).orderBy("__gm_idx")
     longest = table.groupBy(*keys).count().agg(F.max("count")).first()[0] or 1
     levels = max(1, int(longest).bit_length())
     arrays = []
@@ -314,7 +315,7 @@ def _range_lookups(data: DataFrame, per_query: DataFrame, keys: list[str], looku
         k = F.length(F.bin(F.greatest(size, F.lit(1)))) - 1
         result = (result.withColumn("__gm_k", k)
                   .withColumn("__gm_from", lo + 1)
-                  .withColumn("__gm_to", hi - F.shiftleft(F.lit(1).cast("long"), F.col("__gm_k")) + 1)
+                  .withColumn("__gm_to", hi - F.expr("shiftleft(1L, __gm_k)") + 1)
                   .withColumn("__gm_size", size))
         for side in ("from", "to"):
             renamed = table.select(*[F.col(f"`{k_}`").alias(f"__gm_{side}_key_{i}") for i, k_ in enumerate(keys)],
