@@ -424,12 +424,13 @@ def _spark_time(frame: DataFrame, name: str, engine_type: str) -> Column:
 
 
 def _parse_iso(column: Column) -> Column:
-    """ISO 8601 text as a UTC timestamp (no offset = UTC); offsets written +02 or +0200 become +02:00,
-    the form Spark parses."""
+    """ISO 8601 text as a UTC timestamp (no offset = UTC); offsets written +02 or +0200 become +02:00 and
+    missing seconds :00, the forms Spark parses."""
     from pyspark.sql import functions as F
 
     text = F.regexp_replace(F.trim(column), r"([+-]\d{2})(\d{2})$", "$1:$2")
     text = F.regexp_replace(text, r"([ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?[+-]\d{2})$", "$1:00")
+    text = F.regexp_replace(text, r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2})(?=[Z+-]|$)", "$1:00")
     return text.try_cast("timestamp")
 
 
