@@ -61,12 +61,16 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | Path = ".", *, registry_schema: str | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, spark: Any = None) -> None:
+        """Open the store in ``path``. ``spark``: an existing SparkSession (a Databricks or Synapse notebook's
+        own) to compute with, instead of the engine in ``featurestore.yaml``."""
         self.path = Path(path).resolve()
+        self._spark = spark
         self.config = StoreConfig.load(self.path)
         self._registry_schema = registry_schema or self.config.registry.db_schema
         self._registry: Registry | None = None
         self._engine: Engine | None = None
+        self._job_engine: Engine | None = None
         self._offline_store: DeltaOfflineStore | None = None
         self._online_store: OnlineStore | None = None
         self._materializer: Materializer | None = None
@@ -81,7 +85,7 @@ class FeatureStore:
              registry_schema: str | None = None, offline_store_uri: str | None = None,
              online_store: str | None = None, online_prefix: str | None = None,
              memory_limit: str | None = None, exist_ok: bool = True,
-             clock: Callable[[], datetime] | None = None) -> FeatureStore:
+             clock: Callable[[], datetime] | None = None, spark: Any = None) -> FeatureStore:
         """Create a store in ``path`` (a ``featurestore.yaml`` plus embedded defaults) and open it."""
         folder = Path(path).resolve()
         config_file = folder / CONFIG_FILE_NAME
@@ -89,7 +93,7 @@ class FeatureStore:
             if not exist_ok:
                 raise ConfigError(f"{folder}: a feature store already exists here; open it with "
                                   "gm.FeatureStore(path)")
-            return cls(folder, registry_schema=registry_schema, clock=clock)
+            return cls(folder, registry_schema=registry_schema, clock=clock, spark=spark)
         folder.mkdir(parents=True, exist_ok=True)
         config = StoreConfig(
             name=name or folder.name or "default",
@@ -100,7 +104,7 @@ class FeatureStore:
             engine=EngineConfig(memory_limit=memory_limit),
         )
         config.dump(folder)
-        store = cls(folder, clock=clock)
+        store = cls(folder, clock=clock, spark=spark)
         store.registry  # noqa: B018 - creates the registry tables now, so errors show at init
         log.info("created feature store %s in %s", config.name, folder)
         return store
@@ -131,13 +135,26 @@ class FeatureStore:
 
     @property
     def engine(self) -> Engine:
+        """The engine computing feature sets and training data (``engine.type`` in featurestore.yaml, or
+        Spark on the session given as ``spark=``)."""
         if self._engine is None:
+            from gristmill.compute.engines import create_engine
+
+            self._engine = create_engine(self.config.engine, folder=self.path, session=self._spark)
+        return self._engine
+
+    @property
+    def job_engine(self) -> Engine:
+        """The engine materialization jobs run on: the store's engine where it can materialize, else the
+        embedded DuckDB engine (Spark computes and retrieves; its jobs come with a later release)."""
+        engine = self.engine
+        if hasattr(engine, "materialize"):
+            return engine
+        if self._job_engine is None:
             from gristmill.compute.duckdb_engine import DuckDBEngine
 
-            cfg = self.config.engine
-            self._engine = DuckDBEngine(memory_limit=cfg.memory_limit, threads=cfg.threads,
-                                        temp_directory=self.path / ".spill")
-        return self._engine
+            self._job_engine = DuckDBEngine(temp_directory=self.path / ".spill")
+        return self._job_engine
 
     @property
     def offline_store(self) -> DeltaOfflineStore:

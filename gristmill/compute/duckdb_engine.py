@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from gristmill.config import EngineConfig
+
 log = logging.getLogger("gristmill.compute")
 
 
@@ -63,6 +65,11 @@ class DuckDBEngine:
         self.memory_limit = memory_limit
         self.threads = threads
         self.temp_directory = str(temp_directory) if temp_directory else None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, *, folder: Path, session: Any = None) -> DuckDBEngine:
+        """The engine of a store in ``folder`` (its spill files go to ``folder/.spill``)."""
+        return cls(memory_limit=config.memory_limit, threads=config.threads, temp_directory=folder / ".spill")
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A fresh connection with UTC session time and the configured limits."""
@@ -117,6 +124,15 @@ class DuckDBEngine:
                 f"{label}: {kind} outputs column(s) {', '.join(view.extra_columns)} that are not declared under "
                 "features; declare them (name and type) or leave them out of the transformation's output")
         return len(con.execute(f"SELECT * FROM {view.name}").fetchall())
+
+    # -- materialization -----------------------------------------------------------------------------
+    def materialize(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime, label: str,
+                    offline: Any = None, online: Any = None, online_from_offline: bool = False) -> Any:
+        """Compute ``[start, end)`` and write it to the offline and/or online store (``jobs.materialize``)."""
+        from gristmill.compute.duckdb_jobs import materialize_window
+
+        return materialize_window(self, spec, start, end, now=now, label=label, offline=offline, online=online,
+                                  online_from_offline=online_from_offline)
 
     # -- retrieval -----------------------------------------------------------------------------------
     def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,

@@ -101,7 +101,9 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
     columns = [*shape.keys, shape.timestamp, *([CREATE_TIMESTAMP] if shape.has_create_timestamp else []),
                *shape.features]
     schema = arrow_table(con.sql(f"SELECT {cols(columns)} FROM {shape.name} LIMIT 0")).schema
-    stored = materialized.store.register(con, materialized.table, complete, schema=_with_create(schema))
+    from gristmill.compute.duckdb_jobs import register_offline
+
+    stored = register_offline(con, materialized.store, materialized.table, complete, schema=_with_create(schema))
     parts = [f"SELECT {cols(columns)}, 0::BIGINT AS {q(ORDER)} FROM {stored}"]
     for s, e in gaps:
         part = compute_view(con, spec, s, e, label=label)
