@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from gristmill.compute.featureframe import ComputedView, compute_view
 from gristmill.compute.planning import declared_schema
 from gristmill.compute.sources import ORDER, is_uri, unique_name
-from gristmill.compute.sqltext import cols, lit, q, ts_lit
+from gristmill.compute.sqltext import cols, lit, q, tie_rule_sql, ts_lit
 from gristmill.jobs.materialize import MaterializationResult
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
 from gristmill.stores.online.base import EVENT_TIMESTAMP
@@ -57,9 +57,8 @@ def deduplicated_rows(con: duckdb.DuckDBPyConnection, view: ComputedView, *, sta
         con.execute(f"ALTER TABLE {rows} RENAME TO {name}")
         return name
     log.info("%d (key, time) pairs occur more than once; keeping one row each by the tie rule", duplicated)
-    order = [f"{q(ORDER)} DESC"]
-    if view.has_create_timestamp:
-        order.insert(0, f"coalesce({q(GIVEN_CREATE)}, TIMESTAMP '0001-01-01') DESC")
+    order = [f"{part} DESC" for part in tie_rule_sql(view.timestamp, has_create_timestamp=view.has_create_timestamp,
+                                                       with_time=False, renamed={CREATE_TIMESTAMP: GIVEN_CREATE})]
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {keyed}, {q(CREATE_TIMESTAMP)}"
         f"{''.join(', ' + q(f) for f in view.features)} FROM {rows} "
@@ -76,11 +75,8 @@ def latest_per_key_sql(relation: str, keys: list[str], timestamp: str, features:
     conditions = [f"{q(k)} IS NOT NULL" for k in keys]
     if alive_after is not None:
         conditions.append(f"{q(timestamp)} > {ts_lit(alive_after)}")
-    order = [f"{q(timestamp)} DESC"]
-    if has_create:
-        order.append(f"{q(CREATE_TIMESTAMP)} DESC NULLS LAST")
-    if has_order:
-        order.append(f"{q(ORDER)} DESC")
+    order = [f"{part} DESC" for part in tie_rule_sql(timestamp, has_create_timestamp=has_create,
+                                                       with_order=has_order)]
     create = q(CREATE_TIMESTAMP) if has_create else f"CAST(NULL AS TIMESTAMP) AS {q(CREATE_TIMESTAMP)}"
     # sorted by key: B-tree friendly for SQLite, harmless elsewhere
     return (f"SELECT {cols(keys)}, {q(timestamp)} AS {EVENT_TIMESTAMP}, {create}"
