@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import io
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from gristmill.auth.roles import AccessDeniedError
@@ -98,13 +97,10 @@ class RemoteFeatureStore:
                              aggregation_mode: str = "per_event") -> Any:
         """Point-in-time training data computed by the server, as ``FeatureStore.get_offline_features``: the
         observations travel as Parquet, and the result converts to pandas, Arrow, Polars and Parquet."""
-        import duckdb
         import pyarrow.parquet as pq
 
-        from gristmill.compute.duckdb_engine import observations_table, register_observations
-        from gristmill.compute.pit import ROW
-        from gristmill.compute.result import RetrievalResult, arrow_table
-        from gristmill.compute.sqltext import cols
+        from gristmill.compute.duckdb_engine import read_observations
+        from gristmill.compute.result import RetrievalResult
         from gristmill.retrieval import references
 
         refs = references(features)
@@ -113,12 +109,9 @@ class RemoteFeatureStore:
             raise GristmillError(f"features: {renamed[0]} has an output_name; renaming is not sent to the server "
                                  "yet: rename the result's columns instead")
         names = ",".join(ref.text for ref in refs)
-        given = None if isinstance(observations, str | Path) else observations_table(observations)
-        local = duckdb.connect()      # the observations read exactly as a local store reads them (files too)
-        raw, columns, _ = register_observations(local, observations if given is None else given,
-                                                text_columns={timestamp_column})
-        table = arrow_table(local.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
-        local.close()
+        # the observations read exactly as a local store reads them (files too)
+        given, table = read_observations(observations, text_columns={timestamp_column})
+        columns = table.column_names
         body = io.BytesIO()
         pq.write_table(table, body)
         answer = self._call("POST", "/v1/offline/features", content=body.getvalue(), raw=True,
@@ -126,14 +119,11 @@ class RemoteFeatureStore:
                             params={"features": names, "timestamp_column": timestamp_column,
                                     "full_feature_names": full_feature_names, "as_known_at": as_known_at,
                                     "aggregation_mode": aggregation_mode})
-        con = duckdb.connect()
         received = pq.read_table(io.BytesIO(answer))
-        con.register("__gm_remote_result", received)
         # observations given in memory come back as given, as from a local store: only features are taken
-        shown = cols(received.column_names[len(columns):]) if given is not None else "*"
-        return RetrievalResult(con, f"SELECT {shown} FROM __gm_remote_result", observations=given,
-                               frame=observations, observation_columns=columns,
-                               description=f"training data from {self.url}")
+        shown = received.select(received.column_names[len(columns):]) if given is not None else received
+        return RetrievalResult.from_arrow(shown, observations=given, frame=observations, observation_columns=columns,
+                                          description=f"training data from {self.url}")
 
     # -- catalog ----------------------------------------------------------------------------------------
     def list_feature_sets(self) -> list[Any]:

@@ -33,7 +33,7 @@ from gristmill.compute.planning import (
     request_order,
 )
 from gristmill.compute.planning import aggregation_mode as parse_mode
-from gristmill.compute.result import FeatureFrame, RetrievalResult
+from gristmill.compute.result import FeatureFrame, RetrievalResult, arrow_table
 from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
 from gristmill.compute.sqltext import cols, engine_message, lit, q
@@ -248,6 +248,18 @@ def observations_table(observations: Any) -> pa.Table:
     except (TypeError, ValueError) as exc:       # pyarrow's errors for a column it cannot type
         raise RetrievalError(f"observations: the {type(observations).__name__} cannot be read as a table: "
                              f"{exc}; give every column one type") from None
+
+
+def read_observations(observations: Any, *, text_columns: Collection[str] = ()) -> tuple[pa.Table | None, pa.Table]:
+    """Observations as Arrow, read exactly as a retrieval reads them (files too), in their order: returns
+    (the in-memory input as Arrow or None for files, the rows)."""
+    given = None if isinstance(observations, str | Path) else observations_table(observations)
+    con = DuckDBEngine().connect()
+    try:
+        raw, _, _ = register_observations(con, observations if given is None else given, text_columns=text_columns)
+        return given, arrow_table(con.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
+    finally:
+        con.close()
 
 
 def register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,
