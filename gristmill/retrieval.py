@@ -34,9 +34,7 @@ def references(features: Any) -> list[FeatureRef]:
     refs = []
     for item in features:
         if isinstance(item, FeatureReference):
-            store, _, feature_set = item.feature_set.rpartition("/")      # "risk/scores:2": another store's
-            name, version = feature_set.split(":")
-            refs.append(FeatureRef(store or None, name, version, item.feature_name, item.output_name))
+            refs.append(item.feature_ref)
         elif isinstance(item, FeatureRef):
             refs.append(item)
         else:
@@ -66,7 +64,7 @@ def plan_requests(refs: list[FeatureRef], resolve: Callable[[str | None, str, st
         spec = specs[key]
         if spec.feature(ref.feature) is None:
             where = f"{store}/" if store else ""
-            raise NotFoundError(f"features: feature set {where}{ref.feature_set}:{ref.version} has no feature "
+            raise NotFoundError(f"features: feature set {where}{ref.feature_set_ref} has no feature "
                                 f"'{ref.feature}' (features: {', '.join(spec.feature_names)})")
         if ref.output_name:
             output = ref.output_name

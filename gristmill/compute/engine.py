@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gristmill.errors import RetrievalError
+from gristmill.spec.refs import VersionRef
 
 if TYPE_CHECKING:
     from gristmill.compute.result import FeatureFrame, RetrievalResult
@@ -34,10 +35,9 @@ class FeatureSetRequest:
     store: str | None = None               # the feature store holding it (None: the one asked)
 
     @property
-    def feature_set(self) -> tuple[str, str]:
+    def feature_set(self) -> VersionRef:
         """(name, version) of the feature set within its store."""
-        name, version = self.label.rpartition("/")[2].split(":")
-        return name, version
+        return VersionRef.parse_qualified(self.label, what="label")[1]
 
     def __post_init__(self) -> None:
         if not self.position:
