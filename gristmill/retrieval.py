@@ -10,7 +10,8 @@ from typing import Any
 from gristmill.compute.engine import FeatureSetRequest
 from gristmill.errors import NotFoundError, RetrievalError
 from gristmill.spec.featureset_spec import FeatureSetSpec
-from gristmill.spec.retrieval_spec import FeatureRef, FeatureReference, FeatureRetrievalSpec
+from gristmill.spec.refs import FeatureRef
+from gristmill.spec.retrieval_spec import FeatureReference, FeatureRetrievalSpec
 
 __all__ = ["FeatureRef", "plan_requests", "references"]
 
