@@ -22,6 +22,7 @@ from typing import Any
 
 from gristmill.auth.roles import AccessDeniedError
 from gristmill.errors import GristmillError, NotFoundError, StoreUnavailableError, install_hint
+from gristmill.spec.refs import VersionRef
 
 __all__ = ["RemoteFeatureStore"]
 
@@ -150,9 +151,12 @@ class RemoteFeatureStore:
         from gristmill.spec.types import FeatureType
 
         found = self._call("GET", "/v1/features/search", params={"q": query, "limit": limit})
-        return [FeatureInfo(feature_set=f["feature_set"].split(":")[0], version=f["feature_set"].split(":")[1],
-                            name=f["name"], type=FeatureType(f["type"]), description=f["description"],
-                            tags=f["tags"]) for f in found]
+        infos = []
+        for f in found:
+            name, version = VersionRef.parse(f["feature_set"])
+            infos.append(FeatureInfo(feature_set=name, version=version, name=f["name"], type=FeatureType(f["type"]),
+                                     description=f["description"], tags=f["tags"]))
+        return infos
 
     def list_models(self) -> list[Any]:
         from gristmill.spec.model import Model
@@ -172,7 +176,7 @@ class RemoteFeatureStore:
             fs.version for fs in self.list_feature_sets() if fs.name == feature_set]
         refs = sorted({ref for v in versions
                        for ref in self._call("GET", f"/v1/feature-sets/{_q(feature_set)}/{_q(v)}")["used_by_models"]})
-        return [self.get_model(*ref.split(":")) for ref in refs]
+        return [self.get_model(*VersionRef.parse(ref)) for ref in refs]
 
     # -- materialization --------------------------------------------------------------------------------
     def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
@@ -283,7 +287,7 @@ def _job(item: dict[str, Any]) -> Any:
 
     online = item.get("online")
 
-    name, _, version = item["feature_set"].partition(":")
+    name, version = VersionRef.parse(item["feature_set"])
     return JobRecord(id=item["id"], feature_set=name, version=version, start=datetime.fromisoformat(item["start"]),
                      end=datetime.fromisoformat(item["end"]), stores=tuple(item["stores"]),
                      status=JobStatus(item["status"]), created_at=when(item["created_at"]),  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from gristmill.retrieval import plan_requests, references
 from gristmill.spec.entity import Entity
 from gristmill.spec.featureset import FeatureSet, MaterializationSettings
 from gristmill.spec.featureset_spec import FeatureSetSpec
+from gristmill.spec.refs import VersionRef
 from gristmill.stores.offline.delta import DeltaOfflineStore
 from gristmill.stores.online.base import OnlineStore, OnlineTable
 
@@ -353,12 +354,11 @@ class FeatureStore:
         index columns must equal the spec's."""
         declared = {c.name: c.type for c in feature_set.spec.index_columns}
         covered: dict[str, Any] = {}
-        for ref in feature_set.entities:
-            entity = (planned or {}).get(ref)
+        for ref in feature_set.entity_refs:
+            entity = (planned or {}).get(str(ref))
             if entity is None:
-                name, version = ref.split(":")
                 try:
-                    entity = self.registry.get_entity(name, version)
+                    entity = self.registry.get_entity(*ref)
                 except NotFoundError as exc:
                     raise SpecError(f"feature set {feature_set.ref}: entities: {exc}; register the entity first "
                                     "(put its YAML in the applied folder)") from None
@@ -536,19 +536,20 @@ class FeatureStore:
             else:
                 retrieval_spec = FeatureRetrievalSpec.from_features(
                     [retrieval_spec] if isinstance(retrieval_spec, str) else list(retrieval_spec))
-        own = f"{self.name}/"                              # a prefix naming this store is no prefix
-        if any(f.feature_set.startswith(own) for f in retrieval_spec.features):
+        if any(f.feature_ref.store == self.name for f in retrieval_spec.features):   # naming this store: no prefix
             data = retrieval_spec.to_dict()
             for entry in data["feature_stores"]:
                 for feature in entry["features"]:
-                    feature["feature_set"] = feature["feature_set"].removeprefix(own)
+                    store, feature_set = VersionRef.parse_qualified(feature["feature_set"])
+                    if store == self.name:
+                        feature["feature_set"] = str(feature_set)
             retrieval_spec = FeatureRetrievalSpec.model_validate(data)
         model = Model(name=name, version=str(version), retrieval_spec=retrieval_spec, description=description,
                       tags=tags or {})
         for ref in model.retrieval_spec.features:           # features of other stores: they must exist there
-            store, _, feature_set = ref.feature_set.rpartition("/")
+            store = ref.feature_ref.store
             if store and store != self.name:
-                spec = self.peer(store)._resolve_spec(*feature_set.split(":"))
+                spec = self.peer(store)._resolve_spec(*ref.feature_ref.feature_set_ref)
                 if spec.feature(ref.feature_name) is None:
                     raise NotFoundError(f"model {model.ref}: feature set {ref.feature_set} has no feature "
                                         f"{ref.feature_name}; register it first or fix the retrieval spec")
