@@ -446,7 +446,7 @@ def run_gristmill(config: dict[str, Any]) -> dict[str, Any]:
     counters = {"online_write_seconds": 0.0, "offline_write_seconds": 0.0, "online_rows_in": 0,
                 "entities_written": 0, "offline_rows_written": 0}
     online_store, offline_store = store.online_store, store.offline_store
-    online_write, offline_write = online_store.write, offline_store.write_window_from
+    online_write, offline_write = online_store.write, offline_store.replace_window
 
     def timed_online_write(table: Any, rows: Any, *, now: datetime) -> int:
         begun = time.perf_counter()
@@ -456,15 +456,15 @@ def run_gristmill(config: dict[str, Any]) -> dict[str, Any]:
         counters["entities_written"] += written
         return written
 
-    def timed_offline_write(con: Any, table: Any, relation: str, start: datetime, end: datetime) -> Any:
+    def timed_offline_write(table: Any, start: datetime, end: datetime, **options: Any) -> Any:
         begun = time.perf_counter()
-        stats = offline_write(con, table, relation, start, end)
+        stats = offline_write(table, start, end, **options)
         counters["offline_write_seconds"] += time.perf_counter() - begun
         counters["offline_rows_written"] += stats.rows
         return stats
 
     online_store.write = timed_online_write
-    offline_store.write_window_from = timed_offline_write
+    offline_store.replace_window = timed_offline_write
     try:
         started = time.perf_counter()
         jobs = gristmill_backfill(store, config)

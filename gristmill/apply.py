@@ -33,6 +33,7 @@ from gristmill.config import CONFIG_FILE_NAME
 from gristmill.errors import GristmillError, ImmutableError, NotFoundError, SpecError
 from gristmill.spec.entity import Entity
 from gristmill.spec.featureset import FeatureSet, MaterializationSettings
+from gristmill.spec.refs import VersionRef
 from gristmill.spec.yaml_io import read_yaml
 
 if TYPE_CHECKING:
@@ -209,8 +210,10 @@ class Planner:
         """Record a planned feature set: derived ones later in the plan read its spec only if it will be
         registered as planned (a refused one stays as registered; an invalid one is not registered at all)."""
         item = planned[0]
-        name, _, version = item.ref.rpartition(":")
-        key = (name, version)
+        try:
+            key = VersionRef.parse(item.ref)
+        except SpecError:                       # a file that names no version: no derived set can read it
+            return planned
         spec = self._candidates.pop(key, None)
         if item.action in ("create", "update", "unchanged") and spec is not None:
             self._feature_sets[key] = spec
@@ -298,7 +301,7 @@ class Planner:
             spec = loaded.spec
             parent = spec.parent_ref
             if parent is not None:
-                parent_ref = ":".join(parent)
+                parent_ref = str(parent)
                 planned_parent = self._feature_sets.get(parent)
                 waits_in_turn = parent == (loaded.name, loaded.version) or parent in self._waiting
                 if not defer_missing_parent and waits_in_turn and planned_parent is None:

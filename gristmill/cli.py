@@ -104,13 +104,11 @@ def _open(store: Path) -> Any:
     return FeatureStore(store)
 
 
-def _split_ref(ref: str) -> tuple[str, str | None]:
-    from gristmill.errors import SpecError
+def _split_ref(ref: str, *, what: str = "argument") -> tuple[str, str | None]:
+    """A NAME or NAME:VERSION argument: ``(name, version or None)``."""
+    from gristmill.spec.refs import parse_name_and_version
 
-    name, _, version = ref.partition(":")
-    if not name:
-        raise SpecError(f"'{ref}' must look like NAME or NAME:VERSION")
-    return name, version or None
+    return parse_name_and_version(ref, what=what, example="transactions:1")
 
 
 def _with_progress(description: str, work: Callable[[], T], progress: Callable[[], float] | None = None) -> T:
@@ -428,7 +426,7 @@ def retrieve(observations: Annotated[Path, typer.Option(help="Observation rows: 
             raise RetrievalError(f"--observations: {observations} not found")
         s = _open(store)
         if model is not None:
-            model_name, model_version = _split_ref(model)
+            model_name, model_version = _split_ref(model, what="--model")
             retrieval_spec = s.get_model(model_name, model_version).retrieval_spec
         else:
             retrieval_spec = (FeatureRetrievalSpec.load(spec) if spec is not None else
@@ -574,7 +572,7 @@ def jobs(job_id: Annotated[str | None, typer.Argument(help="Show one job.")] = N
         if job_id:
             listed = [s.get_job(job_id)]
         else:
-            name, version = _split_ref(feature_set) if feature_set else (None, None)
+            name, version = _split_ref(feature_set, what="--feature-set") if feature_set else (None, None)
             listed = s.list_jobs(feature_set=name, version=version, status=status, limit=limit)
         _print_rows([_job_row(j, as_json=as_json) for j in listed], as_json)
         if not as_json:
@@ -746,7 +744,7 @@ def _typed_keys(store: Any, features: list[str], columns: dict[str, list[str]]) 
     as whole numbers, so they become integers here. Anything else stays text and the lookup names it."""
     import re
 
-    from gristmill.spec.retrieval_spec import FeatureRef
+    from gristmill.spec.refs import FeatureRef
     from gristmill.spec.types import FeatureType
 
     integer_columns: set[str] = set()

@@ -18,11 +18,11 @@ from __future__ import annotations
 import base64
 import io
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from gristmill.auth.roles import AccessDeniedError
 from gristmill.errors import GristmillError, NotFoundError, StoreUnavailableError, install_hint
+from gristmill.spec.refs import VersionRef
 
 __all__ = ["RemoteFeatureStore"]
 
@@ -98,13 +98,10 @@ class RemoteFeatureStore:
                              aggregation_mode: str = "per_event") -> Any:
         """Point-in-time training data computed by the server, as ``FeatureStore.get_offline_features``: the
         observations travel as Parquet, and the result converts to pandas, Arrow, Polars and Parquet."""
-        import duckdb
         import pyarrow.parquet as pq
 
-        from gristmill.compute.duckdb_engine import observations_table, register_observations
-        from gristmill.compute.pit import ROW
-        from gristmill.compute.result import RetrievalResult, arrow_table
-        from gristmill.compute.sqltext import cols
+        from gristmill.compute.duckdb_engine import read_observations
+        from gristmill.compute.result import RetrievalResult
         from gristmill.retrieval import references
 
         refs = references(features)
@@ -113,12 +110,9 @@ class RemoteFeatureStore:
             raise GristmillError(f"features: {renamed[0]} has an output_name; renaming is not sent to the server "
                                  "yet: rename the result's columns instead")
         names = ",".join(ref.text for ref in refs)
-        given = None if isinstance(observations, str | Path) else observations_table(observations)
-        local = duckdb.connect()      # the observations read exactly as a local store reads them (files too)
-        raw, columns, _ = register_observations(local, observations if given is None else given,
-                                                text_columns={timestamp_column})
-        table = arrow_table(local.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
-        local.close()
+        # the observations read exactly as a local store reads them (files too)
+        given, table = read_observations(observations, text_columns={timestamp_column})
+        columns = table.column_names
         body = io.BytesIO()
         pq.write_table(table, body)
         answer = self._call("POST", "/v1/offline/features", content=body.getvalue(), raw=True,
@@ -126,14 +120,11 @@ class RemoteFeatureStore:
                             params={"features": names, "timestamp_column": timestamp_column,
                                     "full_feature_names": full_feature_names, "as_known_at": as_known_at,
                                     "aggregation_mode": aggregation_mode})
-        con = duckdb.connect()
         received = pq.read_table(io.BytesIO(answer))
-        con.register("__gm_remote_result", received)
         # observations given in memory come back as given, as from a local store: only features are taken
-        shown = cols(received.column_names[len(columns):]) if given is not None else "*"
-        return RetrievalResult(con, f"SELECT {shown} FROM __gm_remote_result", observations=given,
-                               frame=observations, observation_columns=columns,
-                               description=f"training data from {self.url}")
+        shown = received.select(received.column_names[len(columns):]) if given is not None else received
+        return RetrievalResult.from_arrow(shown, observations=given, frame=observations, observation_columns=columns,
+                                          description=f"training data from {self.url}")
 
     # -- catalog ----------------------------------------------------------------------------------------
     def list_feature_sets(self) -> list[Any]:
@@ -160,9 +151,12 @@ class RemoteFeatureStore:
         from gristmill.spec.types import FeatureType
 
         found = self._call("GET", "/v1/features/search", params={"q": query, "limit": limit})
-        return [FeatureInfo(feature_set=f["feature_set"].split(":")[0], version=f["feature_set"].split(":")[1],
-                            name=f["name"], type=FeatureType(f["type"]), description=f["description"],
-                            tags=f["tags"]) for f in found]
+        infos = []
+        for f in found:
+            name, version = VersionRef.parse(f["feature_set"])
+            infos.append(FeatureInfo(feature_set=name, version=version, name=f["name"], type=FeatureType(f["type"]),
+                                     description=f["description"], tags=f["tags"]))
+        return infos
 
     def list_models(self) -> list[Any]:
         from gristmill.spec.model import Model
@@ -182,7 +176,7 @@ class RemoteFeatureStore:
             fs.version for fs in self.list_feature_sets() if fs.name == feature_set]
         refs = sorted({ref for v in versions
                        for ref in self._call("GET", f"/v1/feature-sets/{_q(feature_set)}/{_q(v)}")["used_by_models"]})
-        return [self.get_model(*ref.split(":")) for ref in refs]
+        return [self.get_model(*VersionRef.parse(ref)) for ref in refs]
 
     # -- materialization --------------------------------------------------------------------------------
     def data_intervals(self, name: str, version: str | int) -> dict[str, list[Any]]:
@@ -293,7 +287,7 @@ def _job(item: dict[str, Any]) -> Any:
 
     online = item.get("online")
 
-    name, _, version = item["feature_set"].partition(":")
+    name, version = VersionRef.parse(item["feature_set"])
     return JobRecord(id=item["id"], feature_set=name, version=version, start=datetime.fromisoformat(item["start"]),
                      end=datetime.fromisoformat(item["end"]), stores=tuple(item["stores"]),
                      status=JobStatus(item["status"]), created_at=when(item["created_at"]),  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gristmill.errors import ConfigError
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
@@ -38,9 +38,34 @@ class OnlineStoreConfig(_Config):
 
 
 class EngineConfig(_Config):
-    type: Literal["duckdb"] = "duckdb"
-    memory_limit: str | None = None
-    threads: int | None = None
+    """Which engine computes feature sets and training data (docs/engines.md).
+
+    ``duckdb`` (the default) runs in-process; ``spark`` runs on Apache Spark: a classic session (``master``,
+    e.g. ``local[4]`` or ``spark://host:7077``) or a Spark Connect server (``remote``, e.g.
+    ``sc://host:15002``); ``conf`` holds Spark settings (``spark.executor.memory``...)."""
+
+    type: Literal["duckdb", "spark"] = "duckdb"
+    memory_limit: str | None = None      # DuckDB: its memory limit per query (spills to disk beyond)
+    threads: int | None = None           # DuckDB: worker threads
+    master: str | None = None            # Spark: the master URL of a classic session (default local[*])
+    remote: str | None = None            # Spark: the Spark Connect URL (sc://host:port)
+    conf: dict[str, str] | None = None   # Spark: settings applied to the session
+
+    @model_validator(mode="after")
+    def _fields_of_the_engine(self) -> EngineConfig:
+        spark_only = [name for name in ("master", "remote", "conf") if getattr(self, name) is not None]
+        duckdb_only = [name for name in ("memory_limit", "threads") if getattr(self, name) is not None]
+        if self.type == "duckdb" and spark_only:
+            raise ValueError(f"{', '.join(spark_only)} apply to the Spark engine only; set type: spark or "
+                             "remove them")
+        if self.type == "spark" and duckdb_only:
+            raise ValueError(f"{', '.join(duckdb_only)} apply to the DuckDB engine only; for Spark, give "
+                             "spark.driver.memory / spark.executor.memory under conf")
+        if self.master is not None and self.remote is not None:
+            raise ValueError("give either master (a classic Spark session) or remote (Spark Connect), not both")
+        if self.remote is not None and not self.remote.startswith("sc://"):
+            raise ValueError(f"remote '{self.remote}' must be a Spark Connect URL such as sc://host:15002")
+        return self
 
 
 class SmtpConfig(_Config):

@@ -286,7 +286,7 @@ class Materializer:
                         job.start, job.end, DataStatus.COMPLETE):
                     offline = (self.store.offline_store, self.offline_table(feature_set))
                     online_from_offline = True
-            result = materialize_window(self.store.engine, feature_set.spec, job.start, job.end,
+            result = materialize_window(self.store.job_engine, feature_set.spec, job.start, job.end,
                                         now=self.store.now(), label=feature_set.ref, offline=offline,
                                         online=online, online_from_offline=online_from_offline)
         except Exception as exc:

@@ -10,7 +10,8 @@ from typing import Any
 from gristmill.compute.engine import FeatureSetRequest
 from gristmill.errors import NotFoundError, RetrievalError
 from gristmill.spec.featureset_spec import FeatureSetSpec
-from gristmill.spec.retrieval_spec import FeatureRef, FeatureReference, FeatureRetrievalSpec
+from gristmill.spec.refs import FeatureRef
+from gristmill.spec.retrieval_spec import FeatureReference, FeatureRetrievalSpec
 
 __all__ = ["FeatureRef", "plan_requests", "references"]
 
@@ -34,9 +35,7 @@ def references(features: Any) -> list[FeatureRef]:
     refs = []
     for item in features:
         if isinstance(item, FeatureReference):
-            store, _, feature_set = item.feature_set.rpartition("/")      # "risk/scores:2": another store's
-            name, version = feature_set.split(":")
-            refs.append(FeatureRef(store or None, name, version, item.feature_name, item.output_name))
+            refs.append(item.feature_ref)
         elif isinstance(item, FeatureRef):
             refs.append(item)
         else:
@@ -66,7 +65,7 @@ def plan_requests(refs: list[FeatureRef], resolve: Callable[[str | None, str, st
         spec = specs[key]
         if spec.feature(ref.feature) is None:
             where = f"{store}/" if store else ""
-            raise NotFoundError(f"features: feature set {where}{ref.feature_set}:{ref.version} has no feature "
+            raise NotFoundError(f"features: feature set {where}{ref.feature_set_ref} has no feature "
                                 f"'{ref.feature}' (features: {', '.join(spec.feature_names)})")
         if ref.output_name:
             output = ref.output_name

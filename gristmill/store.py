@@ -24,6 +24,7 @@ from gristmill.retrieval import plan_requests, references
 from gristmill.spec.entity import Entity
 from gristmill.spec.featureset import FeatureSet, MaterializationSettings
 from gristmill.spec.featureset_spec import FeatureSetSpec
+from gristmill.spec.refs import VersionRef
 from gristmill.stores.offline.delta import DeltaOfflineStore
 from gristmill.stores.online.base import OnlineStore, OnlineTable
 
@@ -61,12 +62,16 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | Path = ".", *, registry_schema: str | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, spark: Any = None) -> None:
+        """Open the store in ``path``. ``spark``: an existing SparkSession (a Databricks or Synapse notebook's
+        own) to compute with, instead of the engine in ``featurestore.yaml``."""
         self.path = Path(path).resolve()
+        self._spark = spark
         self.config = StoreConfig.load(self.path)
         self._registry_schema = registry_schema or self.config.registry.db_schema
         self._registry: Registry | None = None
         self._engine: Engine | None = None
+        self._job_engine: Engine | None = None
         self._offline_store: DeltaOfflineStore | None = None
         self._online_store: OnlineStore | None = None
         self._materializer: Materializer | None = None
@@ -81,7 +86,7 @@ class FeatureStore:
              registry_schema: str | None = None, offline_store_uri: str | None = None,
              online_store: str | None = None, online_prefix: str | None = None,
              memory_limit: str | None = None, exist_ok: bool = True,
-             clock: Callable[[], datetime] | None = None) -> FeatureStore:
+             clock: Callable[[], datetime] | None = None, spark: Any = None) -> FeatureStore:
         """Create a store in ``path`` (a ``featurestore.yaml`` plus embedded defaults) and open it."""
         folder = Path(path).resolve()
         config_file = folder / CONFIG_FILE_NAME
@@ -89,7 +94,7 @@ class FeatureStore:
             if not exist_ok:
                 raise ConfigError(f"{folder}: a feature store already exists here; open it with "
                                   "gm.FeatureStore(path)")
-            return cls(folder, registry_schema=registry_schema, clock=clock)
+            return cls(folder, registry_schema=registry_schema, clock=clock, spark=spark)
         folder.mkdir(parents=True, exist_ok=True)
         config = StoreConfig(
             name=name or folder.name or "default",
@@ -100,7 +105,7 @@ class FeatureStore:
             engine=EngineConfig(memory_limit=memory_limit),
         )
         config.dump(folder)
-        store = cls(folder, clock=clock)
+        store = cls(folder, clock=clock, spark=spark)
         store.registry  # noqa: B018 - creates the registry tables now, so errors show at init
         log.info("created feature store %s in %s", config.name, folder)
         return store
@@ -131,13 +136,26 @@ class FeatureStore:
 
     @property
     def engine(self) -> Engine:
+        """The engine computing feature sets and training data (``engine.type`` in featurestore.yaml, or
+        Spark on the session given as ``spark=``)."""
         if self._engine is None:
+            from gristmill.compute.engines import create_engine
+
+            self._engine = create_engine(self.config.engine, folder=self.path, session=self._spark)
+        return self._engine
+
+    @property
+    def job_engine(self) -> Engine:
+        """The engine materialization jobs run on: the store's engine where it can materialize, else the
+        embedded DuckDB engine (Spark computes and retrieves; its jobs come with a later release)."""
+        engine = self.engine
+        if hasattr(engine, "materialize"):
+            return engine
+        if self._job_engine is None:
             from gristmill.compute.duckdb_engine import DuckDBEngine
 
-            cfg = self.config.engine
-            self._engine = DuckDBEngine(memory_limit=cfg.memory_limit, threads=cfg.threads,
-                                        temp_directory=self.path / ".spill")
-        return self._engine
+            self._job_engine = DuckDBEngine(temp_directory=self.path / ".spill")
+        return self._job_engine
 
     @property
     def offline_store(self) -> DeltaOfflineStore:
@@ -336,12 +354,11 @@ class FeatureStore:
         index columns must equal the spec's."""
         declared = {c.name: c.type for c in feature_set.spec.index_columns}
         covered: dict[str, Any] = {}
-        for ref in feature_set.entities:
-            entity = (planned or {}).get(ref)
+        for ref in feature_set.entity_refs:
+            entity = (planned or {}).get(str(ref))
             if entity is None:
-                name, version = ref.split(":")
                 try:
-                    entity = self.registry.get_entity(name, version)
+                    entity = self.registry.get_entity(*ref)
                 except NotFoundError as exc:
                     raise SpecError(f"feature set {feature_set.ref}: entities: {exc}; register the entity first "
                                     "(put its YAML in the applied folder)") from None
@@ -519,19 +536,20 @@ class FeatureStore:
             else:
                 retrieval_spec = FeatureRetrievalSpec.from_features(
                     [retrieval_spec] if isinstance(retrieval_spec, str) else list(retrieval_spec))
-        own = f"{self.name}/"                              # a prefix naming this store is no prefix
-        if any(f.feature_set.startswith(own) for f in retrieval_spec.features):
+        if any(f.feature_ref.store == self.name for f in retrieval_spec.features):   # naming this store: no prefix
             data = retrieval_spec.to_dict()
             for entry in data["feature_stores"]:
                 for feature in entry["features"]:
-                    feature["feature_set"] = feature["feature_set"].removeprefix(own)
+                    store, feature_set = VersionRef.parse_qualified(feature["feature_set"])
+                    if store == self.name:
+                        feature["feature_set"] = str(feature_set)
             retrieval_spec = FeatureRetrievalSpec.model_validate(data)
         model = Model(name=name, version=str(version), retrieval_spec=retrieval_spec, description=description,
                       tags=tags or {})
         for ref in model.retrieval_spec.features:           # features of other stores: they must exist there
-            store, _, feature_set = ref.feature_set.rpartition("/")
+            store = ref.feature_ref.store
             if store and store != self.name:
-                spec = self.peer(store)._resolve_spec(*feature_set.split(":"))
+                spec = self.peer(store)._resolve_spec(*ref.feature_ref.feature_set_ref)
                 if spec.feature(ref.feature_name) is None:
                     raise NotFoundError(f"model {model.ref}: feature set {ref.feature_set} has no feature "
                                         f"{ref.feature_name}; register it first or fix the retrieval spec")

@@ -33,7 +33,7 @@ from gristmill.compute.planning import (
     request_order,
 )
 from gristmill.compute.planning import aggregation_mode as parse_mode
-from gristmill.compute.result import FeatureFrame, RetrievalResult
+from gristmill.compute.result import FeatureFrame, RetrievalResult, arrow_table
 from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
 from gristmill.compute.sqltext import cols, engine_message, lit, q
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
     import duckdb
     import pyarrow as pa
+
+    from gristmill.config import EngineConfig
 
 log = logging.getLogger("gristmill.compute")
 
@@ -63,6 +65,11 @@ class DuckDBEngine:
         self.memory_limit = memory_limit
         self.threads = threads
         self.temp_directory = str(temp_directory) if temp_directory else None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, *, folder: Path, session: Any = None) -> DuckDBEngine:
+        """The engine of a store in ``folder`` (its spill files go to ``folder/.spill``)."""
+        return cls(memory_limit=config.memory_limit, threads=config.threads, temp_directory=folder / ".spill")
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A fresh connection with UTC session time and the configured limits."""
@@ -117,6 +124,15 @@ class DuckDBEngine:
                 f"{label}: {kind} outputs column(s) {', '.join(view.extra_columns)} that are not declared under "
                 "features; declare them (name and type) or leave them out of the transformation's output")
         return len(con.execute(f"SELECT * FROM {view.name}").fetchall())
+
+    # -- materialization -----------------------------------------------------------------------------
+    def materialize(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime, label: str,
+                    offline: Any = None, online: Any = None, online_from_offline: bool = False) -> Any:
+        """Compute ``[start, end)`` and write it to the offline and/or online store (``jobs.materialize``)."""
+        from gristmill.compute.duckdb_jobs import materialize_window
+
+        return materialize_window(self, spec, start, end, now=now, label=label, offline=offline, online=online,
+                                  online_from_offline=online_from_offline)
 
     # -- retrieval -----------------------------------------------------------------------------------
     def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,
@@ -232,6 +248,18 @@ def observations_table(observations: Any) -> pa.Table:
     except (TypeError, ValueError) as exc:       # pyarrow's errors for a column it cannot type
         raise RetrievalError(f"observations: the {type(observations).__name__} cannot be read as a table: "
                              f"{exc}; give every column one type") from None
+
+
+def read_observations(observations: Any, *, text_columns: Collection[str] = ()) -> tuple[pa.Table | None, pa.Table]:
+    """Observations as Arrow, read exactly as a retrieval reads them (files too), in their order: returns
+    (the in-memory input as Arrow or None for files, the rows)."""
+    given = None if isinstance(observations, str | Path) else observations_table(observations)
+    con = DuckDBEngine().connect()
+    try:
+        raw, _, _ = register_observations(con, observations if given is None else given, text_columns=text_columns)
+        return given, arrow_table(con.sql(f"SELECT * EXCLUDE ({ROW}) FROM {raw} ORDER BY {ROW}"))
+    finally:
+        con.close()
 
 
 def register_observations(con: duckdb.DuckDBPyConnection, observations: Any, *,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gristmill.compute.planning import AggregationMode
 from gristmill.errors import RetrievalError
+from gristmill.spec.refs import VersionRef
 
 __all__ = ["AggregationMode", "Engine", "FeatureSetRequest", "MaterializedData", "to_utc_naive"]
 
@@ -29,10 +30,9 @@ class FeatureSetRequest:
     store: str | None = None               # the feature store holding it (None: the one asked)
 
     @property
-    def feature_set(self) -> tuple[str, str]:
+    def feature_set(self) -> VersionRef:
         """(name, version) of the feature set within its store."""
-        name, version = self.label.rpartition("/")[2].split(":")
-        return name, version
+        return VersionRef.parse_qualified(self.label, what="label")[1]
 
     def __post_init__(self) -> None:
         if not self.position:

@@ -25,7 +25,7 @@ from gristmill.compute.sources import (
     unique_name,
     with_order,
 )
-from gristmill.compute.sqltext import cols, interval, q, ts_lit
+from gristmill.compute.sqltext import cols, interval, q, tie_rule_sql, ts_lit
 from gristmill.errors import TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
@@ -54,15 +54,6 @@ class ComputedView:
     ties_are_equal: bool = False
     # Columns the transformation produced beyond the index, timestamp, create_timestamp and features.
     extra_columns: tuple[str, ...] = ()
-
-    @property
-    def order_key(self) -> str:
-        """SQL of the tie rule ordering: greater = wins (create_timestamp, then source order)."""
-        parts = []
-        if self.has_create_timestamp:
-            parts.append(f"coalesce({q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')")
-        parts.append(q(ORDER))
-        return f"({', '.join(parts)})" if len(parts) > 1 else parts[0]
 
 
 def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: datetime | None,
@@ -101,7 +92,9 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
     columns = [*shape.keys, shape.timestamp, *([CREATE_TIMESTAMP] if shape.has_create_timestamp else []),
                *shape.features]
     schema = arrow_table(con.sql(f"SELECT {cols(columns)} FROM {shape.name} LIMIT 0")).schema
-    stored = materialized.store.register(con, materialized.table, complete, schema=_with_create(schema))
+    from gristmill.compute.duckdb_jobs import register_offline
+
+    stored = register_offline(con, materialized.store, materialized.table, complete, schema=_with_create(schema))
     parts = [f"SELECT {cols(columns)}, 0::BIGINT AS {q(ORDER)} FROM {stored}"]
     for s, e in gaps:
         part = compute_view(con, spec, s, e, label=label)
@@ -128,11 +121,7 @@ def _window_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: s
     ts = spec.timestamp_column
     names = _columns(con, source)
     has_create = CREATE_TIMESTAMP in names
-    order_parts = [q(ts)]
-    if has_create:
-        order_parts.append(f"coalesce({q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')")
-    order_parts.append(q(ORDER))
-    order = f"({', '.join(order_parts)})"
+    order = f"({', '.join(tie_rule_sql(ts, has_create_timestamp=has_create))})"
     windows: dict[timedelta, str] = {}
     select = []
     for expression in expressions:

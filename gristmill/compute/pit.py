@@ -14,8 +14,7 @@ from datetime import timedelta
 
 from gristmill.compute.featureframe import ComputedView
 from gristmill.compute.schema import sql_family, utc_timestamp_sql
-from gristmill.compute.sources import ORDER
-from gristmill.compute.sqltext import cols, interval, q
+from gristmill.compute.sqltext import cols, interval, q, tie_rule_sql
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
 from gristmill.spec.types import FeatureType
 
@@ -120,10 +119,10 @@ def _tie_rule_struct(view: ComputedView, prefix: str) -> str:
     """The tie-rule ordering of a feature row as one comparable struct: (ts, create_timestamp, source order).
     An ASOF join on it picks, among rows at or before a time, the latest one and, on equal times, the
     tie-rule winner — no separate de-duplication pass needed."""
-    create = (f"coalesce({prefix}{q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')" if view.has_create_timestamp
-              else "TIMESTAMP '0001-01-01'")
-    return (f"{{'t': {prefix}{q(view.timestamp)}, 'c': {create}, "
-            f"'o': coalesce({prefix}{q(ORDER)}, 0::BIGINT)}}")
+    rule = tie_rule_sql(view.timestamp, has_create_timestamp=True, prefix=prefix)
+    if not view.has_create_timestamp:       # the struct keeps one shape (LATEST_BOUND compares with it)
+        rule[1] = "TIMESTAMP '0001-01-01'"
+    return "{" + ", ".join(f"'{field}': {sql}" for field, sql in zip("tco", rule, strict=True)) + "}"
 
 
 def asof_side_sql(view: ComputedView, features: list[str]) -> str:
@@ -148,10 +147,7 @@ def known_at_sql(plan: JoinPlan, observations: str) -> str:
         on.append(f"(f.{q(CREATE_TIMESTAMP)} IS NULL OR f.{q(CREATE_TIMESTAMP)} <= o.{OBS_TIME})")
     names = [f for f, _ in plan.outputs]
     packed = ", ".join(f"{q(f)} := f.{q(f)}" for f in names)
-    order = [f"f.{q(view.timestamp)}"]
-    if view.has_create_timestamp:
-        order.append(f"coalesce(f.{q(CREATE_TIMESTAMP)}, TIMESTAMP '0001-01-01')")
-    order.append(f"f.{q(ORDER)}")
+    order = tie_rule_sql(view.timestamp, has_create_timestamp=view.has_create_timestamp, prefix="f.")
     return (f"SELECT o.{ROW}, arg_max(struct_pack({packed}), ({', '.join(order)})) AS __gm_w "
             f"FROM {observations} o JOIN {view.name} f ON {' AND '.join(on)} GROUP BY o.{ROW}")
 

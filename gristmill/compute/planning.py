@@ -14,7 +14,10 @@ from gristmill.errors import RetrievalError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from gristmill.compute.engine import FeatureSetRequest, MaterializedData
+    from gristmill.spec.featureset_spec import FeatureSetSpec
 
 log = logging.getLogger("gristmill.compute")
 
@@ -188,3 +191,14 @@ def source_read_start(start: datetime | None, *, source_lookback: timedelta | No
     if max_window is not None:
         lookback = max(lookback, max_window)
     return shifted(start, -lookback) if start is not None else None
+
+
+def declared_schema(spec: FeatureSetSpec) -> pa.Schema:
+    """The schema of materialized rows as declared (no source read: the source may be gone): index columns,
+    timestamp, ``create_timestamp``, features; times as naive ``timestamp[us]`` (UTC)."""
+    import pyarrow as pa
+
+    fields = [pa.field(c.name, c.type.arrow_type()) for c in spec.index_columns]
+    fields += [pa.field(spec.timestamp_column, pa.timestamp("us")), pa.field(CREATE_TIMESTAMP, pa.timestamp("us"))]
+    fields += [pa.field(f.name, f.type.arrow_type()) for f in spec.features]
+    return pa.schema(fields)

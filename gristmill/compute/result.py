@@ -132,6 +132,17 @@ class RetrievalResult(QueryResult):
                                          else observation_columns)
         self._combined: pa.Table | None = None
 
+    @classmethod
+    def from_arrow(cls, table: pa.Table, *, description: str, observations: pa.Table | None = None,
+                   frame: Any = None, observation_columns: Sequence[str] = ()) -> RetrievalResult:
+        """A result over rows already computed (e.g. received from a server)."""
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("__gm_rows", table)
+        return cls(con, "SELECT * FROM __gm_rows", description=description, observations=observations,
+                   frame=frame, observation_columns=observation_columns)
+
     def to_arrow(self) -> pa.Table:
         if self._observations is None:
             return super().to_arrow()

@@ -38,6 +38,31 @@ def cols(names: list[str], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{q(n)}" for n in names)
 
 
+def tie_rule_sql(timestamp: str, *, has_create_timestamp: bool, prefix: str = "", with_time: bool = True,
+                 with_order: bool = True, renamed: dict[str, str] | None = None) -> list[str]:
+    """The tie rule (``planning.TIE_RULE``) as DuckDB expressions, most significant first; greater wins.
+
+    ``renamed`` maps a rule column to the column holding it here (e.g. the source's own create_timestamp
+    kept aside before stamping)."""
+    from gristmill.compute.planning import ORDER, tie_columns
+
+    parts = []
+    for part in tie_columns(timestamp, has_create_timestamp=has_create_timestamp, with_time=with_time):
+        if part.column == ORDER and not with_order:
+            continue
+        column = f"{prefix}{q((renamed or {}).get(part.column or timestamp, part.column or timestamp))}"
+        parts.append(column if part.null_as is None else f"coalesce({column}, {_literal(part.null_as)})")
+    return parts
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, datetime):
+        return ts_lit(value)
+    if isinstance(value, int):
+        return f"{value}::BIGINT"
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
 def transpile(sql: str, dialect: str) -> str:
     """Translate DuckDB-dialect SQL to ``dialect`` (identity for duckdb)."""
     if dialect == "duckdb":

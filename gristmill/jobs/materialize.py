@@ -1,34 +1,22 @@
 """Materializing one feature window ``[start, end)`` of one feature set version into the offline store
-and/or the online store (SPEC §3 "Materialization"): compute, de-duplicate (key, ts) by the tie rule,
-stamp ``create_timestamp`` when absent, then write."""
+and/or the online store (SPEC §3 "Materialization"), on the engine the job runs on: it computes,
+de-duplicates (key, ts) by the tie rule, stamps ``create_timestamp`` when absent and writes."""
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.featureframe import ComputedView, compute_view
-from gristmill.compute.sources import ORDER, unique_name
-from gristmill.compute.sqltext import cols, q, ts_lit
-from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
-from gristmill.stores.online.base import EVENT_TIMESTAMP
+from gristmill.compute.planning import declared_schema
 
 if TYPE_CHECKING:
-    import duckdb
-    import pyarrow as pa
-
-    from gristmill.compute.duckdb_engine import DuckDBEngine
     from gristmill.registry.materialization import OnlineOutcome
+    from gristmill.spec.featureset_spec import FeatureSetSpec
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
     from gristmill.stores.online.base import OnlineStore, OnlineTable
 
-log = logging.getLogger("gristmill.jobs")
-
-BATCH_ROWS = 250_000  # rows per Arrow batch streamed from the engine to the offline store
-GIVEN_CREATE = "__gm_given_create"  # the source's create_timestamp, before stamping
+__all__ = ["MaterializationResult", "declared_schema", "materialize_window"]
 
 
 @dataclass(frozen=True)
@@ -40,173 +28,14 @@ class MaterializationResult:
     online: OnlineOutcome | None = None         # what reached the online store (None: not written)
 
 
-def deduplicated_rows(con: duckdb.DuckDBPyConnection, view: ComputedView, *, stamp: datetime) -> str:
-    """A temp table of ``view``'s rows, one per (key, ts) chosen by the tie rule, with ``create_timestamp``
-    stamped where absent.
-
-    The view is computed once, into the table; only when that table holds a duplicated (key, ts) (a hash
-    aggregate finds out, ~4x cheaper than the tie-rule window over every row) is it rebuilt without them."""
-    create = (f"coalesce({q(CREATE_TIMESTAMP)}, {ts_lit(stamp)})" if view.has_create_timestamp
-              else ts_lit(stamp))
-    keyed = f"{cols(view.keys)}, {q(view.timestamp)}"
-    # the tie rule needs the source's own create time (a row without one loses), not the stamped one
-    given = f"{q(CREATE_TIMESTAMP)} AS {q(GIVEN_CREATE)}, " if view.has_create_timestamp else ""
-    helpers = [q(ORDER), *([q(GIVEN_CREATE)] if view.has_create_timestamp else [])]
-    rows = unique_name("rows")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {rows} AS SELECT {keyed}, {create} AS {q(CREATE_TIMESTAMP)}, "
-                f"{given}{q(ORDER)}{''.join(', ' + q(f) for f in view.features)} FROM {view.name}")
-    duplicated = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {rows} GROUP BY {keyed} HAVING count(*) > 1)"
-                             ).fetchall()[0][0]
-    name = unique_name("dedup")
-    if not duplicated:
-        for helper in helpers:
-            con.execute(f"ALTER TABLE {rows} DROP COLUMN {helper}")
-        con.execute(f"ALTER TABLE {rows} RENAME TO {name}")
-        return name
-    log.info("%d (key, time) pairs occur more than once; keeping one row each by the tie rule", duplicated)
-    order = [f"{q(ORDER)} DESC"]
-    if view.has_create_timestamp:
-        order.insert(0, f"coalesce({q(GIVEN_CREATE)}, TIMESTAMP '0001-01-01') DESC")
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {keyed}, {q(CREATE_TIMESTAMP)}"
-        f"{''.join(', ' + q(f) for f in view.features)} FROM {rows} "
-        f"QUALIFY row_number() OVER (PARTITION BY {keyed} ORDER BY {', '.join(order)}) = 1")
-    con.execute(f"DROP TABLE {rows}")
-    return name
-
-
-def latest_per_key_sql(relation: str, keys: list[str], timestamp: str, features: list[str], *,
-                       alive_after: datetime | None, has_order: bool, has_create: bool = True) -> str:
-    """The newest row per key, by the tie rule (keys with a null part are never looked up, so they are left
-    out). Rows already expired (``ts <= alive_after``) are dropped first: they can never be written, and
-    filtering before the window function is ~20x cheaper than after it."""
-    conditions = [f"{q(k)} IS NOT NULL" for k in keys]
-    if alive_after is not None:
-        conditions.append(f"{q(timestamp)} > {ts_lit(alive_after)}")
-    order = [f"{q(timestamp)} DESC"]
-    if has_create:
-        order.append(f"{q(CREATE_TIMESTAMP)} DESC NULLS LAST")
-    if has_order:
-        order.append(f"{q(ORDER)} DESC")
-    create = q(CREATE_TIMESTAMP) if has_create else f"CAST(NULL AS TIMESTAMP) AS {q(CREATE_TIMESTAMP)}"
-    # sorted by key: B-tree friendly for SQLite, harmless elsewhere
-    return (f"SELECT {cols(keys)}, {q(timestamp)} AS {EVENT_TIMESTAMP}, {create}"
-            f"{''.join(', ' + q(f) for f in features)} FROM {relation} WHERE {' AND '.join(conditions)} "
-            f"QUALIFY row_number() OVER (PARTITION BY {cols(keys)} ORDER BY {', '.join(order)}) = 1 "
-            f"ORDER BY {cols(keys)}")
-
-
-def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: datetime, end: datetime, *,
-                       now: datetime, label: str,
-                       offline: tuple[DeltaOfflineStore, OfflineTable] | None = None,
+def materialize_window(engine: Any, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
+                       label: str, offline: tuple[DeltaOfflineStore, OfflineTable] | None = None,
                        online: tuple[OnlineStore, OnlineTable] | None = None,
                        online_from_offline: bool = False) -> MaterializationResult:
-    """Compute ``[start, end)`` and write it to the given stores.
+    """Compute ``[start, end)`` with ``engine`` and write it to the given stores.
 
     With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
     instead of being recomputed from source."""
-    cpu_started = time.process_time()
-    con = engine.connect()
-    try:
-        bytes_written = 0
-        rows_written = 0
-        has_order = False
-        has_create = True
-        expired_part: str | None = None      # online only: the window's rows before the live ones start
-        if online_from_offline and offline is not None and online is not None:
-            offline_store, offline_table = offline
-            relation = offline_store.register(con, offline_table, [(start, end)], schema=_declared_schema(spec))
-            rows_read = _count(con, relation)
-        elif offline is None:
-            # online only: no de-duplicated copy of the window is needed, just the newest row per key, and
-            # rows already expired at `now` can never be written, so the computation starts where they end
-            # (DSL windows still read their history before that point)
-            ttl = online[1].ttl if online is not None else None
-            alive_from = max(start, now - ttl) if ttl is not None else start
-            view = compute_view(con, spec, min(alive_from, end), end, label=label)
-            relation, has_order, has_create = view.name, True, view.has_create_timestamp
-            if alive_from > start:           # only its keys and times are read, to count expired keys
-                expired_part = compute_view(con, spec, start, min(alive_from, end), label=label).name
-            rows_read = _count(con, relation)
-        else:
-            view = compute_view(con, spec, start, end, label=label)
-            relation = deduplicated_rows(con, view, stamp=now)
-            rows_read = _count(con, relation)
-            if offline is not None:
-                offline_store, offline_table = offline
-                stats = offline_store.write_window_from(con, offline_table, relation, start, end)
-                bytes_written += stats.bytes
-                rows_written += stats.rows
-        outcome = None
-        if online is not None:
-            online_store, online_table = online
-            ttl = online_table.ttl
-            rows = _arrow(con, latest_per_key_sql(relation, spec.index_column_names, spec.timestamp_column,
-                                                  spec.feature_names, alive_after=now - ttl if ttl else None,
-                                                  has_order=has_order, has_create=has_create))
-            keys_written = online_store.write(online_table, rows, now=now)
-            rows_written += keys_written
-            bytes_written += rows.nbytes
-            outcome = online_outcome(con, [relation, *([expired_part] if expired_part else [])],
-                                     spec.index_column_names, spec.timestamp_column, ttl=ttl, now=now,
-                                     keys_written=keys_written)
-        return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
-                                     cpu_seconds=time.process_time() - cpu_started,
-                                     online=outcome if online is not None else None)
-    finally:
-        con.close()
-
-
-def online_outcome(con: duckdb.DuckDBPyConnection, relations: list[str], keys: list[str], timestamp: str, *,
-                   ttl: timedelta | None, now: datetime, keys_written: int) -> OnlineOutcome:
-    """How many keys of the window were skipped as already expired (their newest row's event time + ``ttl``
-    is at or before ``now``), and the window's newest event time. One hash aggregate over the keys and
-    times of ``relations`` (a view's unused feature columns are not computed)."""
-    from gristmill.registry.materialization import OnlineOutcome
-
-    not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys) or "TRUE"
-    parts = " UNION ALL ".join(f"SELECT {cols(keys) + ', ' if keys else ''}{q(timestamp)} AS t FROM {r} "
-                               f"WHERE {not_null}" for r in relations)
-    grouped = f"GROUP BY {cols(keys)}" if keys else ""
-    expired = f"count(*) FILTER (WHERE newest <= {ts_lit(now - ttl)})" if ttl is not None else "0"
-    count, newest = con.execute(f"SELECT {expired}, max(newest) FROM (SELECT max(t) AS newest FROM ({parts}) "
-                                f"{grouped})").fetchall()[0]
-    newest = _naive(newest)
-    return OnlineOutcome(keys_written=keys_written, keys_expired=int(count or 0), newest_event_time=newest,
-                         expires_at=newest + ttl if newest is not None and ttl is not None else None)
-
-
-def _naive(value: datetime | None) -> datetime | None:
-    """A DuckDB timestamp as naive UTC (``TIMESTAMPTZ`` comes back aware)."""
-    if value is None or value.tzinfo is None:
-        return value
-    from datetime import UTC
-
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
-    return int(con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0])
-
-
-def _arrow_reader(con: duckdb.DuckDBPyConnection, sql: str) -> pa.RecordBatchReader:
-    """Stream a query's rows in batches (``to_arrow_reader`` on DuckDB >= 1.4, ``fetch_record_batch`` before)."""
-    relation = con.sql(sql)
-    reader = getattr(relation, "to_arrow_reader", None)
-    return reader(BATCH_ROWS) if reader is not None else relation.fetch_record_batch(BATCH_ROWS)
-
-
-def _arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    from gristmill.compute.result import arrow_table
-
-    return arrow_table(con.sql(sql))
-
-
-def _declared_schema(spec: FeatureSetSpec) -> pa.Schema:
-    """The schema of materialized rows as declared (no source read: the source may be gone)."""
-    import pyarrow as pa
-
-    fields = [pa.field(c.name, c.type.arrow_type()) for c in spec.index_columns]
-    fields += [pa.field(spec.timestamp_column, pa.timestamp("us")), pa.field(CREATE_TIMESTAMP, pa.timestamp("us"))]
-    fields += [pa.field(f.name, f.type.arrow_type()) for f in spec.features]
-    return pa.schema(fields)
+    result: MaterializationResult = engine.materialize(spec, start, end, now=now, label=label, offline=offline,
+                                                       online=online, online_from_offline=online_from_offline)
+    return result

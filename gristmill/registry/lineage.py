@@ -35,7 +35,7 @@ class ModelRecords:
         spec = model.retrieval_spec.to_dict()
         values: dict[str, Any] = {"retrieval_spec": spec, "description": model.description, "tags": dict(model.tags)}
         lineage = [{"model": model.name, "version": model.version, "position": i,
-                    "feature_set": f.feature_set.split(":")[0], "feature_set_version": f.feature_set.split(":")[1],
+                    "feature_set": f.feature_ref.feature_set, "feature_set_version": f.feature_ref.version,
                     "feature": f.feature_name} for i, f in enumerate(model.retrieval_spec.features)]
 
         def put() -> PutResult:
@@ -73,9 +73,9 @@ class ModelRecords:
 
     def _check_features(self, conn: Connection, model: Model) -> None:
         for ref in model.retrieval_spec.features:
-            if "/" in ref.feature_set:              # another store's feature: checked by the FeatureStore
+            if ref.feature_ref.store is not None:     # another store's feature: checked by the FeatureStore
                 continue
-            name, version = ref.feature_set.split(":")
+            name, version = ref.feature_ref.feature_set_ref
             found = conn.execute(sa.select(models.features.c.name).where(
                 models.features.c.feature_set == name, models.features.c.version == version,
                 models.features.c.name == ref.feature_name)).first()

@@ -451,8 +451,7 @@ class Registry:
     def _check_entities(self, conn: Connection, feature_set: FeatureSet, spec: FeatureSetSpec) -> None:
         table = models.entities
         spec_columns = {c.name: c.type.value for c in spec.index_columns}
-        for ref in feature_set.entities:
-            name, version = ref.split(":")
+        for ref, (name, version) in zip(feature_set.entities, feature_set.entity_refs, strict=True):
             row = conn.execute(sa.select(table.c.index_columns)
                                .where(table.c.name == name, table.c.version == version)).one_or_none()
             if row is None:

@@ -34,7 +34,7 @@ from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUn
 from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, harden
 from gristmill.server.limits import add_limits
 from gristmill.server.visibility import Visibility
-from gristmill.spec.retrieval_spec import FeatureRef
+from gristmill.spec.refs import FeatureRef, parse_name_and_version
 from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
@@ -286,8 +286,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     @app.get("/v1/jobs", tags=["materialization"])
     def jobs(feature_set: str | None = None, status: str | None = None, limit: ListLimit = 100,
              principal: str = Caller) -> list[dict[str, Any]]:
-        name, _, version = (feature_set or "").partition(":")
-        return [_job(j) for j in visible.jobs(principal, feature_set=name or None, version=version or None,
+        name, version = (parse_name_and_version(feature_set, what="feature_set", example="transactions:1")
+                         if feature_set else (None, None))
+        return [_job(j) for j in visible.jobs(principal, feature_set=name, version=version,
                                               status=status, limit=limit)]     # filtered, then cut
 
     @app.get("/v1/jobs/{job_id}", tags=["materialization"])
@@ -375,7 +376,7 @@ def _json_values(values: list[Any], kind: FeatureType | None) -> list[Any]:
 
 
 def _entity_names(feature_set: FeatureSet) -> list[str]:
-    return [ref.split(":", 1)[0] for ref in feature_set.entities]
+    return [ref.name for ref in feature_set.entity_refs]
 
 
 def _resource(feature_set: FeatureSet) -> Resource:

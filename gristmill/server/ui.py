@@ -64,7 +64,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 
     def resource_of(name: str, version: str) -> Resource:
         feature_set = store._cached_feature_set(name, version)
-        return Resource("featureset", name, version, tuple(e.split(":", 1)[0] for e in feature_set.entities))
+        return Resource("featureset", name, version, tuple(e.name for e in feature_set.entity_refs))
 
     def page(title: str, who: str | None, body: str, *, status: int = 200, refresh: int | None = None) -> HTMLResponse:
         meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
@@ -255,8 +255,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             for model in store.list_models():
                 if visible.model_readable(who, model):
                     # another store's feature sets have no page here: their names only
-                    sets = [escape(ref) if "/" in ref else _link(f"/ui/feature-sets/{ref.replace(':', '/')}", ref)
-                            for ref in model.feature_sets]
+                    used = dict.fromkeys((f.feature_ref.store, f.feature_ref.feature_set_ref)
+                                         for f in model.retrieval_spec.features)
+                    sets = [escape(f"{other}/{ref}") if other else _link(f"/ui/feature-sets/{ref.name}/{ref.version}",
+                                                                         str(ref))
+                            for other, ref in used]
                     rows.append([escape(model.ref), escape(model.description or ""), ", ".join(sets),
                                  escape(", ".join(model.features))])
             return page("Models", who, "<h1>Models</h1>" + _table(["model", "description", "feature sets",

@@ -34,7 +34,7 @@ __all__ = ["Visibility", "feature_set_resource"]
 def feature_set_resource(feature_set: FeatureSet) -> Resource:
     """The resource a feature set version is checked as: its name, version and entity names."""
     return Resource("featureset", feature_set.name, feature_set.version,
-                    tuple(ref.split(":", 1)[0] for ref in feature_set.entities))
+                    tuple(ref.name for ref in feature_set.entity_refs))
 
 
 class Visibility:
@@ -86,11 +86,12 @@ class Visibility:
     def model_readable(self, principal: str, model: Any) -> bool:
         """Whether ``principal`` may read every feature set of this store that ``model`` uses."""
         local = []
-        for ref in model.feature_sets:
-            store, _, feature_set = ref.rpartition("/")
-            if store and store != self.store.name:
+        for feature in model.retrieval_spec.features:
+            ref = feature.feature_ref
+            if ref.store and ref.store != self.store.name:
                 continue                                  # another store's: that store decides
-            local.append(feature_set.split(":", 1))
+            if ref.feature_set_ref not in local:
+                local.append(ref.feature_set_ref)
         if not local:
             return self.may(principal, Action.READ_CATALOG, STORE)
         for name, version in local:

@@ -12,6 +12,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, field_validator
 from gristmill.errors import SpecError
 from gristmill.spec.common import Asset, Frozen, Stage, StageName, Version, _lower_enum
 from gristmill.spec.featureset_spec import FeatureSetSpec
+from gristmill.spec.refs import VersionRef
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
 
@@ -61,11 +62,11 @@ class SpecificationRef(Frozen):
 
 
 def _entity_ref(value: Any) -> Any:
+    """An entity reference as written in YAML (``account:1``, or Azure ML's ``azureml:account:1``), checked and
+    kept as its ``name:version`` text; ``FeatureSet.entity_refs`` gives the parsed form."""
     if isinstance(value, str):
         ref = value.strip().removeprefix("azureml:")
-        if ref.count(":") != 1 or not all(ref.split(":")):
-            raise ValueError(f"entity reference '{value}' must look like name:version, e.g. account:1")
-        return ref
+        return str(VersionRef.parse(ref, what="entity reference", example="account:1"))
     return value
 
 
@@ -88,6 +89,11 @@ class FeatureSet(Asset):
 
     _spec: FeatureSetSpec | None = PrivateAttr(default=None)
     _file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def entity_refs(self) -> list[VersionRef]:
+        """The entities as parsed references (``entities`` holds their checked ``name:version`` texts)."""
+        return [VersionRef.parse(ref) for ref in self.entities]
 
     @property
     def spec(self) -> FeatureSetSpec:

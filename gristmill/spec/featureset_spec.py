@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model
 from gristmill.errors import SpecError
 from gristmill.spec.common import Column, Feature, Frozen, _lower_enum
 from gristmill.spec.duration import Duration
+from gristmill.spec.refs import VersionRef
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
 if TYPE_CHECKING:
@@ -288,16 +289,15 @@ class FeatureSetSpec(Frozen):
 
     # -- derived feature sets (source type featureset) ---------------------------------------------------
     @property
-    def parent_ref(self) -> tuple[str, str] | None:
-        """``(name, version)`` of the feature set a derived spec reads (``source.path``), else None."""
+    def parent_ref(self) -> VersionRef | None:
+        """``name:version`` of the feature set a derived spec reads (``source.path``), else None."""
         if self.source.type != SourceType.FEATURESET:
             return None
-        ref = (self.source.path or "").strip().removeprefix("azureml:")
-        name, _, version = ref.partition(":")
-        if not name or not version or ":" in version:
+        try:
+            return VersionRef.parse((self.source.path or "").strip().removeprefix("azureml:"))
+        except SpecError:
             raise SpecError(f"source.path '{self.source.path}' of a featureset source must name the parent as "
-                            "name:version, e.g. path: transactions:1")
-        return name, version
+                            "name:version, e.g. path: transactions:1") from None
 
     @property
     def parent(self) -> FeatureSetSpec:

@@ -2,63 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from gristmill.errors import RetrievalError
 from gristmill.spec.common import Frozen
+from gristmill.spec.refs import FeatureRef, VersionRef
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
 
+__all__ = ["RETRIEVAL_SPEC_FILE_NAME", "FeatureRef", "FeatureReference", "FeatureRetrievalSpec",
+           "FeatureStoreFeatures"]
+
 RETRIEVAL_SPEC_FILE_NAME = "feature_retrieval_spec.yaml"
-REFERENCE_FORM = "feature_set:version:feature"
-
-
-@dataclass(frozen=True)
-class FeatureRef:
-    """A parsed ``[store/]feature_set:version:feature`` reference: the one parsed form every entry point
-    (SDK, CLI, server, retrieval specs) passes around."""
-
-    store: str | None
-    feature_set: str
-    version: str
-    feature: str
-    output_name: str | None = None
-
-    @property
-    def text(self) -> str:
-        prefix = f"{self.store}/" if self.store else ""
-        return f"{prefix}{self.feature_set}:{self.version}:{self.feature}"
-
-    @classmethod
-    def parse(cls, text: Any) -> FeatureRef:
-        """Parse ``"transactions:1:amount_7d_sum"`` (optionally ``"store/transactions:1:..."``); anything else
-        raises ``RetrievalError`` naming the reference and the expected form.
-
-        >>> FeatureRef.parse("risk/scores:2:score")
-        FeatureRef(store='risk', feature_set='scores', version='2', feature='score', output_name=None)
-        """
-        if not isinstance(text, str):
-            raise RetrievalError(f"features: {text!r} is not a string; write '{REFERENCE_FORM}', "
-                                 "e.g. 'transactions:1:amount_7d_sum'")
-        store, _, rest = text.strip().rpartition("/")
-        parts = rest.split(":")
-        if len(parts) == 3 and all(parts) and "/" not in store:
-            return cls(store or None, parts[0], parts[1], parts[2])
-        example = "e.g. 'transactions:1:amount_7d_sum'"
-        if len(parts) == 2 and all(parts) and parts[1].isdigit():
-            example = f"is the feature missing? e.g. '{parts[0]}:{parts[1]}:amount_7d_sum'"
-        elif len(parts) == 2 and all(parts):
-            example = f"is the version missing? e.g. '{parts[0]}:1:{parts[1]}'"
-        raise RetrievalError(f"features: '{text}' must look like '{REFERENCE_FORM}'; {example}")
 
 
 class FeatureReference(Frozen):
+    """One feature of a retrieval spec: ``feature_set`` is ``[store/]name:version``, parsed once into
+    ``feature_ref`` when the spec is validated."""
+
     feature_set: str
     feature_name: str
     output_name: str | None = None
+
+    _ref: FeatureRef = PrivateAttr()
 
     @model_validator(mode="before")
     @classmethod
@@ -74,10 +41,15 @@ class FeatureReference(Frozen):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> FeatureReference:
-        if self.feature_set.count(":") != 1 or not all(self.feature_set.split(":")):
-            raise ValueError(f"feature_set '{self.feature_set}' must look like name:version")
+    def _parse(self) -> FeatureReference:
+        store, feature_set = VersionRef.parse_qualified(self.feature_set, what="feature_set")
+        self._ref = FeatureRef(store, feature_set.name, feature_set.version, self.feature_name, self.output_name)
         return self
+
+    @property
+    def feature_ref(self) -> FeatureRef:
+        """The parsed reference: store (None: this one), feature set, version, feature and output name."""
+        return self._ref
 
     @property
     def ref(self) -> str:
@@ -115,7 +87,7 @@ class FeatureRetrievalSpec(Frozen):
         for item in features:
             ref = FeatureRef.parse(item)
             store = f"{ref.store}/" if ref.store else ""
-            refs.append({"feature_set": f"{store}{ref.feature_set}:{ref.version}", "feature_name": ref.feature})
+            refs.append({"feature_set": f"{store}{ref.feature_set_ref}", "feature_name": ref.feature})
         return cls.model_validate({"feature_stores": [{"uri": uri, "features": refs}]})
 
     @classmethod

@@ -191,10 +191,11 @@ def _running_claimed_job(tmp_path: Path, *, worker: str) -> tuple[gm.FeatureStor
 def test_a_dead_workers_job_is_failed_and_its_window_incomplete(tmp_path: Path) -> None:
     # a worker claimed the 03:00 run, started the job and died (its last heartbeat is old)
     store, _, job = _running_claimed_job(tmp_path, worker="gone")
+    # a lease long enough that a loaded machine cannot make the fresh heartbeat look stale (it flaked at 50 ms)
     scheduler = gm.Scheduler(store, worker="alive", heartbeat=timedelta(milliseconds=10),
-                             lease=timedelta(milliseconds=50))
+                             lease=timedelta(seconds=1))
     assert scheduler.tick().reaped == []                            # its heartbeat is still fresh
-    threading.Event().wait(0.1)
+    threading.Event().wait(1.1)
     tick = scheduler.tick()
     assert [(j.id, j.status.value) for j in tick.reaped] == [(job.id, "Failed")]
     assert "worker gone stopped" in (tick.reaped[0].error or "")

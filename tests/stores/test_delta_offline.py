@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from gristmill.compute.duckdb_jobs import register_offline, write_offline_window
 from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
 
 TABLE = OfflineTable(feature_set="txn", version="1", materialization_version=1, keys=("acct",), timestamp="ts",
@@ -56,17 +57,20 @@ def test_empty_window_deletes_rows_removed_at_the_source(tmp_path: Path) -> None
     assert _stored(store) == [("A", "01-01 10:00", 1.0)]
 
 
-def test_register_reads_only_the_given_windows(tmp_path: Path) -> None:
+def test_engines_read_only_the_files_and_rows_of_the_given_windows(tmp_path: Path) -> None:
     store = DeltaOfflineStore(str(tmp_path / "offline"))
     rows = _rows(*[("A", datetime(2024, 1, d, 10), float(d)) for d in range(1, 6)])
     store.write_window(TABLE, rows, datetime(2024, 1, 1), datetime(2024, 1, 6))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    view = store.register(con, TABLE, [(datetime(2024, 1, 2), datetime(2024, 1, 3)),
-                                       (datetime(2024, 1, 4, 10), datetime(2024, 1, 6))], schema=rows.schema)
+    windows = [(datetime(2024, 1, 2), datetime(2024, 1, 3)), (datetime(2024, 1, 4, 10), datetime(2024, 1, 6))]
+    handed = store.files(TABLE, windows)
+    assert sorted(f.split("_event_day=")[1][:10] for f in handed.files) == ["2024-01-02", "2024-01-04", "2024-01-05"]
+    view = register_offline(con, store, TABLE, windows, schema=rows.schema)
     got = con.execute(f"SELECT f, ts FROM {view} ORDER BY ts").fetchall()
     assert got == [(2.0, datetime(2024, 1, 2, 10)), (4.0, datetime(2024, 1, 4, 10)), (5.0, datetime(2024, 1, 5, 10))]
-    empty = store.register(con, TABLE, [], schema=rows.schema)
+    assert store.files(TABLE, []).files == ()
+    empty = register_offline(con, store, TABLE, [], schema=rows.schema)
     assert con.execute(f"SELECT count(*) FROM {empty}").fetchall() == [(0,)]
 
 
@@ -102,19 +106,19 @@ def test_killed_writer_leaves_the_table_as_before(tmp_path: Path) -> None:
 
 
 def test_engine_written_window_keeps_rows_of_the_same_day_outside_it(tmp_path: Path) -> None:
-    """``write_window_from`` (DuckDB writes the files, one Delta commit swaps the day partitions in)."""
+    """DuckDB writes the files the store hands it a place for, one Delta commit swaps the day partitions in."""
     store = DeltaOfflineStore(str(tmp_path / "offline"))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("day_rows", _rows(*[("A", datetime(2024, 1, 1, h), float(h)) for h in (0, 6, 12, 18)],
                                    ("A", datetime(2024, 1, 2, 6), 30.0)))
-    first = store.write_window_from(con, TABLE, "day_rows", datetime(2024, 1, 1), datetime(2024, 1, 3))
+    first = write_offline_window(con, store, TABLE, "day_rows", datetime(2024, 1, 1), datetime(2024, 1, 3))
     assert first.rows == 5 and first.bytes > 0
     con.register("patch", _rows(("A", datetime(2024, 1, 1, 7), 7.0)))
-    store.write_window_from(con, TABLE, "patch", datetime(2024, 1, 1, 6), datetime(2024, 1, 1, 12))
+    write_offline_window(con, store, TABLE, "patch", datetime(2024, 1, 1, 6), datetime(2024, 1, 1, 12))
     assert [f for _, _, f in _stored(store)] == [0.0, 7.0, 12.0, 18.0, 30.0]
     con.register("nothing", _rows())
-    store.write_window_from(con, TABLE, "nothing", datetime(2024, 1, 2), datetime(2024, 1, 3))
+    write_offline_window(con, store, TABLE, "nothing", datetime(2024, 1, 2), datetime(2024, 1, 3))
     assert [f for _, _, f in _stored(store)] == [0.0, 7.0, 12.0, 18.0]
 
 
@@ -127,13 +131,14 @@ def test_concurrent_writers_of_one_day_lose_nothing_and_duplicate_nothing(tmp_pa
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("day", _rows(*[("A", datetime(2024, 1, 1, h), -1.0) for h in range(0, 24, 4)]))
-    store.write_window_from(con, TABLE, "day", datetime(2024, 1, 1), datetime(2024, 1, 2))   # stored before
+    write_offline_window(con, store, TABLE, "day", datetime(2024, 1, 1), datetime(2024, 1, 2))   # stored before
     go = tmp_path / "go"
     script = textwrap.dedent(f"""
         import sys, time
         from datetime import datetime
         from pathlib import Path
         import duckdb, pyarrow as pa
+        from gristmill.compute.duckdb_jobs import write_offline_window
         from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
         hour = int(sys.argv[1])
         table = OfflineTable("txn", "1", 1, ("acct",), "ts", ("f",))
@@ -147,7 +152,7 @@ def test_concurrent_writers_of_one_day_lose_nothing_and_duplicate_nothing(tmp_pa
         while not Path({str(go)!r}).exists():
             time.sleep(0.001)
         for _ in range(3):                         # three rewrites each: more chances to collide
-            store.write_window_from(con, table, "patch", datetime(2024, 1, 1, hour), datetime(2024, 1, 1, hour + 1))
+            write_offline_window(con, store, table, "patch", datetime(2024, 1, 1, hour), datetime(2024, 1, 1, hour + 1))
     """)
     hours = range(1, 24, 4)                       # 01:00, 05:00, ...: between the stored rows
     writers = [subprocess.Popen([sys.executable, "-c", script, str(h)], stdout=subprocess.PIPE, text=True)
