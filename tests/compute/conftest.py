@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 import pytest
 import yaml
-from spark_session import spark_engine
+from spark_session import spark_engine, spark_session
 
 import gristmill as gm
 
@@ -127,6 +126,7 @@ class Repo:
         self.root = root
         self.definitions: dict[str, FeatureSetDefinition] = {}
         self._store: gm.FeatureStore | None = None
+        self._spark_store: gm.FeatureStore | None = None
 
     def add(self, definition: FeatureSetDefinition) -> Path:
         """Write the source files, the entity YAML and the feature set YAML; returns the spec folder."""
@@ -171,9 +171,20 @@ class Repo:
         assert plan.ok, str(plan) + "\n" + "\n".join(i.detail for i in plan.items if i.detail)
         return plan
 
+    @property
+    def spark_store(self) -> gm.FeatureStore:
+        """The same store opened on the test process's Spark session: ``gm.FeatureStore(path, spark=...)``
+        (materialization jobs still run on DuckDB: Spark computes and retrieves)."""
+        if self._spark_store is None:
+            self.store  # noqa: B018 - the store exists before it is opened a second time
+            self._spark_store = gm.FeatureStore(self.root / "store", spark=spark_session())
+        return self._spark_store
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._spark_store is not None:
+            self._spark_store.close()
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
@@ -274,22 +285,10 @@ def _materialize_offline(repo: Repo, name: str, version: str) -> None:
     done.add((name, version))
 
 
-@contextmanager
-def _engine(store: gm.FeatureStore, engine: Any) -> Iterator[None]:
-    """Run with ``engine`` as the store's engine (the module's store is shared by every path)."""
-    previous = store._engine
-    store._engine = engine
-    try:
-        yield
-    finally:
-        store._engine = previous
-
-
 def _retrieve_spark_computed(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
                              **options: Any) -> pd.DataFrame:
     """Point-in-time join computed from source by the Spark engine (a classic local session)."""
-    with _engine(repo.store, spark_engine()):
-        return _retrieve_computed(repo, features, observations, timestamp_column, **options)
+    return repo.spark_store.get_offline_features(features, observations, timestamp_column, **options).to_pandas()
 
 
 def _retrieve_spark_materialized(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
@@ -304,9 +303,8 @@ def _retrieve_spark_materialized(repo: Repo, features: Any, observations: Any, t
         wanted = set()
     for name, version in wanted:
         _materialize_offline(repo, name, version)
-    with _engine(repo.store, spark_engine()):
-        return repo.store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
-                                               **options).to_pandas()
+    return repo.spark_store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
+                                                 **options).to_pandas()
 
 
 def _compute_spark_spec(repo: Repo, name: str, start: str, end: str, *, version: str = "1") -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """The Spark engine over Spark Connect: a Connect server started from the pyspark wheel (local mode, on a
-free 127.0.0.1 port) answers a retrieval exactly as the DuckDB engine does.
+free 127.0.0.1 port), configured as ``engine: {type: spark, remote: sc://...}`` in featurestore.yaml, answers
+a retrieval exactly as the DuckDB engine does.
 
 Classic and Connect sessions cannot share one Python process, so the Connect client runs in a
 subprocess; this test process never opens a Connect session."""
@@ -69,19 +70,23 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 CLIENT = textwrap.dedent("""
     import json, sys
+    from pathlib import Path
     import pandas as pd
+    import yaml
     import gristmill as gm
-    from gristmill.compute.spark import SparkEngine
 
     store_path, remote, observations_path = sys.argv[1:4]
+    config_file = Path(store_path) / "featurestore.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["engine"] = {"type": "spark", "remote": remote}
+    config_file.write_text(yaml.safe_dump(config))
     store = gm.FeatureStore(store_path)
-    store._engine = SparkEngine(remote=remote)
     observations = pd.read_parquet(observations_path)
     result = store.get_offline_features(["fs1:1:f1"], observations, "ts")
     frame = result.to_pandas()
     print(json.dumps({"columns": list(frame.columns),
                       "rows": [[None if pd.isna(v) else str(v) for v in r] for r in frame.itertuples(index=False)],
-                      "connect": type(store._engine.spark).__module__}))
+                      "engine": store.engine.name, "connect": type(store.engine.spark).__module__}))
 """)
 
 
@@ -103,7 +108,7 @@ def test_retrieval_over_spark_connect_matches_duckdb(connect_server: str, build_
                            str(observations_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer["connect"].startswith("pyspark.sql.connect")
+    assert answer["engine"] == "spark" and answer["connect"].startswith("pyspark.sql.connect")
     assert answer["columns"] == list(expected.columns)
     assert answer["rows"] == [[None if v is None else str(v) for v in r] for r in rows(expected)]
     assert [r[3] for r in answer["rows"]] == ["2.0", "2.0", None, "10.0", None]

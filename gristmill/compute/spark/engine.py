@@ -22,6 +22,7 @@ from gristmill.compute.planning import (
     INTERNAL_PREFIX,
     ORDER,
     AggregationMode,
+    declared_schema,
     feature_window,
     missing_index_columns,
     rename_clashes,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from gristmill.compute.engine import MaterializedData
     from gristmill.compute.spark.frames import SparkFeatureRows
+    from gristmill.config import EngineConfig
 
 log = logging.getLogger("gristmill.compute")
 
@@ -120,11 +122,12 @@ class SparkEngine:
             prepare_session(session)
 
     @classmethod
-    def from_config(cls, config: Any, *, session: SparkSession | None = None) -> SparkEngine:
+    def from_config(cls, config: EngineConfig, *, folder: Path | None = None,
+                    session: SparkSession | None = None) -> SparkEngine:
         """The engine described by ``featurestore.yaml``'s ``engine`` section (``master``, ``remote``,
-        ``conf``); ``session`` (a SparkSession the caller already has) wins over them."""
-        return cls(master=getattr(config, "master", None), remote=getattr(config, "remote", None),
-                   conf=getattr(config, "conf", None) or {}, session=session)
+        ``conf``); ``session`` (a SparkSession the caller already has) wins over them. (``folder``, the
+        store's, is where DuckDB spills; Spark keeps its own scratch space.)"""
+        return cls(master=config.master, remote=config.remote, conf=config.conf or {}, session=session)
 
     @property
     def spark(self) -> SparkSession:
@@ -454,14 +457,12 @@ def _spark_key(name: str, engine_type: str, declared: FeatureType) -> Column | N
 # -- feature rows read from the offline store --------------------------------------------------------------
 
 def spark_schema(spec: FeatureSetSpec) -> Any:
-    """The Spark schema of materialized files (``jobs.materialize._declared_schema``; times are UTC)."""
+    """The Spark schema of materialized files (``planning.declared_schema``; times are UTC)."""
     from pyspark.sql.types import StructType, _parse_datatype_string
-
-    from gristmill.jobs.materialize import _declared_schema
 
     declared = {c.name: c.type for c in [*spec.index_columns, *spec.features]}
     schema = StructType()
-    for item in _declared_schema(spec):
+    for item in declared_schema(spec):
         kind = declared.get(item.name)
         schema.add(item.name, _parse_datatype_string(SPARK_TYPES[kind] if kind is not None else "timestamp"))
     return schema
