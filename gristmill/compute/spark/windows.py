@@ -182,12 +182,13 @@ def window_values(data: DataFrame, queries: DataFrame, *, keys: list[str],
         w = window_index[length]
         out = expression.feature_name
         if agg == Aggregation.COUNT:
-            values.append((F.col("__gm_count_e") - F.coalesce(F.col(f"__gm_count_s{w}"), F.lit(0))).cast("long")
+            values.append((F.coalesce(F.col("__gm_count_e"), F.lit(0)) -
+                           F.coalesce(F.col(f"__gm_count_s{w}"), F.lit(0))).cast("long")
                           .alias(out))
             continue
         if agg == Aggregation.DISTINCT_COUNT:
             event = events[distinct.index(expression)]
-            values.append(F.col(f"{event}_e").cast("long").alias(out))
+            values.append(F.coalesce(F.col(f"{event}_e"), F.lit(0)).cast("long").alias(out))
             continue
         column = columns[expression.source_column or ""]
         source_type = types[column.name]
@@ -205,10 +206,7 @@ def window_values(data: DataFrame, queries: DataFrame, *, keys: list[str],
             continue
         n = F.col(f"{column.part('n')}_e") - F.coalesce(F.col(f"{column.part('n')}_s{w}"), F.lit(0))
         s1 = _difference(column.part("s1"), w)
-        if column.family == "float":
-            total = s1 + n * F.col(f"{column.part('center')}")
-        else:
-            total = s1
+        total = s1 + n * F.col(column.part("center")) if column.family == "float" else s1
         if agg == Aggregation.SUM:
             values.append(F.when(n > 0, total).alias(out))
             continue
@@ -305,7 +303,11 @@ def _range_lookups(data: DataFrame, per_query: DataFrame, keys: list[str], looku
             names.append(level)
         arrays.append((agg, index, F.array(*[F.col(n) for n in names]).alias(f"__gm_a_{agg}_{index}")))
     table = table.select(*keys, "__gm_idx", *[a for _, _, a in arrays])
-    result = per_query
+    # Each query looks up two rows per window length (``lo + 1`` and ``hi - 2^k + 1``): one join of all look-ups,
+    # then one row per query again, carrying the query's other values through.
+    carried = [c for c in per_query.columns if c not in (*keys, QUERY)]
+    wanted = []
+    first_w = None
     for length, w in window_index.items():
         if not any(e.window.timedelta == length for e in lookups):
             continue
@@ -313,28 +315,31 @@ def _range_lookups(data: DataFrame, per_query: DataFrame, keys: list[str], looku
         hi = F.coalesce(F.col("__gm_count_e"), F.lit(0))
         size = hi - lo
         k = F.length(F.bin(F.greatest(size, F.lit(1)))) - 1
-        result = (result.withColumn("__gm_k", k)
-                  .withColumn("__gm_from", lo + 1)
-                  .withColumn("__gm_to", hi - F.expr("shiftleft(1L, __gm_k)") + 1)
-                  .withColumn("__gm_size", size))
-        for side in ("from", "to"):
-            renamed = table.select(*[F.col(f"`{k_}`").alias(f"__gm_{side}_key_{i}") for i, k_ in enumerate(keys)],
-                                   F.col("__gm_idx").alias(f"__gm_{side}_idx"),
-                                   *[F.col(f"__gm_a_{agg}_{index}").alias(f"__gm_{side}_{agg}_{index}")
-                                     for agg, index, _ in pairs])
-            condition = [F.col(f"`{k_}`").eqNullSafe(F.col(f"__gm_{side}_key_{i}")) for i, k_ in enumerate(keys)]
-            condition.append(F.col(f"__gm_{side}") == F.col(f"__gm_{side}_idx"))
-            joined = result.join(renamed, _all(condition), "left")
-            result = joined.drop(*[f"__gm_{side}_key_{i}" for i in range(len(keys))], f"__gm_{side}_idx")
+        base = per_query.select("*", F.lit(w).alias("__gm_lw"), k.alias("__gm_k"), size.alias("__gm_size"),
+                                lo.alias("__gm_lo"), hi.alias("__gm_hi"))
+        first_w = w if first_w is None else first_w
+        wanted.append(base.withColumn("__gm_side", F.lit(0)).withColumn("__gm_at", F.col("__gm_lo") + 1))
+        wanted.append(base.withColumn("__gm_side", F.lit(1)).withColumn(
+            "__gm_at", F.col("__gm_hi") - F.expr("shiftleft(1L, __gm_k)") + 1))
+    union = wanted[0]
+    for part in wanted[1:]:
+        union = union.unionByName(part)
+    renamed = table.select(*[F.col(f"`{k_}`").alias(f"__gm_tk_{i}") for i, k_ in enumerate(keys)],
+                           F.col("__gm_idx"), *[F.col(f"__gm_a_{agg}_{index}") for agg, index, _ in pairs])
+    condition = _all([F.col(f"`{k_}`").eqNullSafe(F.col(f"__gm_tk_{i}")) for i, k_ in enumerate(keys)]
+                     + [F.col("__gm_at") == F.col("__gm_idx")])
+    joined = union.join(renamed, condition, "left")
+    is_carrier = (F.col("__gm_side") == 0) & (F.col("__gm_lw") == first_w)
+    outputs = [F.max(F.when(is_carrier, F.col(f"`{c}`"))).alias(c) for c in carried]
+    for length, w in window_index.items():
+        if not any(e.window.timedelta == length for e in lookups):
+            continue
         for agg, index, _ in pairs:
-            combine = F.least if agg == "min" else F.greatest
-            element = F.col("__gm_k") + 1
-            value = combine(F.element_at(F.col(f"__gm_from_{agg}_{index}"), element),
-                            F.element_at(F.col(f"__gm_to_{agg}_{index}"), element))
-            result = result.withColumn(f"__gm_range_{agg}_{index}_{w}", F.when(F.col("__gm_size") > 0, value))
-        result = result.drop("__gm_k", "__gm_from", "__gm_to", "__gm_size",
-                             *[f"__gm_{side}_{agg}_{index}" for side in ("from", "to") for agg, index, _ in pairs])
-    return result
+            element = F.element_at(F.col(f"__gm_a_{agg}_{index}"), F.col("__gm_k") + 1)
+            picked = F.when((F.col("__gm_lw") == w) & (F.col("__gm_size") > 0), element)
+            combine = F.min if agg == "min" else F.max
+            outputs.append(combine(picked).alias(f"__gm_range_{agg}_{index}_{w}"))
+    return joined.groupBy(*keys, QUERY).agg(*outputs)
 
 
 def _all(conditions: list[Column]) -> Column:
