@@ -347,3 +347,30 @@ def test_hot_key_is_near_linear(spark: SparkSession, tmp_path: Path) -> None:
     _same(_duckdb_rows(spec, None, None), actual)
     print(f"hot key: 30,000 rows of one key, 10 aggregations over 7 days: {elapsed:.1f} s on Spark")
     assert elapsed < 60
+
+
+def test_transformer_module_without_pyspark_is_refused_by_duckdb(tmp_path: Path) -> None:
+    """Where pyspark is not installed, importing an Azure transformer fails; DuckDB says where it runs instead."""
+    ROWS.to_parquet(tmp_path / "rows.parquet")
+    (tmp_path / "account.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pyspark'\", name='pyspark')\n")
+    spec = _spec(tmp_path, {"type": "parquet", "path": "rows.parquet"},
+                 feature_transformation={"transformation_code": {
+                     "path": ".", "transformer_class": "account.AccountTransformer"}})
+    with pytest.raises(TransformationError) as error:
+        _duckdb_rows(spec)
+    assert str(error.value) == (
+        "feature set: transformation_code AccountTransformer is a PySpark Transformer; it runs on the Spark engine: "
+        "set engine: {type: spark} in featurestore.yaml (docs/engines.md)")
+
+
+def test_derived_feature_set_reads_its_parent(spark: SparkSession, tmp_path: Path) -> None:
+    _events(200, keys=3, seed=5).to_parquet(tmp_path / "events.parquet")
+    parent = _dsl(tmp_path, window={"hours": 5})
+    child = FeatureSetSpec.from_dict({
+        "source": {"type": "featureset", "path": "parent:1"},
+        "index_columns": [{"name": "acct", "type": "string"}],
+        "features": [{"name": "scaled", "type": "double"}],
+        "feature_transformation": {"transformation_sql": "SELECT acct, ts, sum_amount * 10 AS scaled FROM source"},
+    }, folder=tmp_path).with_parent(parent)
+    _check(spark, child)
