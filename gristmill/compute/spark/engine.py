@@ -217,9 +217,10 @@ class SparkEngine:
 
                 rows = feature_rows(spark, spec, start, end, label=request.label)
             plans.append(_Plan(rows, key_columns, list(request.outputs), delay, lookback, as_known_at=as_known_at))
+        winners = [_winners(obs.frame, plan, i) for i, plan in enumerate(plans)]
         result = obs.frame.select(ROW, *[F.col(c) for c in obs.carried])
-        for i, plan in enumerate(plans):
-            result = result.join(_winners(obs.frame, plan, i), on=ROW, how="left")
+        for part in winners:
+            result = result.join(part, on=ROW, how="left")
         output_order = request_order(requests)
         result = result.select(ROW, *obs.carried, *output_order)
         feature_schema = _feature_schema(requests)
@@ -230,7 +231,8 @@ class SparkEngine:
             features_only = result.select(ROW, *output_order)
             return SparkRetrievalResult(features_only, description=description, order=[ROW], schema=feature_schema,
                                         observations=given, given=observations,
-                                        full=lambda: _joined_back(spark, given, features_only))
+                                        full=lambda: _joined_back(spark, given, features_only),
+                                        fetch=lambda: _scattered(winners, given.num_rows, feature_schema))
         import pyarrow as pa
 
         carried_schema = _arrow_schema_of(obs.frame.select(*obs.carried))
@@ -556,6 +558,25 @@ def _winners(observations: DataFrame, plan: _Plan, index: int) -> DataFrame:
     ranked = joined.withColumn(RANK, F.row_number().over(Window.partitionBy(ROW).orderBy(*ordering)))
     return ranked.where(F.col(RANK) == 1).select(
         ROW, *[F.col(f"{prefix}v_{n}").alias(out) for n, (_, out) in enumerate(plan.outputs)])
+
+
+def _scattered(winners: list[DataFrame], count: int, schema: pa.Schema) -> pa.Table:
+    """The feature columns of ``count`` in-memory observation rows from each feature set's winning rows
+    (collected one feature set at a time): rows without a winner get nulls. Cheaper than joining them back
+    to the observations in Spark, which would cost a shuffle per feature set and a sort."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {}
+    for part in winners:
+        table = part.toArrow()
+        position = np.full(count, -1, dtype=np.int64)
+        position[table.column(ROW).to_numpy()] = np.arange(table.num_rows, dtype=np.int64)
+        indices = pa.array(position, mask=position < 0)
+        for name in table.column_names:
+            if name != ROW:
+                columns[name] = table.column(name).take(indices)
+    return pa.table({name: columns[name] for name in schema.names})
 
 
 def _joined_back(spark: SparkSession, given: pa.Table, features: DataFrame) -> DataFrame:

@@ -31,12 +31,13 @@ class SparkQuery(QueryResult):
     schema of the output (Spark's own Arrow types differ from the DuckDB engine's for naive times)."""
 
     def __init__(self, frame: DataFrame, *, description: str, order: Sequence[str], schema: pa.Schema,
-                 full: Callable[[], DataFrame] | None = None) -> None:
+                 full: Callable[[], DataFrame] | None = None, fetch: Callable[[], pa.Table] | None = None) -> None:
         super().__init__(None, "", description=description)  # type: ignore[arg-type]
         self._spark = frame
         self._order = list(order)
         self._schema = schema
         self._full = full
+        self._fetch = fetch          # a cheaper way to the same rows, in order (fewer Spark stages)
 
     @property
     def sql(self) -> str:
@@ -65,8 +66,8 @@ class SparkQuery(QueryResult):
         if self._table is None:
             started = time.perf_counter()
             # sorted on the driver: the rows are collected anyway, and a distributed sort costs a sampling job
-            fetched = self._run(lambda: self._spark.toArrow())
-            if self._order and fetched.num_rows > 1:
+            fetched = self._run(self._fetch or self._spark.toArrow)
+            if self._fetch is None and self._order and fetched.num_rows > 1:
                 fetched = fetched.sort_by([(c, "ascending", "at_end") for c in self._order])
             self._table = _conform(fetched, self._schema)
             log.info("%s: %d rows in %.2f s (Spark)", self._description, self._table.num_rows,
@@ -128,8 +129,10 @@ class SparkRetrievalResult(RetrievalResult, SparkQuery):
 
     def __init__(self, frame: DataFrame, *, description: str, order: Sequence[str], schema: pa.Schema,
                  observations: pa.Table | None = None, given: Any = None,
-                 observation_columns: Sequence[str] = (), full: Callable[[], DataFrame] | None = None) -> None:
-        SparkQuery.__init__(self, frame, description=description, order=order, schema=schema, full=full)
+                 observation_columns: Sequence[str] = (), full: Callable[[], DataFrame] | None = None,
+                 fetch: Callable[[], pa.Table] | None = None) -> None:
+        SparkQuery.__init__(self, frame, description=description, order=order, schema=schema, full=full,
+                            fetch=fetch)
         self._observations = observations
         self._frame = given if observations is not None else None   # the caller's pandas/Polars frame
         self._observation_columns = list(observations.column_names if observations is not None
