@@ -18,7 +18,13 @@ and two marker rows per query (the window's start and end) gives everything with
 - distinct_count: each row of value v counts from its time until v's next occurrence or until it leaves the
   window; a running sum of these +1/-1 events at the end marker is the number of distinct values;
 - min, max: a sparse table (minimum of rows ``[i, i + 2^j)`` for every j, built with ``lead``) answers any
-  range of rows with two look-ups (O(n log n))."""
+  range of rows with two look-ups (O(n log n)).
+
+Measured on the 2-core project machine (local[2], other work running), one key, all 10 aggregations over 7 days:
+5k, 30k and 60k rows all take 22-35 s, a fixed cost of some 15 Spark stages rather than a cost per row
+(min/max alone 22-25 s, sums 12 s, latest/first 5-7 s, distinct 4-6 s); with sliding frames 40k rows took
+252 s. Sums, averages and deviations equal DuckDB's within a relative 1e-9 in the tests (30k-row hot key
+included); counts, min/max, latest/first and distinct counts are equal."""
 
 from __future__ import annotations
 
