@@ -378,3 +378,13 @@ def test_derived_feature_set_reads_its_parent(spark: SparkSession, tmp_path: Pat
         "feature_transformation": {"transformation_sql": "SELECT acct, ts, sum_amount * 10 AS scaled FROM source"},
     }, folder=tmp_path).with_parent(parent)
     _check(spark, child)
+
+
+def test_sql_error_on_spark_names_the_sql_not_internals(spark: SparkSession, tmp_path: Path) -> None:
+    ROWS.to_parquet(tmp_path / "rows.parquet")
+    spec = _spec(tmp_path, {"type": "parquet", "path": "rows.parquet"},
+                 feature_transformation={"transformation_sql": "SELECT acct, ts, nope AS f1 FROM source"})
+    with pytest.raises(TransformationError, match="feature set: transformation_sql failed on Spark") as error:
+        feature_rows(spark, spec, START, END, label="feature set")
+    assert "nope" in str(error.value)
+    assert "__gm_" not in str(error.value)
