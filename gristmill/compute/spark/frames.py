@@ -81,7 +81,7 @@ def window_rows(spec: FeatureSetSpec, source: DataFrame, expressions: list[Windo
     carry = [*keys, ts, *([CREATE_TIMESTAMP] if has_create else []), ORDER]
     needed = list(dict.fromkeys([*carry, *(e.source_column for e in expressions if e.source_column)]))
     rows = windows.prepared_data(source.select(*[F.col(f"`{c}`") for c in needed]), timestamp=ts)
-    data = rows.where(F.col(windows.TIME).isNotNull())
+    data = rows
     queries = data.select(*keys, F.col(windows.TIME).alias(windows.QUERY)).distinct()
     values = windows.window_values(data, queries, keys=keys, expressions=expressions)
     renamed = values.select(*[F.col(f"`{k}`").alias(f"__gm_vk_{i}") for i, k in enumerate(keys)], windows.QUERY,
@@ -118,7 +118,7 @@ def probe_rows(spark: SparkSession, spec: FeatureSetSpec, probes: DataFrame, *, 
         (cast_expression(F.col(f"`{c}`"), key_types[c], source_types[c]).alias(c)
          if c in key_types and c in source_types and accepts(key_types[c], source_types[c]) else F.col(f"`{c}`"))
         for c in needed])
-    data = windows.prepared_data(typed, timestamp=ts).where(F.col(windows.TIME).isNotNull())
+    data = windows.prepared_data(typed, timestamp=ts).where(F.col(windows.TIME) != windows.NO_TIME)
     queries = probes.select(*[F.col(f"`{k}`").cast(spark_type(key_types[k])).alias(k) for k in keys],
                             F.unix_micros(F.col(PROBE_TIME)).alias(windows.QUERY))
     queries = queries.where(F.col(windows.QUERY).isNotNull()).distinct()

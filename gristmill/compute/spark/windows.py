@@ -47,6 +47,7 @@ WINDOW = "__gm_w"        # which window length a start marker belongs to
 TIE = "__gm_tie"         # create_timestamp (nulls lowest) in microseconds
 ROW = "__gm_row"         # 1 on data rows (what count counts)
 START, DATA, END = 0, 1, 2
+NO_TIME = 1 << 62                     # stands for a null time (real times end at 253402300800000000)
 NULL_CREATE = -62135596800000000      # 0001-01-01 in microseconds: a missing create_timestamp loses ties
 _NOISE = 16 * 2.0 ** -52              # relative rounding noise of differences of running sums of squares
 
@@ -388,5 +389,8 @@ def prepared_data(frame: DataFrame, *, timestamp: str) -> DataFrame:
 
     tie = (F.coalesce(F.unix_micros(F.col(CREATE_TIMESTAMP)), F.lit(NULL_CREATE))
            if CREATE_TIMESTAMP in frame.columns else F.lit(NULL_CREATE))
-    return (frame.withColumn(TIME, F.unix_micros(F.col(f"`{timestamp}`"))).withColumn(TIE, tie)
+    # Rows without a time are one group of their own, as DuckDB's RANGE frame has them (peers of each other):
+    # a time far past any real one, further than any window reaches.
+    time = F.coalesce(F.unix_micros(F.col(f"`{timestamp}`")), F.lit(NO_TIME))
+    return (frame.withColumn(TIME, time).withColumn(TIE, tie)
             .withColumn(ROW, F.lit(1)).withColumn(ORDER, F.coalesce(F.col(ORDER), F.lit(0)).cast("long")))

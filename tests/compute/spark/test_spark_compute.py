@@ -388,3 +388,10 @@ def test_sql_error_on_spark_names_the_sql_not_internals(spark: SparkSession, tmp
         feature_rows(spark, spec, START, END, label="feature set")
     assert "nope" in str(error.value)
     assert "__gm_" not in str(error.value)
+
+
+def test_rows_without_a_time_form_their_own_window(spark: SparkSession, tmp_path: Path) -> None:
+    events = _events(60, keys=2, seed=9)
+    events.loc[[3, 10, 11], "ts"] = pd.NaT
+    events.to_parquet(tmp_path / "events.parquet")
+    _check(spark, _dsl(tmp_path, window={"hours": 8}), None, None)
