@@ -562,14 +562,21 @@ def _winners(observations: DataFrame, plan: _Plan, index: int) -> DataFrame:
 
 def _scattered(winners: list[DataFrame], count: int, schema: pa.Schema) -> pa.Table:
     """The feature columns of ``count`` in-memory observation rows from each feature set's winning rows
-    (collected one feature set at a time): rows without a winner get nulls. Cheaper than joining them back
+    (collected in one job): rows without a winner get nulls. Cheaper than joining them back
     to the observations in Spark, which would cost a shuffle per feature set and a sort."""
+    from functools import reduce
+
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
 
+    part_column = "__gm_part"
+    tagged = [w.withColumn(part_column, F.lit(i)) for i, w in enumerate(winners)]
+    collected = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), tagged).toArrow()  # one job
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
-    for part in winners:
-        table = part.toArrow()
+    for i, part in enumerate(winners):
+        table = collected.filter(pc.equal(collected.column(part_column), i)).select(part.columns)
         position = np.full(count, -1, dtype=np.int64)
         position[table.column(ROW).to_numpy()] = np.arange(table.num_rows, dtype=np.int64)
         indices = pa.array(position, mask=position < 0)
