@@ -81,6 +81,10 @@ def window_rows(spec: FeatureSetSpec, source: DataFrame, expressions: list[Windo
     carry = [*keys, ts, *([CREATE_TIMESTAMP] if has_create else []), ORDER]
     needed = list(dict.fromkeys([*carry, *(e.source_column for e in expressions if e.source_column)]))
     rows = windows.prepared_data(source.select(*[F.col(f"`{c}`") for c in needed]), timestamp=ts)
+    if windows.largest_key_rows(rows, keys) <= windows.HOT_KEY_ROWS:
+        sliding = windows.sliding_values(rows, keys=keys, expressions=expressions)
+        return sliding.select(*[F.col(f"`{c}`") for c in carry], *[F.col(f"`{e.feature_name}`") for e in expressions])
+    log.info("a key has more than %d rows: DSL windows take the near-linear path", windows.HOT_KEY_ROWS)
     data = rows
     queries = data.select(*keys, F.col(windows.TIME).alias(windows.QUERY)).distinct()
     values = windows.window_values(data, queries, keys=keys, expressions=expressions)

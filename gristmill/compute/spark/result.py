@@ -74,6 +74,14 @@ class SparkQuery(QueryResult):
                      time.perf_counter() - started)
         return self._table
 
+    def to_batches(self, *, batch_rows: int = 100_000) -> pa.RecordBatchReader:
+        """The rows as Arrow record batches of at most ``batch_rows`` rows. They are collected to the driver
+        first: for results larger than its memory, use ``to_spark()`` or ``to_parquet()``."""
+        import pyarrow as pa
+
+        table = self.to_arrow()
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch_rows))
+
     def to_spark(self) -> DataFrame:
         """The rows as a Spark DataFrame (lazy: nothing is collected to the driver)."""
         return self._full() if self._full is not None else self._output()

@@ -28,6 +28,7 @@ included); counts, min/max, latest/first and distinct counts are equal."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -394,3 +395,72 @@ def prepared_data(frame: DataFrame, *, timestamp: str) -> DataFrame:
     time = F.coalesce(F.unix_micros(F.col(f"`{timestamp}`")), F.lit(NO_TIME))
     return (frame.withColumn(TIME, time).withColumn(TIE, tie)
             .withColumn(ROW, F.lit(1)).withColumn(ORDER, F.coalesce(F.col(ORDER), F.lit(0)).cast("long")))
+
+
+#: Keys with up to this many rows are aggregated with Spark's sliding frames (cost rows x frame, fastest on
+#: ordinary data); a data set with a key above it takes the near-linear path of ``window_values``.
+HOT_KEY_ROWS = 5_000
+
+
+def largest_key_rows(data: DataFrame, keys: list[str]) -> int:
+    """The number of rows of the key with most rows (one small Spark job)."""
+    from pyspark.sql import functions as F
+
+    return int(data.groupBy(*keys).count().agg(F.max("count")).first()[0] or 0)
+
+
+def sliding_values(data: DataFrame, *, keys: list[str], expressions: list[WindowExpression]) -> DataFrame:
+    """Per-event aggregation with Spark's ``rangeBetween`` frames over ``__gm_t`` (both bounds inclusive):
+    ``data`` with every expression's value added. Cost grows with rows x frame: for keys that are not hot."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    types = {f.name: f.dataType for f in data.schema.fields}
+    values = []
+    for expression in expressions:
+        frame = Window.partitionBy(*keys).orderBy(TIME).rangeBetween(-_micros(expression.window.timedelta), 0)
+        agg = expression.aggregation
+        if agg == Aggregation.COUNT:
+            values.append(F.count(F.lit(1)).over(frame).alias(expression.feature_name))
+            continue
+        name = expression.source_column or ""
+        x = F.col(f"`{name}`")
+        family = sql_family(types[name])
+        if agg in _SUMMED and family not in ("float", "integer", "decimal_int", "decimal"):
+            raise TransformationError(f"transformation_expressions: source_column '{name}' is not numeric; sum, "
+                                      "avg, stddev and variance need numbers")
+        tie = F.when(x.isNotNull(), F.struct(F.col(TIME), F.col(TIE), F.col(ORDER)))
+        value = _SLIDING[agg](x, tie)
+        windowed = value.over(frame)
+        if agg == Aggregation.DISTINCT_COUNT:
+            windowed = F.size(windowed).cast("long")
+        values.append(windowed.alias(expression.feature_name))
+    return data.select("*", *values)
+
+
+def _sliding_table() -> dict[Aggregation, Callable[[Column, Column], Column]]:
+    from pyspark.sql import functions as F
+
+    return {
+        Aggregation.SUM: lambda x, tie: F.sum(x),
+        Aggregation.AVG: lambda x, tie: F.avg(x.cast("double")),
+        Aggregation.MIN: lambda x, tie: F.min(x),
+        Aggregation.MAX: lambda x, tie: F.max(x),
+        Aggregation.LATEST: lambda x, tie: F.max_by(x, tie),
+        Aggregation.FIRST: lambda x, tie: F.min_by(x, tie),
+        Aggregation.STDDEV: lambda x, tie: F.stddev_samp(x.cast("double")),
+        Aggregation.VARIANCE: lambda x, tie: F.var_samp(x.cast("double")),
+        Aggregation.DISTINCT_COUNT: lambda x, tie: F.collect_set(x),     # its size is the count
+    }
+
+
+class _LazyTable(dict):  # type: ignore[type-arg]
+    """The sliding-frame aggregate of each aggregation, built on first use (pyspark is imported lazily)."""
+
+    def __missing__(self, key: Aggregation) -> Callable[[Column, Column], Column]:
+        self.update(_sliding_table())
+        return self[key]
+
+
+#: aggregation -> its Spark aggregate over a sliding frame, given the value and the tie-rule struct
+_SLIDING: dict[Aggregation, Callable[[Column, Column], Column]] = _LazyTable()

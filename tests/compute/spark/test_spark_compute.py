@@ -306,12 +306,23 @@ def test_azure_transformer_runs_on_spark_and_is_refused_by_duckdb(spark: SparkSe
 
 # -- DSL windows ------------------------------------------------------------------------------------------------
 
-def test_all_aggregations_match_duckdb(spark: SparkSession, tmp_path: Path) -> None:
+@pytest.fixture(params=["sliding", "near-linear"])
+def window_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways DSL windows are computed: Spark's sliding frames (no hot key) and the near-linear path (taken
+    when a key has more than ``HOT_KEY_ROWS`` rows; forced here by a limit of 0)."""
+    from gristmill.compute.spark import windows
+
+    if request.param == "near-linear":
+        monkeypatch.setattr(windows, "HOT_KEY_ROWS", 0)
+    return str(request.param)
+
+
+def test_all_aggregations_match_duckdb(spark: SparkSession, tmp_path: Path, window_path: str) -> None:
     _events(600, keys=6).to_parquet(tmp_path / "events.parquet")
     _check(spark, _dsl(tmp_path, window={"days": 1}, also={"hours": 3}))
 
 
-def test_all_aggregations_with_ties_across_files(spark: SparkSession, tmp_path: Path) -> None:
+def test_all_aggregations_with_ties_across_files(spark: SparkSession, tmp_path: Path, window_path: str) -> None:
     events = _events(300, keys=3, seed=3)
     (tmp_path / "parts").mkdir()
     events.iloc[::2].to_parquet(tmp_path / "parts" / "a.parquet")
@@ -390,7 +401,7 @@ def test_sql_error_on_spark_names_the_sql_not_internals(spark: SparkSession, tmp
     assert "__gm_" not in str(error.value)
 
 
-def test_rows_without_a_time_form_their_own_window(spark: SparkSession, tmp_path: Path) -> None:
+def test_rows_without_a_time_form_their_own_window(spark: SparkSession, tmp_path: Path, window_path: str) -> None:
     events = _events(60, keys=2, seed=9)
     events.loc[[3, 10, 11], "ts"] = pd.NaT
     events.to_parquet(tmp_path / "events.parquet")
