@@ -70,6 +70,9 @@ def test_spark_dataframe_observations_and_to_spark(repo: Repo) -> None:
     assert [r["f1"] for r in out.orderBy("obs_id").collect()] == SCENARIO_1
     assert rows(result.to_pandas(), ["obs_id", "f1"]) == list(zip(o1()["obs_id"], SCENARIO_1, strict=True))
     assert len(result) == 5 and result.columns == ["acct", "ts", "obs_id", "f1"]
+    batches = list(result.to_batches(batch_rows=2))
+    assert [b.num_rows for b in batches] == [2, 2, 1]
+    assert pa.Table.from_batches(batches).column("f1").to_pylist() == SCENARIO_1
 
 
 def test_in_memory_observations_to_spark(repo: Repo) -> None:
