@@ -75,6 +75,16 @@ def test_spark_dataframe_observations_and_to_spark(repo: Repo) -> None:
     assert pa.Table.from_batches(batches).column("f1").to_pylist() == SCENARIO_1
 
 
+def test_observation_column_names_with_dots_and_spaces(repo: Repo, tmp_path: Path) -> None:
+    observations = o1().rename(columns={"obs_id": "obs.id x"})
+    path = tmp_path / "observations.parquet"
+    observations.to_parquet(path, index=False)
+    for given in (spark_session().createDataFrame(observations), str(path)):
+        result = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), given, "ts").to_pandas()
+        assert list(result.columns) == ["acct", "ts", "obs.id x", "f1"]
+        assert rows(result, ["obs.id x", "f1"]) == list(zip(o1()["obs_id"], SCENARIO_1, strict=True))
+
+
 def test_in_memory_observations_to_spark(repo: Repo) -> None:
     result = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), o1(), "ts")
     out = result.to_spark().toPandas()

@@ -32,6 +32,7 @@ from gristmill.compute.planning import (
 from gristmill.compute.planning import aggregation_mode as parse_mode
 from gristmill.compute.schema import sql_family
 from gristmill.compute.spark.result import SparkFeatureFrame, SparkRetrievalResult
+from gristmill.compute.spark.result import column as named
 from gristmill.compute.spark.session import build_session, is_spark_dataframe, prepare_session
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
@@ -218,11 +219,11 @@ class SparkEngine:
                 rows = feature_rows(spark, spec, start, end, label=request.label)
             plans.append(_Plan(rows, key_columns, list(request.outputs), delay, lookback, as_known_at=as_known_at))
         winners = [_winners(obs.frame, plan, i) for i, plan in enumerate(plans)]
-        result = obs.frame.select(ROW, *[F.col(c) for c in obs.carried])
+        result = obs.frame.select(ROW, *[named(c) for c in obs.carried])
         for part in winners:
             result = result.join(part, on=ROW, how="left")
         output_order = request_order(requests)
-        result = result.select(ROW, *obs.carried, *output_order)
+        result = result.select(ROW, *[named(c) for c in [*obs.carried, *output_order]])
         feature_schema = _feature_schema(requests)
         labels = ", ".join(r.label for r in requests)
         description = f"point-in-time retrieval of {labels}"
@@ -235,7 +236,7 @@ class SparkEngine:
                                         fetch=lambda: _scattered(winners, given.num_rows, feature_schema))
         import pyarrow as pa
 
-        carried_schema = _arrow_schema_of(obs.frame.select(*obs.carried))
+        carried_schema = _arrow_schema_of(obs.frame.select(*[named(c) for c in obs.carried]))
         schema = pa.schema([*carried_schema, *feature_schema])
         return SparkRetrievalResult(result, description=description, order=[ROW], schema=schema,
                                     observation_columns=obs.columns)

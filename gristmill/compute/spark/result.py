@@ -55,12 +55,11 @@ class SparkQuery(QueryResult):
 
     def _output(self) -> DataFrame:
         """The DataFrame in output order, with only the output columns."""
-        from pyspark.sql import functions as F
 
         frame = self._spark
         if self._order:
-            frame = frame.orderBy(*[F.col(c).asc_nulls_last() for c in self._order])
-        return frame.select(*self._schema.names)
+            frame = frame.orderBy(*[column(c).asc_nulls_last() for c in self._order])
+        return frame.select(*[column(c) for c in self._schema.names])
 
     def to_arrow(self) -> pa.Table:
         if self._table is None:
@@ -96,13 +95,12 @@ class SparkQuery(QueryResult):
 
             pq.write_table(self._table, path)
             return path
-        from pyspark.sql import functions as F
 
         started = time.perf_counter()
         folder = path.parent / f".{path.name}.gm-{uuid.uuid4().hex[:8]}"
         output = self._output()
         naive = [f.name for f in self._schema if _is_naive_time(f.type)]
-        output = output.select(*[F.col(c).cast("timestamp_ntz").alias(c) if c in naive else F.col(c)
+        output = output.select(*[column(c).cast("timestamp_ntz").alias(c) if c in naive else column(c)
                                  for c in output.columns])
         try:
             self._run(lambda: output.coalesce(1).write.mode("overwrite").parquet(str(folder.resolve())))
@@ -155,6 +153,13 @@ class SparkRetrievalResult(RetrievalResult, SparkQuery):
 
     def __len__(self) -> int:
         return self._observations.num_rows if self._observations is not None else SparkQuery.__len__(self)
+
+
+def column(name: str) -> Any:
+    """The Spark column named ``name`` exactly (a dot or space in it is part of the name, not a path)."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def _is_naive_time(kind: pa.DataType) -> bool:
