@@ -5,10 +5,15 @@ holds the rows of ``k`` with ``q - window <= ts <= q`` (both bounds inclusive, e
 nulls are ignored, ``count`` counts rows, ``latest``/``first`` follow the tie rule among non-null values.
 Per-event mode queries every distinct (key, ts) of the source; as-of-observation mode queries the probes.
 
-Why not ``Window.rangeBetween``: Spark re-aggregates a sliding frame row by row, O(rows x frame); one key with
-40k rows in a week took 252 s against DuckDB's 0.5 s. Instead, one sort per key of a union of the data rows
-and two marker rows per query (the window's start and end) gives everything with running
-(``UNBOUNDED PRECEDING``) aggregates, which Spark evaluates incrementally:
+Two ways, chosen per computation by the largest key (``HOT_KEY_ROWS``):
+
+``sliding_values``: Spark's ``rangeBetween`` frames — fastest on ordinary data (1M rows, 20k keys, all 10
+aggregations over 7 days: 25-30 s; DuckDB 5 s) but Spark re-aggregates a sliding frame row by row, O(rows x
+frame): one key with 40k rows in a week took 252 s against DuckDB's 0.5 s.
+
+``window_values``, when a key is hot: one sort per key of a union of the data rows and two marker rows per query
+(the window's start and end) gives everything with running (``UNBOUNDED PRECEDING``) aggregates, which Spark
+evaluates incrementally:
 
 - count, sum, avg, variance, stddev: running sums at the end marker minus those at the start marker (sums of
   doubles are centred on the key's mean first so the differences keep their precision; integers and decimals
@@ -21,10 +26,11 @@ and two marker rows per query (the window's start and end) gives everything with
   range of rows with two look-ups (O(n log n)).
 
 Measured on the 2-core project machine (local[2], other work running), one key, all 10 aggregations over 7 days:
-5k, 30k and 60k rows all take 22-35 s, a fixed cost of some 15 Spark stages rather than a cost per row
-(min/max alone 22-25 s, sums 12 s, latest/first 5-7 s, distinct 4-6 s); with sliding frames 40k rows took
-252 s. Sums, averages and deviations equal DuckDB's within a relative 1e-9 in the tests (30k-row hot key
-included); counts, min/max, latest/first and distinct counts are equal."""
+5k, 30k and 60k rows all take 14-35 s, a fixed cost of some 15 Spark stages rather than a cost per row
+(min/max alone 22-25 s, sums 12 s, latest/first 5-7 s, distinct 4-6 s). On 1M rows of 20k keys it is slow
+(390 s while other tests ran), hence the sliding frames there. Sums, averages and deviations equal DuckDB's
+within a relative 1e-9 in the tests (30k-row hot key included); counts, min/max, latest/first and distinct
+counts are equal."""
 
 from __future__ import annotations
 
