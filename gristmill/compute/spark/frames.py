@@ -81,10 +81,27 @@ def window_rows(spec: FeatureSetSpec, source: DataFrame, expressions: list[Windo
     carry = [*keys, ts, *([CREATE_TIMESTAMP] if has_create else []), ORDER]
     needed = list(dict.fromkeys([*carry, *(e.source_column for e in expressions if e.source_column)]))
     rows = windows.prepared_data(source.select(*[F.col(f"`{c}`") for c in needed]), timestamp=ts)
-    if windows.largest_key_rows(rows, keys) <= windows.HOT_KEY_ROWS:
-        sliding = windows.sliding_values(rows, keys=keys, expressions=expressions)
-        return sliding.select(*[F.col(f"`{c}`") for c in carry], *[F.col(f"`{e.feature_name}`") for e in expressions])
-    log.info("a key has more than %d rows: DSL windows take the near-linear path", windows.HOT_KEY_ROWS)
+    hot = windows.hot_keys(rows, keys)
+    output = [*[F.col(f"`{c}`") for c in carry], *[F.col(f"`{e.feature_name}`") for e in expressions]]
+    if hot is None:
+        return windows.sliding_values(rows, keys=keys, expressions=expressions).select(*output)
+    # Hot keys take the near-linear path, the others Spark's sliding frames (faster on ordinary keys)
+    log.info("keys with more than %d rows: their DSL windows take the near-linear path", windows.HOT_KEY_ROWS)
+    matches = [F.col(f"`{k}`").eqNullSafe(F.col(f"__gm_hk_{i}")) for i, k in enumerate(keys)]
+    hot_named = F.broadcast(hot.select(*[F.col(f"`{k}`").alias(f"__gm_hk_{i}") for i, k in enumerate(keys)]))
+    condition = matches[0]
+    for match in matches[1:]:
+        condition = condition & match
+    ordinary = rows.join(hot_named, condition, "left_anti")
+    rows = rows.join(hot_named, condition, "left_semi")
+    sliding = windows.sliding_values(ordinary, keys=keys, expressions=expressions).select(*output)
+    return sliding.unionByName(_near_linear(rows, keys, carry, expressions))
+
+
+def _near_linear(rows: DataFrame, keys: list[str], carry: list[str],
+                 expressions: list[WindowExpression]) -> DataFrame:
+    from pyspark.sql import functions as F
+
     data = rows
     queries = data.select(*keys, F.col(windows.TIME).alias(windows.QUERY)).distinct()
     values = windows.window_values(data, queries, keys=keys, expressions=expressions)

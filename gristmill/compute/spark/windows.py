@@ -408,11 +408,15 @@ def prepared_data(frame: DataFrame, *, timestamp: str) -> DataFrame:
 HOT_KEY_ROWS = 5_000
 
 
-def largest_key_rows(data: DataFrame, keys: list[str]) -> int:
-    """The number of rows of the key with most rows (one small Spark job)."""
+def hot_keys(data: DataFrame, keys: list[str]) -> DataFrame | None:
+    """The keys with more than ``HOT_KEY_ROWS`` rows (collected: at most rows / HOT_KEY_ROWS of them), or None."""
     from pyspark.sql import functions as F
 
-    return int(data.groupBy(*keys).count().agg(F.max("count")).first()[0] or 0)
+    counts = data.groupBy(*keys).agg(F.count(F.lit(1)).alias("__gm_rows"))
+    found = counts.where(F.col("__gm_rows") > HOT_KEY_ROWS).select(*keys).collect()
+    if not found:
+        return None
+    return data.sparkSession.createDataFrame(found, data.select(*keys).schema)
 
 
 def sliding_values(data: DataFrame, *, keys: list[str], expressions: list[WindowExpression]) -> DataFrame:

@@ -306,14 +306,16 @@ def test_azure_transformer_runs_on_spark_and_is_refused_by_duckdb(spark: SparkSe
 
 # -- DSL windows ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["sliding", "near-linear"])
+@pytest.fixture(params=["sliding", "near-linear", "mixed"])
 def window_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways DSL windows are computed: Spark's sliding frames (no hot key) and the near-linear path (taken
-    when a key has more than ``HOT_KEY_ROWS`` rows; forced here by a limit of 0)."""
+    by keys with more than ``HOT_KEY_ROWS`` rows; forced here by a limit of 0), and both in one computation."""
     from gristmill.compute.spark import windows
 
     if request.param == "near-linear":
         monkeypatch.setattr(windows, "HOT_KEY_ROWS", 0)
+    elif request.param == "mixed":                 # some keys of the test data above, some below
+        monkeypatch.setattr(windows, "HOT_KEY_ROWS", 100)
     return str(request.param)
 
 
