@@ -5,7 +5,7 @@ holds the rows of ``k`` with ``q - window <= ts <= q`` (both bounds inclusive, e
 nulls are ignored, ``count`` counts rows, ``latest``/``first`` follow the tie rule among non-null values.
 Per-event mode queries every distinct (key, ts) of the source; as-of-observation mode queries the probes.
 
-Two ways, chosen per computation by the largest key (``HOT_KEY_ROWS``):
+Two ways, chosen per key (``HOT_KEY_ROWS``; one computation can use both):
 
 ``sliding_values``: Spark's ``rangeBetween`` frames — fastest on ordinary data (1M rows, 20k keys, all 10
 aggregations over 7 days: 25-30 s; DuckDB 5 s) but Spark re-aggregates a sliding frame row by row, O(rows x
