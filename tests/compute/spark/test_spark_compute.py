@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 START, END = datetime(2024, 1, 2), datetime(2024, 1, 6)
+
+
+@pytest.fixture(scope="module")
+def spark() -> SparkSession:
+    """The test process's one Spark session, built by the engine's own session code (tests/spark_session.py)."""
+    from spark_session import spark_session
+
+    return spark_session()
 AGGREGATIONS = ["sum", "avg", "min", "max", "count", "latest", "first", "stddev", "variance", "distinct_count"]
 
 
