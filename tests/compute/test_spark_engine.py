@@ -146,8 +146,6 @@ def test_arrow_types_equal_duckdb(build_store: Any) -> None:
     _types_equal(repo, ["i", "l", "f", "d", "b", "s"])
 
 
-@pytest.mark.xfail(strict=True, reason="spark/types.py cast_expression: `utc_timestamp(...) or ...` on a Column "
-                                       "raises for datetime features read as TIMESTAMP_NTZ (S1's module)")
 def test_datetime_feature_types_equal_duckdb(repo: Repo) -> None:
     _types_equal(repo, ["i", "when", "s"])
 

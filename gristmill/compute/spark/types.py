@@ -72,7 +72,8 @@ def cast_expression(column: Column, declared: FeatureType, data_type: DataType) 
     if data_type == target:
         return column
     if declared == FeatureType.DATETIME:
-        return utc_timestamp(column, data_type) or column.cast(T.TimestampType())
+        converted = utc_timestamp(column, data_type)      # a Column has no truth value: test for None
+        return converted if converted is not None else column.cast(T.TimestampType())
     return column.cast(target)
 
 
