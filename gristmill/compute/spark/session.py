@@ -5,7 +5,9 @@ Spark takes seconds and needs Java."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 from typing import TYPE_CHECKING, Any
 
 from gristmill.errors import GristmillError, install_hint
@@ -70,6 +72,11 @@ def build_session(*, master: str | None = None, remote: str | None = None,
             raise SparkUnavailableError("the Spark engine needs Java 17 or newer: install a JDK (e.g. "
                                         "apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
         settings = {**JVM_UTC, **settings}
+        if (master or "local").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+            # local executors run Python UDFs (code transformations per key) with this interpreter, which has
+            # pandas and pyarrow (pyspark reads the variable when the session starts; else it runs `python3`);
+            # on a cluster, PYSPARK_PYTHON / spark.pyspark.python name the executors' own
+            os.environ["PYSPARK_PYTHON"] = sys.executable
         builder = builder.master(master or "local[2]").appName("gristmill")
     for key, value in settings.items():
         builder = builder.config(key, value)

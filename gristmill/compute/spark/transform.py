@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.planning import ORDER
 from gristmill.compute.sandbox import check_transformation_sql
-from gristmill.compute.sources import load_user_class, to_arrow_table, with_order
+from gristmill.compute.sources import load_user_class, to_arrow_table
 from gristmill.errors import TransformationError
 
 if TYPE_CHECKING:
@@ -116,24 +116,58 @@ def sql_rows(spark: SparkSession, source: DataFrame, sql: str, *, label: str) ->
 
 def code_rows(spark: SparkSession, spec: FeatureSetSpec, source: DataFrame, *, label: str) -> DataFrame:
     """Run ``transformation_code``: a ``pyspark.ml.Transformer`` (Azure) on the source DataFrame as is; a Gristmill
-    class with ``transform(pandas) -> pandas/Arrow/Polars`` on the driver, over the source collected in order."""
+    class with ``transform(pandas) -> pandas/Arrow/Polars`` distributed, once per key (``applyInPandas`` grouped
+    by the index columns, SPEC §2), never by collecting the source on the driver."""
     transformation = spec.feature_transformation
     assert transformation is not None and transformation.transformation_code is not None
     code = transformation.transformation_code
     cls = load_user_class(spec.folder, code.path, code.transformer_class, what=f"{label}: transformation_code")
-    ordered = source.orderBy(ORDER).drop(ORDER)
     if is_spark_transformer(cls):
-        return _spark_transformer(cls, ordered, code.transformer_class, label=label)
-    log.warning("%s: transformation_code %s transforms pandas data: the Spark engine collects the source window "
-                "on the driver to run it", label, code.transformer_class)
-    frame = ordered.toPandas()
+        return _spark_transformer(cls, source.orderBy(ORDER).drop(ORDER), code.transformer_class, label=label)
+    return _grouped_code(source, cls, spec.index_column_names, code.transformer_class, label=label)
+
+
+SCHEMA_SAMPLE_ROWS = 1_000   # source rows the class first runs on, on the driver, to learn its output columns
+
+
+def _grouped_code(source: DataFrame, cls: type, keys: list[str], name: str, *, label: str) -> DataFrame:
+    """The class run per key on the executors. Its output columns and their types are learnt by running it once
+    on the driver over the first rows of the source (which also reports its errors with their message); each
+    key's rows reach it in source order, and its output rows get their position as source order (the tie rule
+    compares rows of one key only)."""
+    import numpy as np
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    def run(frame: Any) -> Any:
+        frame = frame.sort_values(ORDER, kind="stable").drop(columns=[ORDER]).reset_index(drop=True)
+        output = to_arrow_table(cls().transform(frame), what=f"{name}.transform")
+        if output.num_rows != 0 or output.num_columns != 0:
+            output = output.select(names)
+        result = output.to_pandas()
+        result[ORDER] = np.arange(len(result), dtype=np.int64)
+        return result
+
+    sample = source.orderBy(ORDER).limit(SCHEMA_SAMPLE_ROWS).toPandas()
     try:
-        output = cls().transform(frame)
+        learnt = to_arrow_table(cls().transform(sample.drop(columns=[ORDER])), what=f"{name}.transform")
+    except TransformationError:
+        raise
     except Exception as exc:
-        raise TransformationError(f"{label}: {code.transformer_class}.transform failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-    table = with_order(to_arrow_table(output, what=f"{code.transformer_class}.transform"))
-    return spark.createDataFrame(table)
+        raise TransformationError(f"{label}: {name}.transform failed: {type(exc).__name__}: {exc}") from exc
+    names = [n for n in learnt.column_names if n != ORDER]
+    fields = []
+    for field in learnt.schema:
+        if field.name == ORDER:
+            continue
+        kind = field.type
+        if pa.types.is_null(kind):                 # all null in the sample: text until a value says otherwise
+            kind = pa.string()
+        elif pa.types.is_timestamp(kind):
+            kind = pa.timestamp("us", tz=kind.tz)
+        fields.append(pa.field(field.name, kind))
+    schema = from_arrow_schema(pa.schema([*fields, pa.field(ORDER, pa.int64())]))
+    return source.groupBy(*keys).applyInPandas(run, schema=schema)
 
 
 def _spark_transformer(cls: type, source: DataFrame, name: str, *, label: str) -> DataFrame:
