@@ -34,6 +34,7 @@ from gristmill.compute.schema import sql_family
 from gristmill.compute.spark.result import SparkFeatureFrame, SparkRetrievalResult
 from gristmill.compute.spark.result import column as named
 from gristmill.compute.spark.session import build_session, is_spark_dataframe, prepare_session
+from gristmill.compute.spark.types import tie_rule_columns
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
@@ -53,7 +54,6 @@ MICROS = "__gm_us"            # a time as microseconds since the epoch (compared
 TARGET = "__gm_target"        # latest feature time an observation may reach, in microseconds
 LOW = "__gm_low"              # earliest, in microseconds (lookback)
 RANK = "__gm_rank"
-LONG_MIN = -(2 ** 63)
 
 #: Spark's type for each declared type (DDL spelling).
 SPARK_TYPES: dict[FeatureType, str] = {
@@ -531,11 +531,10 @@ def _winners(observations: DataFrame, plan: _Plan, index: int) -> DataFrame:
         t.alias(f"{prefix}t"), target.alias(f"{prefix}{TARGET}"),
         *([(t - F.lit(_micros(plan.lookback))).alias(f"{prefix}{LOW}")] if plan.lookback else []))
     keep = [F.col(k).isNotNull() for k in rows.keys]
+    tie = tie_rule_columns(rows.timestamp, has_create_timestamp=rows.has_create_timestamp)   # planning.TIE_RULE
     side_columns = [*[F.col(k).alias(f"{prefix}k{i}") for i, k in enumerate(rows.keys)],
                     F.unix_micros(F.col(rows.timestamp)).alias(f"{prefix}{MICROS}"),
-                    F.coalesce(F.unix_micros(F.col(CREATE_TIMESTAMP)), F.lit(LONG_MIN)).alias(f"{prefix}c")
-                    if rows.has_create_timestamp else F.lit(LONG_MIN).alias(f"{prefix}c"),
-                    F.coalesce(F.col(ORDER), F.lit(0).cast("long")).alias(f"{prefix}order"),
+                    tie[1].alias(f"{prefix}c"), tie[2].alias(f"{prefix}order"),
                     *[F.col(f).alias(f"{prefix}v_{n}") for n, f in enumerate(features)]]
     side = rows.df
     for condition in keep:

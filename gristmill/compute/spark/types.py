@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gristmill.compute import schema
 from gristmill.compute.planning import EPOCH, ONE_MICROSECOND
 from gristmill.errors import SourceError
+from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
 from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
@@ -154,3 +155,27 @@ def timestamp_literal(moment: datetime) -> Column:
     from pyspark.sql import functions as F
 
     return F.timestamp_micros(F.lit((moment - EPOCH) // ONE_MICROSECOND))
+
+
+def tie_rule_columns(timestamp: str, *, has_create_timestamp: bool) -> list[Column]:
+    """The tie rule (``planning.TIE_RULE``) as Spark columns of longs (times in microseconds), most significant
+    first; greater wins. Always three columns: without a create_timestamp its part is the rule's null value."""
+    from datetime import UTC, timedelta
+
+    from pyspark.sql import functions as F
+
+    from gristmill.compute.planning import tie_columns
+
+    parts = []
+    for part in tie_columns(timestamp, has_create_timestamp=True):
+        null = part.null_as
+        if isinstance(null, datetime):
+            null = (null.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        if part.column == CREATE_TIMESTAMP and not has_create_timestamp:
+            parts.append(F.lit(null).cast("long"))
+            continue
+        column = F.col(f"`{part.column}`")
+        if part.column in (timestamp, CREATE_TIMESTAMP):
+            column = F.unix_micros(column)
+        parts.append(column if null is None else F.coalesce(column, F.lit(null).cast("long")))
+    return parts

@@ -40,7 +40,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from gristmill.compute.planning import ORDER
-from gristmill.compute.spark.types import sql_family
+from gristmill.compute.spark.types import sql_family, tie_rule_columns
 from gristmill.errors import TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, Aggregation, WindowExpression
 
@@ -55,7 +55,6 @@ TIE = "__gm_tie"         # create_timestamp (nulls lowest) in microseconds
 ROW = "__gm_row"         # 1 on data rows (what count counts)
 START, DATA, END = 0, 1, 2
 NO_TIME = 1 << 62                     # stands for a null time (real times end at 253402300800000000)
-NULL_CREATE = -62135596800000000      # 0001-01-01 in microseconds: a missing create_timestamp loses ties
 _NOISE = 16 * 2.0 ** -52              # relative rounding noise of differences of running sums of squares
 
 _SUMMED = {Aggregation.SUM, Aggregation.AVG, Aggregation.STDDEV, Aggregation.VARIANCE}
@@ -394,13 +393,12 @@ def prepared_data(frame: DataFrame, *, timestamp: str) -> DataFrame:
     """Source rows with the columns ``window_values`` needs: time and tie in microseconds, the row marker."""
     from pyspark.sql import functions as F
 
-    tie = (F.coalesce(F.unix_micros(F.col(CREATE_TIMESTAMP)), F.lit(NULL_CREATE))
-           if CREATE_TIMESTAMP in frame.columns else F.lit(NULL_CREATE))
+    _, tie, order = tie_rule_columns(timestamp, has_create_timestamp=CREATE_TIMESTAMP in frame.columns)
     # Rows without a time are one group of their own, as DuckDB's RANGE frame has them (peers of each other):
     # a time far past any real one, further than any window reaches.
     time = F.coalesce(F.unix_micros(F.col(f"`{timestamp}`")), F.lit(NO_TIME))
     return (frame.withColumn(TIME, time).withColumn(TIE, tie)
-            .withColumn(ROW, F.lit(1)).withColumn(ORDER, F.coalesce(F.col(ORDER), F.lit(0)).cast("long")))
+            .withColumn(ROW, F.lit(1)).withColumn(ORDER, order))
 
 
 #: Keys with up to this many rows are aggregated with Spark's sliding frames (cost rows x frame, fastest on
