@@ -183,7 +183,7 @@ def _sql_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str,
 
     try:
         sqlglot.parse_one(sql, read="duckdb")
-    except sqlglot.errors.ParseError as exc:
+    except sqlglot.errors.SqlglotError as exc:
         raise TransformationError(f"{label}: transformation_sql does not parse: {exc}") from None
     view = unique_name("sqlt")
     run_transformation_sql(con, source, sql, f"{view}_t", label=label)

@@ -104,7 +104,7 @@ def _function_name(node: exp.Expression) -> str:
     from sqlglot import exp
 
     if isinstance(node, exp.Anonymous):
-        return str(node.this).lower()
+        return node.name.lower()             # unquoted: "read_csv"(...) is read_csv(...)
     return node.sql(dialect="duckdb").split("(", 1)[0].strip().lower()
 
 

@@ -48,6 +48,8 @@ ABUSES = [
     ("LOAD httpfs", "LOAD is not allowed"),
     ("DESCRIBE source", "DESCRIBE is not allowed"),
     ("CREATE TABLE t AS SELECT * FROM source", "CREATE is not allowed"),
+    ('SELECT * FROM "read_csv"(\'/etc/passwd\')', "read_csv is not allowed"),          # a quoted name is the name
+    ('SELECT * FROM "READ_TEXT"(\'/etc/passwd\')', "read_text is not allowed"),
 ]
 
 ALLOWED = [

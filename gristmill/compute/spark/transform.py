@@ -43,7 +43,7 @@ def to_spark_sql(sql: str, *, label: str, function_exists: Callable[[str], bool]
 
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
-    except sqlglot.errors.ParseError as exc:
+    except sqlglot.errors.SqlglotError as exc:
         raise TransformationError(f"{label}: transformation_sql does not parse: {exc}") from None
     try:
         check_transformation_sql(sql)
@@ -69,10 +69,14 @@ def to_spark_sql(sql: str, *, label: str, function_exists: Callable[[str], bool]
         raise TransformationError(f"{label}: transformation_sql cannot be written for Spark: {exc}") from None
     for node in sqlglot.parse_one(text, read="spark").walk():
         if isinstance(node, exp.Func):
-            name = (str(node.this) if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()   # unquoted
             if name in SPARK_NOT_ALLOWED:
                 raise TransformationError(f"{label}: transformation_sql: {name} is not allowed: a transformation "
                                           "is exactly one SELECT over the table 'source'")
+    if "${" in text:
+        # Spark substitutes ${env:NAME}, ${system:...} and ${spark.conf} in SQL text: never in a transformation
+        raise TransformationError(f"{label}: transformation_sql contains '${{': Spark would replace ${{...}} with "
+                                  "environment variables or settings; write the text another way (e.g. '$' || '{')")
     return text
 
 

@@ -416,3 +416,18 @@ def test_rows_without_a_time_form_their_own_window(spark: SparkSession, tmp_path
     events.loc[[3, 10, 11], "ts"] = pd.NaT
     events.to_parquet(tmp_path / "events.parquet")
     _check(spark, _dsl(tmp_path, window={"hours": 8}), None, None)
+
+
+@pytest.mark.parametrize(("sql", "named"), [
+    ("SELECT *, java_method('java.lang.System', 'getenv', 'HOME') AS x FROM source", "java_method is not allowed"),
+    ("SELECT *, \"java_method\"('java.lang.System', 'getenv', 'HOME') AS x FROM source", "java_method is not allowed"),
+    ("SELECT *, \"REFLECT\"('java.lang.System', 'getenv', 'HOME') AS x FROM source", "reflect is not allowed"),
+    ("SELECT *, '${env:HOME}' AS x FROM source", "contains '${'"),
+    ("SELECT *, '${spark.driver.extraJavaOptions}' AS x FROM source", "contains '${'"),
+    ("SELECT *, 'a\\'' AS x FROM source", "does not parse"),
+])
+def test_spark_sql_that_reaches_the_machine_is_refused(sql: str, named: str) -> None:
+    """Quoting a function's name does not hide it, and Spark's ${...} substitution never runs."""
+    with pytest.raises(TransformationError) as caught:
+        to_spark_sql(sql, label="feature set t:1")
+    assert named in str(caught.value)
