@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gristmill.errors import ConfigError
 from gristmill.spec.yaml_io import read_yaml, validate, write_yaml
@@ -51,6 +51,15 @@ class EngineConfig(_Config):
     remote: str | None = None            # Spark: the Spark Connect URL (sc://host:port)
     conf: dict[str, str] | None = None   # Spark: settings applied to the session
 
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _settings_as_text(cls, value: object) -> object:
+        """Spark settings are text; numbers and booleans written plainly in YAML are taken as their text."""
+        if isinstance(value, dict):
+            return {key: (str(item).lower() if isinstance(item, bool) else str(item))
+                    if isinstance(item, int | float | bool) else item for key, item in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _fields_of_the_engine(self) -> EngineConfig:
         spark_only = [name for name in ("master", "remote", "conf") if getattr(self, name) is not None]
@@ -64,7 +73,10 @@ class EngineConfig(_Config):
         if self.master is not None and self.remote is not None:
             raise ValueError("give either master (a classic Spark session) or remote (Spark Connect), not both")
         if self.remote is not None and not self.remote.startswith("sc://"):
-            raise ValueError(f"remote '{self.remote}' must be a Spark Connect URL such as sc://host:15002")
+            from gristmill.compute.spark.session import without_token
+
+            raise ValueError(f"remote '{without_token(self.remote)}' must be a Spark Connect URL such as "
+                             "sc://host:15002")
         return self
 
 

@@ -50,6 +50,7 @@ def test_the_default_engine_is_duckdb_and_runs_the_jobs_itself(tmp_path: Path) -
     ({"type": "spark", "remote": "http://h:15002"}, "must be a Spark Connect URL such as sc://host:15002"),
     ({"type": "flink"}, "engine.type"),
     ({"type": "spark", "conf": ["spark.executor.memory=1g"]}, "engine.conf"),
+    ({"type": "spark", "remote": "http://h:15002/;token=SECRET"}, "http://h:15002/;token=***"),
 ])
 def test_engine_settings_that_do_not_fit_are_refused_with_the_fix(tmp_path: Path, engine: dict[str, object],
                                                                   message: str) -> None:
@@ -58,3 +59,20 @@ def test_engine_settings_that_do_not_fit_are_refused_with_the_fix(tmp_path: Path
         gm.FeatureStore(folder)
     assert message in str(caught.value)
     assert "featurestore.yaml" in str(caught.value)
+
+
+def test_spark_settings_written_as_numbers_or_booleans_are_taken_as_text(tmp_path: Path) -> None:
+    folder = _store_with_engine(tmp_path, {"type": "spark", "master": "local[1]",
+                                           "conf": {"spark.sql.shuffle.partitions": 4,
+                                                    "spark.sql.adaptive.enabled": True}})
+    store = gm.FeatureStore(folder)
+    assert store.config.engine.conf == {"spark.sql.shuffle.partitions": "4", "spark.sql.adaptive.enabled": "true"}
+    store.close()
+
+
+def test_a_spark_connect_token_is_never_shown() -> None:
+    from gristmill.compute.spark.session import without_token
+
+    assert without_token("cannot reach sc://h:15002/;token=SECRET;user_id=me") == \
+        "cannot reach sc://h:15002/;token=***;user_id=me"
+    assert "SECRET" not in without_token("sc://h:15002/;Token = SECRET")

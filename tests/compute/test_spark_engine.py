@@ -187,3 +187,20 @@ def test_iso_text_times_with_offsets(repo: Repo) -> None:
     frame = spark_session().createDataFrame(observations)
     by_frame = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), frame, "ts").to_pandas()
     assert rows(by_frame) == rows(duck.to_pandas())
+
+
+def test_spark_dataframe_observations_with_bad_shapes_are_refused_by_name(repo: Repo, tmp_path: Path) -> None:
+    spark = spark_session()
+    requests = _requests(repo, ["fs1:1:f1"])
+    repeated = spark.sql("SELECT 'A' AS acct, timestamp'2024-01-02' AS ts, 1 AS x, 2 AS x")
+    with pytest.raises(RetrievalError, match=r"column\(s\) x appear more than once"):
+        spark_engine().retrieve(requests, repeated, "ts")
+    beyond = spark.sql("SELECT 'A' AS acct, timestamp_micros(253402300800000000) AS ts")
+    with pytest.raises(RetrievalError, match="timestamp_column 'ts': observation times must lie between"):
+        spark_engine().retrieve(requests, beyond, "ts")
+    ticked = spark.createDataFrame(o1().rename(columns={"ts": "t`s"}))
+    assert rows(spark_engine().retrieve(requests, ticked, "t`s").to_pandas(), ["f1"]) == \
+        [(v,) for v in SCENARIO_1]
+    result = spark_engine().retrieve(requests, spark.createDataFrame(o1()), "ts")
+    with pytest.raises(RetrievalError, match="is a folder; give the path of the file"):
+        result.to_parquet(tmp_path)

@@ -33,7 +33,7 @@ from gristmill.compute.planning import aggregation_mode as parse_mode
 from gristmill.compute.schema import sql_family
 from gristmill.compute.spark.result import SparkFeatureFrame, SparkRetrievalResult
 from gristmill.compute.spark.result import column as named
-from gristmill.compute.spark.session import build_session, is_spark_dataframe, prepare_session
+from gristmill.compute.spark.session import build_session, import_pyspark, is_spark_dataframe, prepare_session
 from gristmill.compute.spark.types import tie_rule_columns
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
@@ -141,7 +141,7 @@ class SparkEngine:
     def compute(self, spec: FeatureSetSpec, start: datetime | str | None, end: datetime | str | None,
                 *, label: str = "feature set") -> SparkFeatureFrame:
         """Compute ``spec`` over ``[start, end)``: index columns, timestamp, [create_timestamp], features."""
-
+        import_pyspark()                         # the install hint, when pyspark is missing
         from gristmill.compute.spark.frames import feature_rows
 
         lo = to_utc_naive(start, name="start") if start is not None else None
@@ -183,6 +183,7 @@ class SparkEngine:
                  as_known_at: bool = False, aggregation_mode: str = "per_event") -> SparkRetrievalResult:
         """Point-in-time join of ``requests`` onto ``observations`` (SPEC §3); the same answers, errors,
         column names and order as ``DuckDBEngine.retrieve``."""
+        import_pyspark()                         # the install hint, when pyspark is missing
         from pyspark.sql import functions as F
 
         mode = parse_mode(aggregation_mode, as_known_at=as_known_at)
@@ -339,6 +340,10 @@ def _spark_observations(spark: SparkSession, observations: Any, requests: list[F
     from pyspark.sql import functions as F
 
     if is_spark_dataframe(observations):
+        repeated = sorted({c for c in observations.columns if list(observations.columns).count(c) > 1})
+        if repeated:
+            raise RetrievalError(f"observations: column(s) {', '.join(repeated)} appear more than once; give every "
+                                 "column its own name (e.g. with .withColumnRenamed or a select with aliases)")
         _refuse_reserved(list(observations.columns))
         raw = observations.withColumn(ROW, F.monotonically_increasing_id())
     else:
@@ -363,7 +368,11 @@ def _spark_observations(spark: SparkSession, observations: Any, requests: list[F
             key_columns[(column.name, column.type.sql)] = alias
     frame = raw.select("*", obs_time.alias(OBS_TIME), *extra)
     bounds = frame.agg(F.min(F.unix_micros(OBS_TIME)), F.max(F.unix_micros(OBS_TIME))).collect()[0]
-    low, high = (None if v is None else EPOCH + timedelta(microseconds=v) for v in bounds)
+    try:
+        low, high = (None if v is None else EPOCH + timedelta(microseconds=v) for v in bounds)
+    except OverflowError:
+        raise RetrievalError(f"timestamp_column '{timestamp_column}': observation times must lie between 0001-01-01 "
+                             "and 9999-12-31 in UTC") from None
     return _Observations(frame, columns, key_columns, low=low, high=high, carried=columns), requests
 
 
@@ -411,7 +420,7 @@ def _spark_time(frame: DataFrame, name: str, engine_type: str) -> Column:
     bad value is reported by name, as the DuckDB engine does)."""
     from pyspark.sql import functions as F
 
-    column = F.col(f"`{name}`")
+    column = named(name)
     family = sql_family(engine_type)
     if family == "string":
         parsed = _parse_iso(column)
@@ -443,11 +452,10 @@ def _parse_iso(column: Column) -> Column:
 def _spark_key(name: str, engine_type: str, declared: FeatureType) -> Column | None:
     """Observation key ``name`` in the declared type, by the same rules as the DuckDB engine
     (``pit._KEY_CONVERSIONS``); None when no conversion is safe."""
-    from pyspark.sql import functions as F
 
     from gristmill.compute.pit import _KEY_CONVERSIONS
 
-    column = F.col(f"`{name}`")
+    column = named(name)
     if engine_type.upper() == declared.sql:
         return column if declared != FeatureType.DATETIME else column.cast("timestamp")
     if sql_family(engine_type) not in _KEY_CONVERSIONS.get(declared, {}):

@@ -89,6 +89,9 @@ class SparkQuery(QueryResult):
         """Write the rows to one Parquet file at ``path``: the executors write into a folder next to it,
         then its single part file is moved to ``path`` (the same contract as the DuckDB engine)."""
         path = Path(path)
+        if path.is_dir():
+            raise self.failure(f"to_parquet: {path} is a folder; give the path of the file to write, e.g. "
+                               f"{path / 'training.parquet'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         if self._table is not None:
             import pyarrow.parquet as pq

@@ -53,6 +53,13 @@ def import_pyspark() -> Any:
     return pyspark.sql
 
 
+def without_token(text: str) -> str:
+    """``text`` with a Spark Connect URL's secrets hidden (``sc://host:15002/;token=...``)."""
+    import re
+
+    return re.sub(r"(;\s*(?:token|password|user_secret)\s*=\s*)[^;\s]*", r"\1***", text, flags=re.IGNORECASE)
+
+
 def build_session(*, master: str | None = None, remote: str | None = None,
                   conf: dict[str, Any] | None = None) -> SparkSession:
     """A SparkSession: Spark Connect when ``remote`` is given, else classic on ``master`` (default
@@ -84,10 +91,10 @@ def build_session(*, master: str | None = None, remote: str | None = None,
         session = builder.getOrCreate()
     except Exception as exc:          # py4j / gRPC errors: say what failed, not where
         where = f"Spark Connect server {remote}" if remote else f"Spark (master {master or 'local[2]'})"
-        raise SparkUnavailableError(f"cannot start a session on {where}: {type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise SparkUnavailableError(without_token(f"cannot start a session on {where}: {type(exc).__name__}: "
+                                                  f"{str(exc).splitlines()[0] if str(exc) else ''}")) from None
     prepare_session(session)
-    log.info("Spark session ready (%s)", remote or master or "local[2]")
+    log.info("Spark session ready (%s)", without_token(remote or master or "local[2]"))
     return session
 
 
