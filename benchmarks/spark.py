@@ -191,9 +191,9 @@ def _pit_join(obs: Any, rows: Any, *, lookback_days: int, features: Sequence[str
         & (rows.f_t >= obs.obs_t - F.expr(f"INTERVAL {lookback_days} DAYS"))
     )
     joined = obs.join(rows, condition, "left")
-    # Partitioned by (key, observation) rather than the observation alone: the join's output is already
-    # hash-partitioned by the key, so this window needs no second shuffle.
-    newest = Window.partitionBy("account_id", "obs_row").orderBy(
+    # By the observation alone: partitioning by (key, observation) saves a shuffle but sorts by the string
+    # key, and measured slower (scale 0.3, case A: 42-72 s vs 26-33 s).
+    newest = Window.partitionBy("obs_row").orderBy(
         F.col("f_t").desc_nulls_last(), F.col("f_file").desc_nulls_last(), F.col("f_row").desc_nulls_last()
     )
     best = joined.withColumn("__rank", F.row_number().over(newest)).where(F.col("__rank") == 1)
