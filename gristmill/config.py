@@ -56,10 +56,10 @@ class EngineConfig(_Config):
         spark_only = [name for name in ("master", "remote", "conf") if getattr(self, name) is not None]
         duckdb_only = [name for name in ("memory_limit", "threads") if getattr(self, name) is not None]
         if self.type == "duckdb" and spark_only:
-            raise ValueError(f"{', '.join(spark_only)} apply to the Spark engine only; set type: spark or "
-                             "remove them")
+            raise ValueError(f"{', '.join(spark_only)}: only for the Spark engine; set type: spark or remove "
+                             f"{'it' if len(spark_only) == 1 else 'them'}")
         if self.type == "spark" and duckdb_only:
-            raise ValueError(f"{', '.join(duckdb_only)} apply to the DuckDB engine only; for Spark, give "
+            raise ValueError(f"{', '.join(duckdb_only)}: only for the DuckDB engine; for Spark, give "
                              "spark.driver.memory / spark.executor.memory under conf")
         if self.master is not None and self.remote is not None:
             raise ValueError("give either master (a classic Spark session) or remote (Spark Connect), not both")

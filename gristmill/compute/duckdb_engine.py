@@ -34,7 +34,7 @@ from gristmill.compute.planning import (
 )
 from gristmill.compute.planning import aggregation_mode as parse_mode
 from gristmill.compute.result import FeatureFrame, RetrievalResult, arrow_table
-from gristmill.compute.schema import sql_family
+from gristmill.compute.schema import sql_family, utc_switched_select
 from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
 from gristmill.compute.sqltext import cols, engine_message, lit, q
 from gristmill.errors import RetrievalError, TransformationError
@@ -98,8 +98,7 @@ class DuckDBEngine:
         ts = q(view.timestamp)
         shown = [*view.keys, view.timestamp, *([CREATE_TIMESTAMP] if view.has_create_timestamp else []),
                  *view.features]
-        select = ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in (view.timestamp, CREATE_TIMESTAMP)
-                           else q(c) for c in shown)
+        select = utc_switched_select(shown, {view.timestamp, CREATE_TIMESTAMP})
         sql = f"SELECT {select} FROM {view.name} ORDER BY {cols(view.keys)}, {ts}, {q(ORDER)}"
         return FeatureFrame(con, sql, description=f"{label} over [{lo}, {hi})")
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from gristmill.compute.featureframe import ComputedView, compute_view
 from gristmill.compute.planning import declared_schema
+from gristmill.compute.schema import utc_switched_select
 from gristmill.compute.sources import ORDER, is_uri, unique_name
 from gristmill.compute.sqltext import cols, lit, q, tie_rule_sql, ts_lit
 from gristmill.jobs.materialize import MaterializationResult
@@ -212,8 +213,7 @@ def register_offline(con: duckdb.DuckDBPyConnection, store: DeltaOfflineStore, t
         return view
     ts = q(table.timestamp)
     condition = " OR ".join(f"({ts} >= {ts_lit(s)} AND {ts} < {ts_lit(e)})" for s, e in windows)
-    select = ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in (table.timestamp, CREATE_TIMESTAMP)
-                       else q(c) for c in wanted)
+    select = utc_switched_select(wanted, {table.timestamp, CREATE_TIMESTAMP})
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT {select} FROM {source} WHERE {condition}")
     return view
 
@@ -238,8 +238,7 @@ def write_offline_window(con: duckdb.DuckDBPyConnection, store: DeltaOfflineStor
         return store.write_window(table, arrow_table(con.sql(f"SELECT * FROM {relation}")), start, end)
     ts = q(table.timestamp)
     columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
-    utc = {table.timestamp, CREATE_TIMESTAMP}
-    select = ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in utc else q(c) for c in columns)
+    select = utc_switched_select(columns, {table.timestamp, CREATE_TIMESTAMP})
     schema = arrow_table(con.sql(f"SELECT {select} FROM {relation} LIMIT 0")).schema
 
     def write(target: WindowWrite) -> None:

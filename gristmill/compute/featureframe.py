@@ -197,7 +197,18 @@ def _code_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, source: str
     transformation = spec.feature_transformation
     assert transformation is not None and transformation.transformation_code is not None
     code = transformation.transformation_code
-    cls = load_user_class(spec.folder, code.path, code.transformer_class, what=f"{label}: transformation_code")
+    spark_hint = (f"{label}: transformation_code {code.transformer_class.rpartition('.')[2]} is a PySpark "
+                  "Transformer; it runs on the Spark engine: set engine: {type: spark} in featurestore.yaml "
+                  "(docs/engines.md)")
+    try:
+        cls = load_user_class(spec.folder, code.path, code.transformer_class, what=f"{label}: transformation_code")
+    except TransformationError as exc:
+        missing = exc.__cause__
+        if isinstance(missing, ModuleNotFoundError) and (missing.name or "").split(".")[0] == "pyspark":
+            raise TransformationError(spark_hint) from None
+        raise
+    if any(base.__name__ == "Transformer" and base.__module__.startswith("pyspark.ml") for base in cls.__mro__):
+        raise TransformationError(spark_hint)
     frame = con.execute(f"SELECT * EXCLUDE ({q(ORDER)}) FROM {source} ORDER BY {q(ORDER)}").df()
     try:
         output = cls().transform(frame)

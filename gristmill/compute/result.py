@@ -64,6 +64,17 @@ class QueryResult:
                      time.perf_counter() - started)
         return self._table
 
+    def to_batches(self, *, batch_rows: int = 100_000) -> pa.RecordBatchReader:
+        """The rows as a stream of Arrow record batches of at most ``batch_rows`` rows, without holding them all
+        in memory (for results larger than memory; ``to_arrow`` holds them all)."""
+        import pyarrow as pa
+
+        if self._table is not None:
+            return pa.RecordBatchReader.from_batches(self._table.schema, self._table.to_batches(batch_rows))
+        relation = self._run(lambda: self._con.sql(self._sql))
+        reader = getattr(relation, "to_arrow_reader", None)
+        return self._run(lambda: reader(batch_rows) if reader is not None else relation.fetch_record_batch(batch_rows))
+
     def to_pandas(self) -> pd.DataFrame:
         """The rows as pandas; integer and boolean columns use nullable dtypes so 64-bit values and nulls
         survive (a null in a float64 column would round large integers)."""
@@ -154,6 +165,14 @@ class RetrievalResult(QueryResult):
             schema = pa.schema([*given.schema, *features.schema], metadata=given.schema.metadata)
             self._combined = pa.Table.from_arrays([*given.columns, *features.columns], schema=schema)
         return self._combined
+
+    def to_batches(self, *, batch_rows: int = 100_000) -> pa.RecordBatchReader:
+        if self._observations is None:
+            return super().to_batches(batch_rows=batch_rows)
+        import pyarrow as pa
+
+        table = self.to_arrow()                   # the observations are in memory already
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(batch_rows))
 
     def to_pandas(self) -> pd.DataFrame:
         """The rows as pandas: observation columns as given (for a pandas input) or as pandas reads them,

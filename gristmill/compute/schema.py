@@ -61,6 +61,15 @@ def cast_expression(column_sql: str, declared: FeatureType, sql_type: str) -> st
     return f"CAST({column_sql} AS {declared.sql})"
 
 
+def utc_switched_select(columns: list[str], times: set[str]) -> str:
+    """A select list of ``columns`` with the ``times`` columns switched between naive UTC (``TIMESTAMP``) and
+    zone-aware UTC (``TIMESTAMPTZ``): ``timezone('UTC', x)`` maps each to the other. Results hand times
+    over zone-aware (Arrow ``timestamp[us, UTC]``, Delta's timestamp) and the engine reads them back naive."""
+    from gristmill.compute.sqltext import q
+
+    return ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in times else q(c) for c in columns)
+
+
 def utc_timestamp_sql(expression: str, sql_type: str, *, format: str | None = None) -> str | None:
     """SQL turning ``expression`` (engine type ``sql_type``) into a naive UTC ``TIMESTAMP`` — the one place
     times are normalised (sources, transformation outputs, observations). Text is parsed with ``format``

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 import pytest
 import yaml
+from spark_session import spark_engine, spark_session
 
 import gristmill as gm
 
@@ -125,6 +126,7 @@ class Repo:
         self.root = root
         self.definitions: dict[str, FeatureSetDefinition] = {}
         self._store: gm.FeatureStore | None = None
+        self._spark_store: gm.FeatureStore | None = None
 
     def add(self, definition: FeatureSetDefinition) -> Path:
         """Write the source files, the entity YAML and the feature set YAML; returns the spec folder."""
@@ -169,9 +171,20 @@ class Repo:
         assert plan.ok, str(plan) + "\n" + "\n".join(i.detail for i in plan.items if i.detail)
         return plan
 
+    @property
+    def spark_store(self) -> gm.FeatureStore:
+        """The same store opened on the test process's Spark session: ``gm.FeatureStore(path, spark=...)``
+        (materialization jobs still run on DuckDB: Spark computes and retrieves)."""
+        if self._spark_store is None:
+            self.store  # noqa: B018 - the store exists before it is opened a second time
+            self._spark_store = gm.FeatureStore(self.root / "store", spark=spark_session())
+        return self._spark_store
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        if self._spark_store is not None:
+            self._spark_store.close()
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
@@ -272,9 +285,39 @@ def _materialize_offline(repo: Repo, name: str, version: str) -> None:
     done.add((name, version))
 
 
+def _retrieve_spark_computed(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
+                             **options: Any) -> pd.DataFrame:
+    """Point-in-time join computed from source by the Spark engine (a classic local session)."""
+    return repo.spark_store.get_offline_features(features, observations, timestamp_column, **options).to_pandas()
+
+
+def _retrieve_spark_materialized(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
+                                 **options: Any) -> pd.DataFrame:
+    """Engine crossing: materialized by the DuckDB engine (``store.backfill``), read by the Spark engine."""
+    from gristmill.errors import GristmillError
+    from gristmill.retrieval import references
+
+    try:
+        wanted = {(r.feature_set, r.version) for r in references(features)}
+    except GristmillError:
+        wanted = set()
+    for name, version in wanted:
+        _materialize_offline(repo, name, version)
+    return repo.spark_store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
+                                                 **options).to_pandas()
+
+
+def _compute_spark_spec(repo: Repo, name: str, start: str, end: str, *, version: str = "1") -> pd.DataFrame:
+    """``FeatureSetSpec.load(folder).compute(start, end, engine=SparkEngine(...))``."""
+    spec = gm.FeatureSetSpec.load(repo.spec_folder(name, version))
+    return spec.compute(start, end, engine=spark_engine()).to_pandas()
+
+
 RETRIEVAL_PATHS: dict[str, Retrieve] = {"duckdb-computed": _retrieve_computed,
-                                        "duckdb-materialized": _retrieve_materialized}
-COMPUTE_PATHS: dict[str, Compute] = {"duckdb-spec": _compute_spec}
+                                        "duckdb-materialized": _retrieve_materialized,
+                                        "spark-computed": _retrieve_spark_computed,
+                                        "spark-materialized": _retrieve_spark_materialized}
+COMPUTE_PATHS: dict[str, Compute] = {"duckdb-spec": _compute_spec, "spark-spec": _compute_spark_spec}
 
 
 @pytest.fixture(scope="module", params=list(RETRIEVAL_PATHS))

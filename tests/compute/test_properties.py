@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from spark_session import spark_engine
 
 from gristmill.compute.duckdb_engine import DuckDBEngine
 from gristmill.compute.engine import FeatureSetRequest
@@ -428,7 +429,8 @@ def dsl_cases(draw: st.DrawFn, mode: str = "per_event") -> DslCase:
 
 
 def run_property(strategy: st.SearchStrategy[Any], check: Callable[[Any, Counter[str]], None],
-                 examples: Sequence[Any], required: Sequence[str], minimum: int = 3) -> None:
+                 examples: Sequence[Any], required: Sequence[str], minimum: int = 3,
+                 run_settings: settings = SETTINGS) -> None:
     """Run ``check`` on ``examples`` and on random cases, then assert every ``required`` edge case was hit
     at least ``minimum`` times in total (so the random data really exercises them)."""
     seen: Counter[str] = Counter()
@@ -443,7 +445,7 @@ def run_property(strategy: st.SearchStrategy[Any], check: Callable[[Any, Counter
     test = given(case=strategy)(body)
     for case in examples:
         test = example(case=case)(test)
-    SETTINGS(test)()
+    run_settings(test)()
     missing = {tag: seen[tag] for tag in required if seen[tag] < minimum}
     assert not missing, f"edge cases reached too rarely: {missing} (all: {dict(seen)})"
 
@@ -478,7 +480,7 @@ def materialized(request: FeatureSetRequest, folder: Path) -> FeatureSetRequest:
     return replace(request, materialized=MaterializedData(store, table, (window,), strict=True))
 
 
-def check_pit(case: PitCase, tags: Counter[str], *, from_materialized: bool = False) -> None:
+def check_pit(case: PitCase, tags: Counter[str], *, from_materialized: bool = False, engine: Any = None) -> None:
     # f2 is each row's position in source order: it names the row the join picked
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -487,8 +489,8 @@ def check_pit(case: PitCase, tags: Counter[str], *, from_materialized: bool = Fa
         if from_materialized:
             request_a, request_b = materialized(request_a, folder), materialized(request_b, folder)
         observations = _observation_table(case.observations, case.columns)
-        result = DuckDBEngine().retrieve([request_a, request_b], observations, OBS_TIME,
-                                         as_known_at=case.as_known_at).to_arrow()
+        result = (engine or DuckDBEngine()).retrieve([request_a, request_b], observations, OBS_TIME,
+                                                     as_known_at=case.as_known_at).to_arrow()
     outputs = ["b_f1", "b_f2", "a_f1", "a_f2"] if case.b_first else ["a_f1", "a_f2", "b_f1", "b_f2"]
     rows = _check_observation_columns(result, case, outputs)
     for got, obs in zip(rows, case.observations, strict=True):
@@ -587,11 +589,11 @@ def _key_order(key: Key) -> tuple[tuple[bool, str], ...]:
     return tuple((k is None, k or "") for k in key)
 
 
-def check_compute(case: DslCase, tags: Counter[str]) -> None:
+def check_compute(case: DslCase, tags: Counter[str], *, engine: Any = None) -> None:
     source = case.source
     with tempfile.TemporaryDirectory() as tmp:
         spec = _dsl_spec(Path(tmp), case)
-        result = DuckDBEngine().compute(spec, at(case.start), at(case.end)).to_arrow()
+        result = (engine or DuckDBEngine()).compute(spec, at(case.start), at(case.end)).to_arrow()
     names = [name for name, *_ in DSL_FEATURES]
     assert result.column_names == [*source.keys, TS, *([CREATE] if source.has_create else []), *names]
     kept = [p for p, r in enumerate(source.rows) if case.start <= r.ts < case.end]
@@ -650,7 +652,8 @@ def test_dsl_compute_matches_reference() -> None:
 
 
 # -- property 3: retrieving DSL features (per event, and as of the observation time) ------------------------
-def check_dsl_retrieval(case: DslCase, tags: Counter[str], *, from_materialized: bool = False) -> None:
+def check_dsl_retrieval(case: DslCase, tags: Counter[str], *, from_materialized: bool = False,
+                        engine: Any = None) -> None:
     source = case.source
     names = [name for name, *_ in DSL_FEATURES]
     with tempfile.TemporaryDirectory() as tmp:
@@ -659,8 +662,9 @@ def check_dsl_retrieval(case: DslCase, tags: Counter[str], *, from_materialized:
         if from_materialized:
             request = materialized(request, Path(tmp))
         observations = _observation_table(case.observations, case.columns)
-        result = DuckDBEngine().retrieve([request], observations, OBS_TIME, as_known_at=case.as_known_at,
-                                         aggregation_mode=case.mode).to_arrow()
+        result = (engine or DuckDBEngine()).retrieve([request], observations, OBS_TIME,
+                                                     as_known_at=case.as_known_at,
+                                                     aggregation_mode=case.mode).to_arrow()
     rows = _check_observation_columns(result, case, names)
     tags[case.mode] += 1
     for got, obs in zip(rows, case.observations, strict=True):
@@ -697,3 +701,37 @@ def test_dsl_retrieval_as_of_observation_matches_reference() -> None:
 def test_dsl_retrieval_per_event_on_materialized_data_matches_reference() -> None:
     run_property(dsl_cases("per_event"), partial(check_dsl_retrieval, from_materialized=True), DSL_EXAMPLES[1:],
                  required=["tie on (key, ts)", "row on the upper bound"])
+
+
+# -- the same properties on the Spark engine ----------------------------------------------------------------
+# The worked examples plus a few random cases (fixed seeds): each case costs several Spark jobs (seconds), so
+# the random search stays small; it runs in full on DuckDB above, and Spark must give the same answers.
+SPARK_SETTINGS = settings(SETTINGS, max_examples=3)
+
+
+def test_point_in_time_join_matches_reference_on_spark() -> None:
+    run_property(pit_cases(), partial(check_pit, engine=spark_engine()), PIT_EXAMPLES, minimum=1,
+                 run_settings=SPARK_SETTINGS, required=[
+                     "tie on (key, ts)", "tie decided by create_timestamp", "null observation key",
+                     "duplicate observations", "composite key ('ab','c') / ('a','bc') matched"])
+
+
+def test_point_in_time_join_on_materialized_data_matches_reference_on_spark() -> None:
+    """Engine crossing: materialized by the DuckDB engine, read by the Spark engine."""
+    run_property(pit_cases(), partial(check_pit, from_materialized=True, engine=spark_engine()), PIT_EXAMPLES,
+                 minimum=1, run_settings=SPARK_SETTINGS, required=["tie on (key, ts)", "duplicate observations"])
+
+
+def test_dsl_compute_matches_reference_on_spark() -> None:
+    run_property(dsl_cases(), partial(check_compute, engine=spark_engine()), DSL_EXAMPLES, minimum=1,
+                 run_settings=SPARK_SETTINGS, required=["tie on (key, ts)"])
+
+
+def test_dsl_retrieval_per_event_matches_reference_on_spark() -> None:
+    run_property(dsl_cases("per_event"), partial(check_dsl_retrieval, engine=spark_engine()), DSL_EXAMPLES[1:],
+                 minimum=1, run_settings=SPARK_SETTINGS, required=["tie on (key, ts)"])
+
+
+def test_dsl_retrieval_as_of_observation_matches_reference_on_spark() -> None:
+    run_property(dsl_cases("as_of_observation"), partial(check_dsl_retrieval, engine=spark_engine()),
+                 DSL_EXAMPLES[:1], minimum=1, run_settings=SPARK_SETTINGS, required=["as_of_observation"])

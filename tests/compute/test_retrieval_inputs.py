@@ -290,3 +290,15 @@ def test_a_dataframe_with_a_mixed_column_is_named_as_such(repo: Repo) -> None:
     assert "the DataFrame cannot be read as a table" in message and "'x'" in message, message
     with pytest.raises(RetrievalError, match=r"expected a pandas/Polars DataFrame, .* got list"):
         repo.store.get_offline_features(["fs1:1:f1"], [1, 2], "ts")
+
+
+def test_results_hand_over_arrow_batches_equal_to_the_whole_table(build_store: BuildStore, tmp_path: Path) -> None:
+    """``to_batches`` streams the same rows as ``to_arrow`` (observations from memory and from a file)."""
+    repo = build_store(fs1(table("acct ts f1", *[("A", f"2024-01-0{d}", float(d)) for d in range(1, 8)])))
+    observations = table("acct ts", *[("A", f"2024-01-0{d} 12:00") for d in range(1, 8)])
+    observations.to_parquet(tmp_path / "obs.parquet")
+    for given in (observations, tmp_path / "obs.parquet"):
+        result = repo.store.get_offline_features(["fs1:1:f1"], given, "ts")
+        batches = list(result.to_batches(batch_rows=3))
+        assert [b.num_rows for b in batches if b.num_rows] and max(b.num_rows for b in batches) <= 3
+        assert pa.Table.from_batches(batches).to_pylist() == result.to_arrow().to_pylist()

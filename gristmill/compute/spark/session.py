@@ -1,0 +1,117 @@
+"""Obtaining the SparkSession the Spark engine runs on: a classic one (``master``), a Spark Connect one
+(``remote``), or one the caller already has. Built lazily, on the first computation, because starting
+Spark takes seconds and needs Java."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from gristmill.errors import GristmillError, install_hint
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("gristmill.compute")
+
+#: Settings every session gets: times are UTC instants, Parquet timestamps are microseconds (the INT96
+#: default reads back as naive nanoseconds elsewhere), no ``_SUCCESS`` files in written folders.
+REQUIRED_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+}
+
+#: Defaults for a session Gristmill starts itself (a user's ``conf`` wins).
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "4",
+}
+
+#: Classic sessions only: the JVM's own time zone (used by a few date functions and by Parquet writers).
+JVM_UTC: dict[str, str] = {
+    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+}
+
+
+class SparkUnavailableError(GristmillError):
+    """Spark cannot be started here (no Java, no reachable Connect server)."""
+
+
+def import_pyspark() -> Any:
+    """The ``pyspark.sql`` module, or an ImportError saying what to install."""
+    try:
+        import pyspark.sql
+    except ImportError as exc:
+        raise ImportError(f"the Spark engine needs pyspark: {install_hint('spark')}") from exc
+    return pyspark.sql
+
+
+def build_session(*, master: str | None = None, remote: str | None = None,
+                  conf: dict[str, Any] | None = None) -> SparkSession:
+    """A SparkSession: Spark Connect when ``remote`` is given, else classic on ``master`` (default
+    ``local[2]``), with ``REQUIRED_CONF`` always set."""
+    sql = import_pyspark()
+    if master and remote:
+        raise GristmillError("engine: give either master (classic Spark) or remote (Spark Connect), not both")
+    settings = {**LOCAL_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}, **REQUIRED_CONF}
+    builder = sql.SparkSession.builder
+    if remote:
+        _require_connect_client()
+        builder = builder.remote(remote)
+        settings = {k: v for k, v in settings.items() if not k.startswith(("spark.ui.", "spark.default.",
+                                                                           "mapreduce."))}
+    else:
+        if shutil.which("java") is None and not _java_home():
+            raise SparkUnavailableError("the Spark engine needs Java 17 or newer: install a JDK (e.g. "
+                                        "apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
+        settings = {**JVM_UTC, **settings}
+        builder = builder.master(master or "local[2]").appName("gristmill")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:          # py4j / gRPC errors: say what failed, not where
+        where = f"Spark Connect server {remote}" if remote else f"Spark (master {master or 'local[2]'})"
+        raise SparkUnavailableError(f"cannot start a session on {where}: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    prepare_session(session)
+    log.info("Spark session ready (%s)", remote or master or "local[2]")
+    return session
+
+
+def prepare_session(session: SparkSession) -> None:
+    """Set the session-level settings the engine relies on (also on a session passed in by the user)."""
+    for key in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType"):
+        session.conf.set(key, REQUIRED_CONF[key])
+
+
+def is_connect(session: Any) -> bool:
+    """Whether ``session`` is a Spark Connect session (its DataFrames are of another class)."""
+    return type(session).__module__.startswith("pyspark.sql.connect")
+
+
+def is_spark_dataframe(value: Any) -> bool:
+    """Whether ``value`` is a Spark DataFrame (classic or Connect), without importing pyspark."""
+    module = type(value).__module__
+    return module.startswith("pyspark.sql") and type(value).__name__ == "DataFrame"
+
+
+def _java_home() -> str | None:
+    import os
+
+    home = os.environ.get("JAVA_HOME")
+    return home if home and shutil.which("java", path=os.path.join(home, "bin")) else None
+
+
+def _require_connect_client() -> None:
+    try:
+        import grpc  # noqa: F401
+        import pyspark.sql.connect  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"Spark Connect needs the Connect client: pip install 'pyspark[connect]' "
+                          f"({install_hint('spark')})") from exc

@@ -1,0 +1,169 @@
+"""Transformations on Spark: users' ``transformation_sql`` (DuckDB's dialect, transpiled with SQLGlot) and
+``transformation_code`` (an Azure-style ``pyspark.ml.Transformer``, or a Gristmill class over pandas/Arrow).
+
+The SQL passes the same check as on DuckDB (exactly one SELECT over ``source``, no files, URLs or settings),
+then a second one for what SQLGlot cannot carry to Spark: such SQL fails naming the construct instead of running
+with another meaning (SQLGlot passes ``ASOF JOIN`` and ``* REPLACE`` through unchanged, and would turn DuckDB's
+``TIMESTAMP`` into Spark's ``TIMESTAMP_NTZ``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gristmill.compute.planning import ORDER
+from gristmill.compute.sandbox import check_transformation_sql
+from gristmill.compute.sources import load_user_class, to_arrow_table, with_order
+from gristmill.errors import TransformationError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from sqlglot import exp
+
+    from gristmill.spec.featureset_spec import FeatureSetSpec
+
+log = logging.getLogger("gristmill.compute")
+
+SOURCE_PLACEHOLDER = "__gm_source_table"
+
+#: Spark functions refused in transformations: they call JVM methods or read files
+SPARK_NOT_ALLOWED = frozenset({"reflect", "java_method", "try_reflect", "read_files", "input_file_name",
+                               "input_file_block_start", "input_file_block_length"})
+
+TRANSFORMER_HINT = ("it runs on the Spark engine: set engine: {type: spark} in featurestore.yaml "
+                    "(docs/engines.md)")
+
+
+def to_spark_sql(sql: str, *, label: str, function_exists: Callable[[str], bool] | None = None) -> str:
+    """``transformation_sql`` (DuckDB dialect) as Spark SQL over the table ``__gm_source_table``; a construct with
+    no faithful Spark form raises TransformationError naming it."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise TransformationError(f"{label}: transformation_sql does not parse: {exc}") from None
+    try:
+        check_transformation_sql(sql)
+    except ValueError as exc:
+        raise TransformationError(f"{label}: transformation_sql: {exc}") from None
+    problem = _untranslatable(tree)
+    if problem is None and function_exists is not None:
+        unknown = [node.name for node in tree.find_all(exp.Anonymous) if not function_exists(node.name)]
+        problem = f"the function {unknown[0]}()" if unknown else None
+    if problem is not None:
+        raise TransformationError(f"{label}: transformation_sql uses {problem}, which has no Spark equivalent; "
+                                  "rewrite it without (the Spark engine transpiles DuckDB SQL with SQLGlot)")
+    own_names = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+    for table in tree.find_all(exp.Table):
+        if isinstance(table.this, exp.Identifier) and table.name.lower() == "source" and "source" not in own_names:
+            table.set("this", exp.to_identifier(SOURCE_PLACEHOLDER))
+    for data_type in tree.find_all(exp.DataType):
+        if data_type.this == exp.DataType.Type.TIMESTAMPNTZ:
+            data_type.set("this", exp.DataType.Type.TIMESTAMP)     # DuckDB TIMESTAMP = UTC time here
+    try:
+        text = tree.sql(dialect="spark", unsupported_level=sqlglot.ErrorLevel.RAISE)
+    except sqlglot.errors.UnsupportedError as exc:
+        raise TransformationError(f"{label}: transformation_sql cannot be written for Spark: {exc}") from None
+    for node in sqlglot.parse_one(text, read="spark").walk():
+        if isinstance(node, exp.Func):
+            name = (str(node.this) if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+            if name in SPARK_NOT_ALLOWED:
+                raise TransformationError(f"{label}: transformation_sql: {name} is not allowed: a transformation "
+                                          "is exactly one SELECT over the table 'source'")
+    return text
+
+
+def _untranslatable(tree: exp.Expression) -> str | None:
+    """The first DuckDB construct in ``tree`` that SQLGlot would pass to Spark unchanged or with another meaning."""
+    from sqlglot import exp
+
+    for node in tree.walk():
+        if isinstance(node, exp.Join) and str(node.args.get("method") or "").upper() == "ASOF":
+            return "ASOF JOIN"
+        if isinstance(node, exp.Star) and node.args.get("replace"):
+            return "* REPLACE (...)"
+        if isinstance(node, exp.SetOperation) and node.args.get("by_name"):
+            return "UNION BY NAME"
+        if isinstance(node, exp.Window) and node.this is not None and node.this.find(exp.Distinct):
+            return f"{node.this.sql(dialect='duckdb')} OVER (...) (DISTINCT in a window function)"
+        if isinstance(node, exp.Column) and node.name.lower() == "rowid":
+            return "rowid"
+        if (isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal) and node.this.is_string
+                and node.this.name.strip().lower().lstrip("+-") == "infinity"):
+            return f"'{node.this.name}' (infinite timestamps)"
+    return None
+
+
+def sql_rows(spark: SparkSession, source: DataFrame, sql: str, *, label: str) -> DataFrame:
+    """Run ``transformation_sql`` over ``source`` on Spark. Rows keep their source order when the SQL keeps
+    ``__gm_order`` (``SELECT *``), else they are ordered as the SQL returns them (as on DuckDB)."""
+    from pyspark.sql import functions as F
+
+    text = to_spark_sql(sql, label=label, function_exists=spark.catalog.functionExists)
+    escaped = text.replace("{", "{{").replace("}", "}}").replace(SOURCE_PLACEHOLDER, "{source}")
+    try:
+        result = spark.sql(escaped, source=source)
+        names = list(result.columns)
+    except Exception as exc:
+        raise TransformationError(f"{label}: transformation_sql failed on Spark: {_spark_message(exc)}") from None
+    if ORDER in names:
+        return result
+    return result.withColumn(ORDER, F.monotonically_increasing_id())
+
+
+def code_rows(spark: SparkSession, spec: FeatureSetSpec, source: DataFrame, *, label: str) -> DataFrame:
+    """Run ``transformation_code``: a ``pyspark.ml.Transformer`` (Azure) on the source DataFrame as is; a Gristmill
+    class with ``transform(pandas) -> pandas/Arrow/Polars`` on the driver, over the source collected in order."""
+    transformation = spec.feature_transformation
+    assert transformation is not None and transformation.transformation_code is not None
+    code = transformation.transformation_code
+    cls = load_user_class(spec.folder, code.path, code.transformer_class, what=f"{label}: transformation_code")
+    ordered = source.orderBy(ORDER).drop(ORDER)
+    if is_spark_transformer(cls):
+        return _spark_transformer(cls, ordered, code.transformer_class, label=label)
+    log.warning("%s: transformation_code %s transforms pandas data: the Spark engine collects the source window "
+                "on the driver to run it", label, code.transformer_class)
+    frame = ordered.toPandas()
+    try:
+        output = cls().transform(frame)
+    except Exception as exc:
+        raise TransformationError(f"{label}: {code.transformer_class}.transform failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    table = with_order(to_arrow_table(output, what=f"{code.transformer_class}.transform"))
+    return spark.createDataFrame(table)
+
+
+def _spark_transformer(cls: type, source: DataFrame, name: str, *, label: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    try:
+        output = cls().transform(source)
+        columns = list(output.columns)
+    except Exception as exc:
+        raise TransformationError(f"{label}: {name}.transform failed: {type(exc).__name__}: "
+                                  f"{_spark_message(exc)}") from exc
+    if not (type(output).__module__.startswith("pyspark.sql") and hasattr(output, "schema")):
+        raise TransformationError(f"{label}: {name}.transform returned {type(output).__name__}; a pyspark.ml "
+                                  "Transformer must return a Spark DataFrame")
+    if ORDER in columns:
+        return output
+    return output.withColumn(ORDER, F.monotonically_increasing_id())
+
+
+def is_spark_transformer(cls: Any) -> bool:
+    """Whether ``cls`` is a ``pyspark.ml.Transformer`` subclass (checked by name: pyspark need not be importable)."""
+    return any(getattr(base, "__name__", "") == "Transformer" and
+               getattr(base, "__module__", "").startswith("pyspark.ml") for base in getattr(cls, "__mro__", ()))
+
+
+def _spark_message(error: BaseException) -> str:
+    """A Spark error as one line without internal names."""
+    import re
+
+    text = str(error).strip().split("\n", 1)[0]
+    text = text.replace(SOURCE_PLACEHOLDER, "source")
+    text = re.sub(r"`?__gm_\w*`?", "an internal column", text)
+    return text

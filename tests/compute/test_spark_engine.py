@@ -1,0 +1,189 @@
+"""The Spark engine's own surface, beyond the shared scenarios: observations given as a Spark DataFrame
+(``to_spark()``), observation files read by Spark, one-file ``to_parquet``, the Arrow types of results and
+the user-facing errors, each compared with the DuckDB engine's answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import FeatureSetDefinition, Repo, fs1, rows, table
+from spark_session import spark_engine, spark_session
+
+from gristmill.compute.duckdb_engine import DuckDBEngine
+from gristmill.errors import RetrievalError
+
+SCENARIO_1 = [2.0, 2.0, None, 10.0, None]
+
+
+def s1() -> pd.DataFrame:
+    return table("acct ts f1", ("A", "2024-01-01 00:00", 1.0), ("A", "2024-01-02 00:00", 2.0),
+                 ("A", "2024-01-03 00:00", 3.0), ("B", "2024-01-01 12:00", 10.0))
+
+
+def o1() -> pd.DataFrame:
+    return table("acct ts obs_id", ("A", "2024-01-02 00:00", "o1"), ("A", "2024-01-02 12:00", "o2"),
+                 ("A", "2023-12-31 00:00", "o3"), ("B", "2024-01-05 00:00", "o4"), ("C", "2024-01-02 00:00", "o5"))
+
+
+@pytest.fixture(scope="module")
+def repo(build_module_store: Any) -> Repo:
+    typed = FeatureSetDefinition(
+        name="typed", index={"acct": "string", "n": "long"},
+        features={"i": "integer", "l": "long", "f": "float", "d": "double", "b": "boolean", "when": "datetime",
+                  "s": "string"},
+        source=pd.DataFrame({"acct": ["A", "A"], "n": [1, 2],
+                             "ts": pd.to_datetime(["2024-01-01", "2024-01-02"]).astype("datetime64[us]"),
+                             "i": pd.array([1, None], "Int32"), "l": [2**40, 3], "f": [0.5, 1.5],
+                             "d": [0.25, None], "b": [True, None],
+                             "when": pd.to_datetime(["2023-06-01 12:00", None]).astype("datetime64[us]"),
+                             "s": ["x", None]}))
+    return build_module_store(fs1(s1()), typed)
+
+
+def _requests(repo: Repo, features: list[str]) -> list[Any]:
+    from gristmill.retrieval import plan_requests, references
+
+    store = repo.store
+    return plan_requests(references(features), store._resolve, full_feature_names=False, store_name=store.name)
+
+
+def _both(repo: Repo, features: list[str], observations: Any, timestamp_column: str = "ts",
+          **options: Any) -> tuple[Any, Any]:
+    requests = _requests(repo, features)
+    duck = DuckDBEngine().retrieve(requests, observations, timestamp_column, **options)
+    spark = spark_engine().retrieve(requests, observations, timestamp_column, **options)
+    return duck, spark
+
+
+def test_spark_dataframe_observations_and_to_spark(repo: Repo) -> None:
+    frame = spark_session().createDataFrame(o1())
+    result = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), frame, "ts")
+    out = result.to_spark()
+    assert type(out).__name__ == "DataFrame"
+    assert out.columns == ["acct", "ts", "obs_id", "f1"]
+    assert [r["f1"] for r in out.orderBy("obs_id").collect()] == SCENARIO_1
+    assert rows(result.to_pandas(), ["obs_id", "f1"]) == list(zip(o1()["obs_id"], SCENARIO_1, strict=True))
+    assert len(result) == 5 and result.columns == ["acct", "ts", "obs_id", "f1"]
+    batches = list(result.to_batches(batch_rows=2))
+    assert [b.num_rows for b in batches] == [2, 2, 1]
+    assert pa.Table.from_batches(batches).column("f1").to_pylist() == SCENARIO_1
+
+
+def test_observation_column_names_with_dots_and_spaces(repo: Repo, tmp_path: Path) -> None:
+    observations = o1().rename(columns={"obs_id": "obs.id x"})
+    path = tmp_path / "observations.parquet"
+    observations.to_parquet(path, index=False)
+    for given in (spark_session().createDataFrame(observations), str(path)):
+        result = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), given, "ts").to_pandas()
+        assert list(result.columns) == ["acct", "ts", "obs.id x", "f1"]
+        assert rows(result, ["obs.id x", "f1"]) == list(zip(o1()["obs_id"], SCENARIO_1, strict=True))
+
+
+def test_in_memory_observations_to_spark(repo: Repo) -> None:
+    result = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), o1(), "ts")
+    out = result.to_spark().toPandas()
+    assert list(out.columns) == ["acct", "ts", "obs_id", "f1"]
+    assert rows(out, ["obs_id", "f1"]) == list(zip(o1()["obs_id"], SCENARIO_1, strict=True))
+
+
+def test_check_counts_rows_like_duckdb(repo: Repo) -> None:
+    spec = repo.store.get_feature_set("fs1", "1").spec
+    for window in (None, (datetime(2024, 1, 2), datetime(2024, 1, 4))):
+        expected = DuckDBEngine().check(spec, sample_rows=3, window=window)
+        assert spark_engine().check(spec, sample_rows=3, window=window) == expected
+
+
+def test_observation_files_read_by_spark(repo: Repo, tmp_path: Path) -> None:
+    observations = o1()
+    csv = tmp_path / "observations.csv"
+    observations.assign(ts=observations["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).to_csv(csv, index=False)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    observations.iloc[:2].to_parquet(folder / "a.parquet", index=False)
+    observations.iloc[2:].to_parquet(folder / "b.parquet", index=False)
+    for path in (csv, folder / "*.parquet"):
+        duck, spark = _both(repo, ["fs1:1:f1"], str(path))
+        assert rows(spark.to_pandas()) == rows(duck.to_pandas()), path
+        assert [v for v in spark.to_pandas()["f1"].tolist()][:1] == [2.0]
+
+
+def test_to_parquet_writes_one_file(repo: Repo, tmp_path: Path) -> None:
+    duck, spark = _both(repo, ["fs1:1:f1"], o1().assign(n=[1, 1, 2, 2, 1]))
+    assert pq.read_table(spark.to_parquet(tmp_path / "a.parquet")).equals(duck.to_arrow())
+    frame = spark_session().createDataFrame(o1().assign(n=[1, 1, 2, 2, 1]))
+    by_spark = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), frame, "ts")
+    written = by_spark.to_parquet(tmp_path / "sub" / "b.parquet")
+    assert written.is_file() and [p.name for p in written.parent.iterdir()] == ["b.parquet"]
+    assert pq.read_table(written).column("f1").to_pylist() == SCENARIO_1
+
+
+def _types_equal(repo: Repo, features: list[str]) -> None:
+    observations = o1().assign(n=[1, 2, 2, 1, 1])
+    duck, spark = _both(repo, [f"typed:1:{f}" for f in features], observations)
+    assert spark.to_arrow().schema == duck.to_arrow().schema
+    assert spark.to_arrow().equals(duck.to_arrow())
+    spec = repo.store.get_feature_set("typed", "1").spec
+    computed = spark_engine().compute(spec, "2024-01-01", "2024-02-01").to_arrow()
+    expected = DuckDBEngine().compute(spec, "2024-01-01", "2024-02-01").to_arrow()
+    assert computed.schema == expected.schema
+    assert computed.equals(expected)
+
+
+def test_arrow_types_equal_duckdb(build_store: Any) -> None:
+    repo = build_store(FeatureSetDefinition(
+        name="typed", index={"acct": "string", "n": "long"},
+        features={"i": "integer", "l": "long", "f": "float", "d": "double", "b": "boolean", "s": "string"},
+        source=pd.DataFrame({"acct": ["A", "A"], "n": [1, 2],
+                             "ts": pd.to_datetime(["2024-01-01", "2024-01-02"]).astype("datetime64[us]"),
+                             "i": pd.array([1, None], "Int32"), "l": [2**40, 3], "f": [0.5, 1.5],
+                             "d": [0.25, None], "b": [True, None], "s": ["x", None]})))
+    _types_equal(repo, ["i", "l", "f", "d", "b", "s"])
+
+
+def test_datetime_feature_types_equal_duckdb(repo: Repo) -> None:
+    _types_equal(repo, ["i", "when", "s"])
+
+
+def _error(call: Any) -> str:
+    with pytest.raises(RetrievalError) as caught:
+        call().to_arrow()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("features", "observations", "timestamp_column", "options"), [
+    (["fs1:1:f1"], o1(), "when", {}),                                             # no such time column
+    (["typed:1:i"], o1(), "ts", {}),                                              # index column n missing
+    (["fs1:1:f1"], o1().assign(acct=[1, 2, 3, 4, 5]), "ts", {}),                  # key type
+    (["typed:1:i"], o1().assign(n=[1.5] * 5), "ts", {}),                          # lossy key
+    (["fs1:1:f1"], o1().assign(ts=["01/02/2024"] * 5), "ts", {}),                 # not ISO text
+    (["fs1:1:f1"], o1().assign(ts=[True] * 5), "ts", {}),                         # not a time
+    (["fs1:1:f1"], o1().assign(__gm_row=1), "ts", {}),                            # reserved prefix
+    (["fs1:1:f1"], o1(), "ts", {"aggregation_mode": "sliding"}),                  # unknown mode
+    ([], o1(), "ts", {}),                                                         # no features
+], ids=["time-column", "index-column", "key-type", "lossy-key", "iso", "time-type", "reserved", "mode", "empty"])
+def test_errors_equal_duckdb(repo: Repo, features: list[str], observations: pd.DataFrame, timestamp_column: str,
+                             options: dict[str, Any]) -> None:
+    requests = _requests(repo, features) if features else []
+    expected = _error(lambda: DuckDBEngine().retrieve(requests, observations, timestamp_column, **options))
+    assert _error(lambda: spark_engine().retrieve(requests, observations, timestamp_column, **options)) == expected
+    if "__gm_row" in observations.columns or not features:
+        return
+    frame = spark_session().createDataFrame(pa.Table.from_pandas(observations, preserve_index=False))
+    assert _error(lambda: spark_engine().retrieve(requests, frame, timestamp_column, **options)) == expected
+
+
+def test_iso_text_times_with_offsets(repo: Repo) -> None:
+    texts = ["2024-01-02", "2024-01-02T12:00:00Z", "2024-01-01 23:00-0100", "2024-01-05 02:00+02",
+             "2024-01-02 00:00:00.000000+00:00"]
+    observations = o1().assign(ts=texts)
+    duck, spark = _both(repo, ["fs1:1:f1"], observations)
+    assert rows(spark.to_pandas()) == rows(duck.to_pandas())
+    frame = spark_session().createDataFrame(observations)
+    by_frame = spark_engine().retrieve(_requests(repo, ["fs1:1:f1"]), frame, "ts").to_pandas()
+    assert rows(by_frame) == rows(duck.to_pandas())
