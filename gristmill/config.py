@@ -72,6 +72,9 @@ class EngineConfig(_Config):
                              "spark.driver.memory / spark.executor.memory under conf")
         if self.master is not None and self.remote is not None:
             raise ValueError("give either master (a classic Spark session) or remote (Spark Connect), not both")
+        if self.master is not None and not self.master.startswith(("local", "spark://", "yarn", "k8s://", "mesos://")):
+            raise ValueError(f"master '{self.master}' is not a Spark master URL: use local[N], spark://host:7077, "
+                             "yarn or k8s://...")
         if self.remote is not None and not self.remote.startswith("sc://"):
             from gristmill.compute.spark.session import without_token
 

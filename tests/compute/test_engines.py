@@ -51,6 +51,7 @@ def test_the_default_engine_is_duckdb_and_runs_the_jobs_itself(tmp_path: Path) -
     ({"type": "flink"}, "engine.type"),
     ({"type": "spark", "conf": ["spark.executor.memory=1g"]}, "engine.conf"),
     ({"type": "spark", "remote": "http://h:15002/;token=SECRET"}, "http://h:15002/;token=***"),
+    ({"type": "spark", "master": "bogus://nowhere"}, "is not a Spark master URL: use local[N], spark://host:7077"),
 ])
 def test_engine_settings_that_do_not_fit_are_refused_with_the_fix(tmp_path: Path, engine: dict[str, object],
                                                                   message: str) -> None:
@@ -76,3 +77,18 @@ def test_a_spark_connect_token_is_never_shown() -> None:
     assert without_token("cannot reach sc://h:15002/;token=SECRET;user_id=me") == \
         "cannot reach sc://h:15002/;token=***;user_id=me"
     assert "SECRET" not in without_token("sc://h:15002/;Token = SECRET")
+
+
+def test_an_unreachable_spark_connect_server_fails_fast_naming_it() -> None:
+    import socket
+    import time
+
+    from gristmill.compute.spark.session import SparkUnavailableError, build_session
+
+    with socket.socket() as probe:          # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    with pytest.raises(SparkUnavailableError, match=f"cannot reach the Spark Connect server at 127.0.0.1:{port}"):
+        build_session(remote=f"sc://127.0.0.1:{port}/;token=SECRET")
+    assert time.perf_counter() - started < 5

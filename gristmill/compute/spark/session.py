@@ -60,6 +60,28 @@ def without_token(text: str) -> str:
     return re.sub(r"(;\s*(?:token|password|user_secret)\s*=\s*)[^;\s]*", r"\1***", text, flags=re.IGNORECASE)
 
 
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def _reachable(remote: str) -> None:
+    """Fail fast when nothing listens at the Spark Connect URL (the client would retry for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(remote.split(";", 1)[0])
+        host, port = parts.hostname or "localhost", parts.port or 15002
+    except ValueError as exc:
+        raise SparkUnavailableError(f"engine.remote '{without_token(remote)}' is not a Spark Connect URL such as "
+                                    f"sc://host:15002 ({exc})") from None
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except OSError as exc:
+        raise SparkUnavailableError(f"cannot reach the Spark Connect server at {host}:{port} "
+                                    f"({exc.strerror or type(exc).__name__}); start it, or check engine.remote in "
+                                    "featurestore.yaml") from None
+
+
 def build_session(*, master: str | None = None, remote: str | None = None,
                   conf: dict[str, Any] | None = None) -> SparkSession:
     """A SparkSession: Spark Connect when ``remote`` is given, else classic on ``master`` (default
@@ -70,6 +92,7 @@ def build_session(*, master: str | None = None, remote: str | None = None,
     settings = {**LOCAL_DEFAULTS, **{k: str(v) for k, v in (conf or {}).items()}, **REQUIRED_CONF}
     builder = sql.SparkSession.builder
     if remote:
+        _reachable(remote)
         _require_connect_client()
         builder = builder.remote(remote)
         settings = {k: v for k, v in settings.items() if not k.startswith(("spark.ui.", "spark.default.",
