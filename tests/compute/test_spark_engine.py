@@ -204,3 +204,79 @@ def test_spark_dataframe_observations_with_bad_shapes_are_refused_by_name(repo: 
     result = spark_engine().retrieve(requests, spark.createDataFrame(o1()), "ts")
     with pytest.raises(RetrievalError, match="is a folder; give the path of the file"):
         result.to_parquet(tmp_path)
+
+
+# Azure ML's featurestore_sample computes its transactions feature set with a pyspark.ml Transformer of this
+# shape (rolling windows per account over the transaction time); written here from its description.
+AZURE_TRANSFORMER = '''
+from pyspark.ml import Transformer
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+
+def _last_days(n):
+    return Window.partitionBy("accountID").orderBy(F.col("timestamp").cast("long")).rangeBetween(-n * 86400, 0)
+
+
+class TransactionFeatureTransformer(Transformer):
+    def _transform(self, df):
+        return (df.withColumn("transaction_amount_7d_sum", F.sum("transactionAmount").over(_last_days(7)))
+                  .withColumn("transaction_amount_7d_avg", F.avg("transactionAmount").over(_last_days(7)))
+                  .withColumn("transaction_3d_count", F.count("transactionID").over(_last_days(3)))
+                  .select("accountID", "timestamp", "transaction_amount_7d_sum", "transaction_amount_7d_avg",
+                          "transaction_3d_count"))
+'''
+AZURE_FEATURES = {"transaction_amount_7d_sum": "double", "transaction_amount_7d_avg": "double",
+                  "transaction_3d_count": "long"}
+
+
+def test_azure_transformer_feature_set_computes_and_retrieves_as_sparks_own_run(tmp_path: Path) -> None:
+    """Done-when of the Spark issue: the Azure-style transformer's feature set, applied to a store on the Spark
+    engine, computes the rows Spark's own run of the transformer gives, and retrieval joins exactly those rows
+    (the DuckDB engine over Spark's own output is the reference)."""
+    import importlib.util
+
+    spark = spark_session()
+    source = pd.DataFrame({
+        "accountID": [f"A{i % 3}" for i in range(40)],
+        "timestamp": (pd.Timestamp("2024-01-01") + pd.to_timedelta([i * 11 for i in range(40)], unit="h")
+                      ).astype("datetime64[us]"),
+        "transactionID": [f"t{i}" for i in range(40)],
+        "transactionAmount": [float((i * 37) % 101) for i in range(40)]})
+    transactions = FeatureSetDefinition(
+        name="transactions", index={"accountID": "string"}, features=AZURE_FEATURES, source=source,
+        timestamp="timestamp", code={"transformation_code/transaction_transform.py": AZURE_TRANSFORMER},
+        transformation={"transformation_code": {
+            "path": "./transformation_code",
+            "transformer_class": "transaction_transform.TransactionFeatureTransformer"}})
+    repo = Repo(tmp_path / "azure")
+    repo.add(transactions)
+    plan = repo.spark_store.apply(repo.root / "repo")          # the spec check runs the transformer on Spark
+    assert plan.ok, str(plan)
+
+    module_file = repo.spec_folder("transactions") / "transformation_code" / "transaction_transform.py"
+    loaded = importlib.util.spec_from_file_location("azure_transaction_transform", module_file)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    own = module.TransactionFeatureTransformer().transform(spark.createDataFrame(source)).toPandas()
+    own = own.sort_values(["accountID", "timestamp"], kind="stable").reset_index(drop=True)
+    own["timestamp"] = own["timestamp"].astype("datetime64[us]")
+
+    computed = repo.spark_store.preview("transactions", "1", "2024-01-01", "2024-02-01").to_pandas()
+    columns = ["accountID", "timestamp", *AZURE_FEATURES]
+    assert rows(computed, columns) == rows(own, columns) and len(own) == 40
+
+    reference = Repo(tmp_path / "reference")
+    reference.add(FeatureSetDefinition(name="transactions", index={"accountID": "string"},
+                                       features=AZURE_FEATURES, source=own, timestamp="timestamp"))
+    reference.apply()
+    observations = table("accountID ts", *[(f"A{i % 4}", f"2024-01-{1 + i % 25:02d} {i % 24:02d}:30")
+                                          for i in range(30)])
+    features = [f"transactions:1:{name}" for name in AZURE_FEATURES]
+    expected = reference.store.get_offline_features(features, observations, "ts").to_pandas()
+    actual = repo.spark_store.get_offline_features(features, observations, "ts").to_pandas()
+    assert rows(actual) == rows(expected)
+    assert sum(value is not None for value in rows(actual, ["transaction_3d_count"])) > 20
+    repo.close()
+    reference.close()
