@@ -27,6 +27,7 @@ from gristmill.compute.pit import (
 )
 from gristmill.compute.planning import (
     AggregationMode,
+    check_declared_outputs,
     feature_window,
     missing_index_columns,
     rename_clashes,
@@ -115,13 +116,7 @@ class DuckDBEngine:
             started(con)                        # the caller may interrupt it (gristmill.compute.check)
         start, end = window if window is not None else (None, None)
         view = compute_view(con, spec, start, end, label=label, sample_rows=sample_rows)
-        transformation = spec.feature_transformation
-        if view.extra_columns and transformation is not None and (transformation.transformation_sql or
-                                                                  transformation.transformation_code):
-            kind = "transformation_sql" if transformation.transformation_sql else "transformation_code"
-            raise TransformationError(
-                f"{label}: {kind} outputs column(s) {', '.join(view.extra_columns)} that are not declared under "
-                "features; declare them (name and type) or leave them out of the transformation's output")
+        check_declared_outputs(spec, view.extra_columns, label=label)
         return len(con.execute(f"SELECT * FROM {view.name}").fetchall())
 
     # -- materialization -----------------------------------------------------------------------------

@@ -183,6 +183,20 @@ def split_windows(materialized: MaterializedData, start: datetime | None, end: d
     return WindowSplit(sorted(complete), gaps)
 
 
+def check_declared_outputs(spec: FeatureSetSpec, extra_columns: tuple[str, ...], *, label: str) -> None:
+    """Refuse columns a SQL or code transformation outputs beyond the declared ones (the spec check at apply)."""
+    from gristmill.errors import TransformationError
+
+    transformation = spec.feature_transformation
+    if not extra_columns or transformation is None:
+        return
+    if transformation.transformation_sql or transformation.transformation_code:
+        kind = "transformation_sql" if transformation.transformation_sql else "transformation_code"
+        raise TransformationError(
+            f"{label}: {kind} outputs column(s) {', '.join(extra_columns)} that are not declared under "
+            "features; declare them (name and type) or leave them out of the transformation's output")
+
+
 def source_read_start(start: datetime | None, *, source_lookback: timedelta | None,
                       max_window: timedelta | None) -> datetime | None:
     """Where reading the source starts for features of ``[start, ...)``: earlier by the source lookback, and by

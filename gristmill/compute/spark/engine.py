@@ -22,6 +22,7 @@ from gristmill.compute.planning import (
     INTERNAL_PREFIX,
     ORDER,
     AggregationMode,
+    check_declared_outputs,
     declared_schema,
     feature_window,
     missing_index_columns,
@@ -35,7 +36,7 @@ from gristmill.compute.spark.result import SparkFeatureFrame, SparkRetrievalResu
 from gristmill.compute.spark.result import column as named
 from gristmill.compute.spark.session import build_session, import_pyspark, is_spark_dataframe, prepare_session
 from gristmill.compute.spark.types import tie_rule_columns
-from gristmill.errors import RetrievalError, TransformationError
+from gristmill.errors import RetrievalError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
 
@@ -169,13 +170,7 @@ class SparkEngine:
             started(_Interrupter(self.spark))       # the caller may interrupt it (gristmill.compute.check)
         start, end = window if window is not None else (None, None)
         rows = feature_rows(self.spark, spec, start, end, label=label, sample_rows=sample_rows)
-        transformation = spec.feature_transformation
-        if rows.extra_columns and transformation is not None and (transformation.transformation_sql or
-                                                                  transformation.transformation_code):
-            kind = "transformation_sql" if transformation.transformation_sql else "transformation_code"
-            raise TransformationError(
-                f"{label}: {kind} outputs column(s) {', '.join(rows.extra_columns)} that are not declared under "
-                "features; declare them (name and type) or leave them out of the transformation's output")
+        check_declared_outputs(spec, rows.extra_columns, label=label)
         return int(rows.df.count())
 
     # -- retrieval -----------------------------------------------------------------------------------
