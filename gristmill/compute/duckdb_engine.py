@@ -29,6 +29,7 @@ from gristmill.compute.planning import (
     AggregationMode,
     check_declared_outputs,
     feature_window,
+    index_columns_to_match,
     missing_index_columns,
     rename_clashes,
     request_order,
@@ -152,20 +153,17 @@ class DuckDBEngine:
         obs_time = _time_expression(con, raw, timestamp_column, types[timestamp_column])
         key_casts: dict[tuple[str, str], str] = {}
         extra = []
-        for request in requests:
-            for column in request.spec.index_columns:
-                if (column.name, column.type.sql) in key_casts:
-                    continue
-                converted = observation_key_sql(column.name, types[column.name], column.type)
-                if converted is None:
-                    raise RetrievalError(key_type_message(column.name, types[column.name], column.type,
-                                                          request.label))
-                if converted == q(column.name):
-                    key_casts[(column.name, column.type.sql)] = converted
-                else:
-                    alias = f"__gm_key_{len(key_casts)}"
-                    extra.append(f"{converted} AS {alias}")
-                    key_casts[(column.name, column.type.sql)] = alias
+        for column, label in index_columns_to_match(requests):
+            converted = observation_key_sql(column.name, types[column.name], column.type)
+            if converted is None:
+                raise RetrievalError(key_type_message(column.name, types[column.name], column.type,
+                                                      label))
+            if converted == q(column.name):
+                key_casts[(column.name, column.type.sql)] = converted
+            else:
+                alias = f"__gm_key_{len(key_casts)}"
+                extra.append(f"{converted} AS {alias}")
+                key_casts[(column.name, column.type.sql)] = alias
         obs = unique_name("obs")
         con.execute(f"CREATE OR REPLACE TEMP VIEW {obs} AS SELECT *, {obs_time} AS {OBS_TIME}"
                     f"{''.join(', ' + e for e in extra)} FROM {raw}")

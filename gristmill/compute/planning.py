@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from gristmill.compute.engine import FeatureSetRequest, MaterializedData
+    from gristmill.spec.common import Column
     from gristmill.spec.featureset_spec import FeatureSetSpec
 
 log = logging.getLogger("gristmill.compute")
@@ -131,6 +132,16 @@ def request_order(requests: list[FeatureSetRequest]) -> list[str]:
     positions = {name: pos for r in requests for (_, name), pos in zip(r.outputs, r.position, strict=True)}
     names = [name for r in requests for _, name in r.outputs]
     return sorted(names, key=lambda name: positions[name])
+
+
+def index_columns_to_match(requests: list[FeatureSetRequest]) -> list[tuple[Column, str]]:
+    """Each distinct (index column, declared type) the requests join on, once, with the label of the first
+    request that needs it (for the error when the observation column cannot be converted)."""
+    seen: dict[tuple[str, str], tuple[Column, str]] = {}
+    for request in requests:
+        for column in request.spec.index_columns:
+            seen.setdefault((column.name, column.type.sql), (column, request.label))
+    return list(seen.values())
 
 
 def missing_index_columns(requests: list[FeatureSetRequest], columns: list[str]) -> str | None:

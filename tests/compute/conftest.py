@@ -256,6 +256,14 @@ def _retrieve_materialized(repo: Repo, features: Any, observations: Any, timesta
     """Point-in-time join over materialized data: every feature set involved is first backfilled into the
     Delta offline store over its whole history, then read with ``materialized_only=True`` (no computing
     from source allowed; ``as_known_at`` and as-of-observation windows still compute, by design)."""
+    _materialize_requested(repo, features)
+    return repo.store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
+                                           **options).to_pandas()
+
+
+def _materialize_requested(repo: Repo, features: Any) -> None:
+    """Backfill every feature set ``features`` names into the offline store (bad references: left to the
+    retrieval to report)."""
     from gristmill.errors import GristmillError
     from gristmill.retrieval import references
 
@@ -265,8 +273,6 @@ def _retrieve_materialized(repo: Repo, features: Any, observations: Any, timesta
         wanted = set()
     for name, version in wanted:
         _materialize_offline(repo, name, version)
-    return repo.store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
-                                           **options).to_pandas()
 
 
 def _materialize_offline(repo: Repo, name: str, version: str) -> None:
@@ -294,15 +300,7 @@ def _retrieve_spark_computed(repo: Repo, features: Any, observations: Any, times
 def _retrieve_spark_materialized(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
                                  **options: Any) -> pd.DataFrame:
     """Engine crossing: materialized by the DuckDB engine (``store.backfill``), read by the Spark engine."""
-    from gristmill.errors import GristmillError
-    from gristmill.retrieval import references
-
-    try:
-        wanted = {(r.feature_set, r.version) for r in references(features)}
-    except GristmillError:
-        wanted = set()
-    for name, version in wanted:
-        _materialize_offline(repo, name, version)
+    _materialize_requested(repo, features)
     return repo.spark_store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
                                                  **options).to_pandas()
 

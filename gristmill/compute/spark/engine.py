@@ -25,6 +25,7 @@ from gristmill.compute.planning import (
     check_declared_outputs,
     declared_schema,
     feature_window,
+    index_columns_to_match,
     missing_index_columns,
     rename_clashes,
     request_order,
@@ -277,17 +278,14 @@ def _memory_observations(spark: SparkSession, observations: Any, requests: list[
     select = [f"{ROW}", f"{obs_time} AS {OBS_TIME}"]
     spark_fields = [f"{ROW} bigint", f"{OBS_TIME} timestamp"]
     key_columns: dict[tuple[str, str], str] = {}
-    for request in requests:
-        for column in request.spec.index_columns:
-            if (column.name, column.type.sql) in key_columns:
-                continue
-            converted = observation_key_sql(column.name, types[column.name], column.type)
-            if converted is None:
-                raise RetrievalError(key_type_message(column.name, types[column.name], column.type, request.label))
-            alias = f"__gm_key_{len(key_columns)}"
-            select.append(f"{converted} AS {q(alias)}")
-            spark_fields.append(f"{alias} {SPARK_TYPES[column.type]}")
-            key_columns[(column.name, column.type.sql)] = alias
+    for column, label in index_columns_to_match(requests):
+        converted = observation_key_sql(column.name, types[column.name], column.type)
+        if converted is None:
+            raise RetrievalError(key_type_message(column.name, types[column.name], column.type, label))
+        alias = f"__gm_key_{len(key_columns)}"
+        select.append(f"{converted} AS {q(alias)}")
+        spark_fields.append(f"{alias} {SPARK_TYPES[column.type]}")
+        key_columns[(column.name, column.type.sql)] = alias
     prepared = arrow_table(con.sql(f"SELECT {', '.join(select)} FROM {raw}"))
     low, high = con.execute(f"SELECT min({obs_time}), max({obs_time}) FROM {raw}").fetchall()[0]
     outside = [value for value in (low, high) if value is not None and not isinstance(value, datetime)]
@@ -351,16 +349,13 @@ def _spark_observations(spark: SparkSession, observations: Any, requests: list[F
     obs_time = _spark_time(raw, timestamp_column, types[timestamp_column])
     key_columns: dict[tuple[str, str], str] = {}
     extra: list[Column] = []
-    for request in requests:
-        for column in request.spec.index_columns:
-            if (column.name, column.type.sql) in key_columns:
-                continue
-            converted = _spark_key(column.name, types[column.name], column.type)
-            if converted is None:
-                raise RetrievalError(key_type_message(column.name, types[column.name], column.type, request.label))
-            alias = f"__gm_key_{len(key_columns)}"
-            extra.append(converted.alias(alias))
-            key_columns[(column.name, column.type.sql)] = alias
+    for column, label in index_columns_to_match(requests):
+        converted = _spark_key(column.name, types[column.name], column.type)
+        if converted is None:
+            raise RetrievalError(key_type_message(column.name, types[column.name], column.type, label))
+        alias = f"__gm_key_{len(key_columns)}"
+        extra.append(converted.alias(alias))
+        key_columns[(column.name, column.type.sql)] = alias
     frame = raw.select("*", obs_time.alias(OBS_TIME), *extra)
     bounds = frame.agg(F.min(F.unix_micros(OBS_TIME)), F.max(F.unix_micros(OBS_TIME))).collect()[0]
     try:
