@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from spark_session import spark_engine
@@ -714,6 +715,17 @@ def test_point_in_time_join_matches_reference_on_spark() -> None:
                  run_settings=SPARK_SETTINGS, required=[
                      "tie on (key, ts)", "tie decided by create_timestamp", "null observation key",
                      "duplicate observations", "composite key ('ab','c') / ('a','bc') matched"])
+
+
+def test_point_in_time_join_matches_reference_on_spark_ordered_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ordered (hot-key) form of Spark's join, forced for every key, against the reference."""
+    from gristmill.compute.spark import engine
+
+    monkeypatch.setattr(engine, "HOT_KEY_PAIRS", 0)
+    run_property(pit_cases(), partial(check_pit, engine=spark_engine()), PIT_EXAMPLES, minimum=1,
+                 run_settings=SPARK_SETTINGS, required=[
+                     "tie on (key, ts)", "tie decided by create_timestamp", "null observation key",
+                     "duplicate observations", "exact-time join with a delay", "row on the lower bound"])
 
 
 def test_point_in_time_join_on_materialized_data_matches_reference_on_spark() -> None:

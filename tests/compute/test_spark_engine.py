@@ -4,7 +4,8 @@ the user-facing errors, each compared with the DuckDB engine's answer."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,12 @@ def repo(build_module_store: Any) -> Repo:
     return build_module_store(fs1(s1()), typed)
 
 
-def _requests(repo: Repo, features: list[str]) -> list[Any]:
+def _requests(repo: Repo, features: list[str], *, full_feature_names: bool = False) -> list[Any]:
     from gristmill.retrieval import plan_requests, references
 
     store = repo.store
-    return plan_requests(references(features), store._resolve, full_feature_names=False, store_name=store.name)
+    return plan_requests(references(features), store._resolve, full_feature_names=full_feature_names,
+                         store_name=store.name)
 
 
 def _both(repo: Repo, features: list[str], observations: Any, timestamp_column: str = "ts",
@@ -280,3 +282,60 @@ def test_azure_transformer_feature_set_computes_and_retrieves_as_sparks_own_run(
     assert sum(value is not None for value in rows(actual, ["transaction_3d_count"])) > 20
     repo.close()
     reference.close()
+
+
+# -- a hot key in the point-in-time join --------------------------------------------------------------------------
+
+def _hot_key_data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Key H: 2,500 feature rows (ties on ts, decided by source order) x 1,000 observations = 2.5M pairs, above
+    ``HOT_KEY_PAIRS``; keys c0..c9 are ordinary. Observations fall before, between, on and after the rows."""
+    import numpy as np
+
+    generator = np.random.default_rng(7)
+    start = pd.Timestamp("2024-01-01")
+    hot = pd.DataFrame({"acct": "H", "ts": start + pd.to_timedelta(generator.integers(0, 600, 2_500), unit="min"),
+                        "f1": generator.normal(size=2_500)})
+    cold = pd.DataFrame({"acct": [f"c{i % 10}" for i in range(200)],
+                         "ts": start + pd.to_timedelta(generator.integers(0, 600, 200), unit="min"),
+                         "f1": generator.normal(size=200)})
+    source = pd.concat([hot, cold], ignore_index=True)
+    source["ts"] = source["ts"].astype("datetime64[us]")
+    observations = pd.DataFrame({
+        "acct": ["H"] * 1_000 + [f"c{i % 12}" for i in range(100)],
+        "ts": start + pd.to_timedelta(generator.integers(-30, 700, 1_100), unit="min"),
+        "obs_id": range(1_100)})
+    observations["ts"] = observations["ts"].astype("datetime64[us]")
+    return source, observations
+
+
+@pytest.mark.parametrize("lookback", [None, timedelta(minutes=20)])
+def test_hot_key_takes_the_ordered_join_with_duckdbs_answers(build_store: Any, lookback: timedelta | None,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    source, observations = _hot_key_data()
+    repo = build_store(fs1(source, temporal_join_lookback=lookback))
+    requests = _requests(repo, ["fs1:1:f1"])
+    expected = DuckDBEngine().retrieve(requests, observations, "ts").to_pandas()
+    with caplog.at_level(logging.INFO, logger="gristmill.compute"):
+        actual = spark_engine().retrieve(requests, observations, "ts").to_pandas()
+    assert "1 keys with more than 2000000 observation x feature row pairs" in caplog.text
+    assert expected["f1"].notna().sum() > 500 and expected["f1"].isna().sum() > 10
+    pd.testing.assert_frame_equal(actual, expected)
+
+
+@pytest.mark.parametrize("path", ["split", "all-ordered"])
+def test_ordered_join_matches_the_range_join_on_the_scenarios(build_store: Any, path: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key through the ordered join (all keys hot; or more hot keys than are collected)."""
+    from gristmill.compute.spark import engine
+
+    monkeypatch.setattr(engine, "HOT_KEY_PAIRS", 0)
+    if path == "all-ordered":
+        monkeypatch.setattr(engine, "MAX_HOT_KEYS", 0)
+    repo = build_store(fs1(s1()), fs1(s1(), name="fs2", temporal_join_lookback=timedelta(days=1)),
+                       fs1(s1(), name="fs3", source_delay=timedelta(hours=12)))
+    requests = _requests(repo, ["fs1:1:f1", "fs2:1:f1", "fs3:1:f1"], full_feature_names=True)
+    observations = o1()
+    duck = DuckDBEngine().retrieve(requests, observations, "ts").to_pandas()
+    spark = spark_engine().retrieve(requests, observations, "ts").to_pandas()
+    pd.testing.assert_frame_equal(spark, duck)
+    assert spark.iloc[:, 3].tolist()[:1] == [2.0]
