@@ -288,7 +288,8 @@ class Materializer:
                     online_from_offline = True
             result = materialize_window(self.store.job_engine, feature_set.spec, job.start, job.end,
                                         now=self.store.now(), label=feature_set.ref, offline=offline,
-                                        online=online, online_from_offline=online_from_offline)
+                                        online=online, online_from_offline=online_from_offline,
+                                        spark_configuration=_spark_configuration(feature_set))
         except Exception as exc:
             message = failure_message(exc, feature_set)
             # the job record carries the error to the caller; the log line is for operators' files
@@ -314,6 +315,11 @@ class Materializer:
                         job.id, current.status.value, current.error)
             return current
         return self.ended(finished, feature_set)
+
+
+def _spark_configuration(feature_set: FeatureSet) -> dict[str, Any] | None:
+    settings = feature_set.materialization_settings
+    return settings.spark_configuration if settings is not None else None
 
 
 def parse_window_time(value: Any, name: str) -> datetime | None:

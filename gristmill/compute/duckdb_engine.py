@@ -122,9 +122,14 @@ class DuckDBEngine:
 
     # -- materialization -----------------------------------------------------------------------------
     def materialize(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime, label: str,
-                    offline: Any = None, online: Any = None, online_from_offline: bool = False) -> Any:
-        """Compute ``[start, end)`` and write it to the offline and/or online store (``jobs.materialize``)."""
+                    offline: Any = None, online: Any = None, online_from_offline: bool = False,
+                    spark_configuration: dict[str, Any] | None = None) -> Any:
+        """Compute ``[start, end)`` and write it to the offline and/or online store (``jobs.materialize``).
+        ``spark_configuration`` (an asset's Spark settings) does not apply to DuckDB."""
         from gristmill.compute.duckdb_jobs import materialize_window
+
+        if spark_configuration:
+            log.info("%s: Spark settings not applied: the job runs on the DuckDB engine", label)
 
         return materialize_window(self, spec, start, end, now=now, label=label, offline=offline, online=online,
                                   online_from_offline=online_from_offline)

@@ -31,11 +31,14 @@ class MaterializationResult:
 def materialize_window(engine: Any, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
                        label: str, offline: tuple[DeltaOfflineStore, OfflineTable] | None = None,
                        online: tuple[OnlineStore, OnlineTable] | None = None,
-                       online_from_offline: bool = False) -> MaterializationResult:
+                       online_from_offline: bool = False,
+                       spark_configuration: dict[str, Any] | None = None) -> MaterializationResult:
     """Compute ``[start, end)`` with ``engine`` and write it to the given stores.
 
     With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
-    instead of being recomputed from source."""
+    instead of being recomputed from source. ``spark_configuration`` is the asset's Spark settings (applied
+    by the Spark engine where it can; see ``gristmill.compute.spark.jobs``)."""
     result: MaterializationResult = engine.materialize(spec, start, end, now=now, label=label, offline=offline,
-                                                       online=online, online_from_offline=online_from_offline)
+                                                       online=online, online_from_offline=online_from_offline,
+                                                       spark_configuration=spark_configuration)
     return result

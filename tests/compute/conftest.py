@@ -261,9 +261,9 @@ def _retrieve_materialized(repo: Repo, features: Any, observations: Any, timesta
                                            **options).to_pandas()
 
 
-def _materialize_requested(repo: Repo, features: Any) -> None:
+def _materialize_requested(repo: Repo, features: Any, *, on_spark: bool = False) -> None:
     """Backfill every feature set ``features`` names into the offline store (bad references: left to the
-    retrieval to report)."""
+    retrieval to report), by the DuckDB engine's jobs or the Spark engine's."""
     from gristmill.errors import GristmillError
     from gristmill.retrieval import references
 
@@ -272,16 +272,18 @@ def _materialize_requested(repo: Repo, features: Any) -> None:
     except GristmillError:
         wanted = set()
     for name, version in wanted:
-        _materialize_offline(repo, name, version)
+        _materialize_offline(repo, name, version, on_spark=on_spark)
 
 
-def _materialize_offline(repo: Repo, name: str, version: str) -> None:
+def _materialize_offline(repo: Repo, name: str, version: str, *, on_spark: bool = False) -> None:
     from gristmill.errors import GristmillError
 
-    done: set[tuple[str, str]] = repo.__dict__.setdefault("_materialized", set())
+    done: set[tuple[str, str]] = repo.__dict__.setdefault("_materialized_spark" if on_spark else "_materialized",
+                                                          set())
     if (name, version) in done:
         return
-    store = repo.store
+    store = repo.spark_store if on_spark else repo.store
+    assert store.job_engine.name == ("spark" if on_spark else "duckdb")
     try:
         store.update_feature_set(name, version, materialization_settings={"offline_enabled": True})
     except GristmillError:  # unknown feature sets: let the retrieval itself report them
@@ -305,6 +307,15 @@ def _retrieve_spark_materialized(repo: Repo, features: Any, observations: Any, t
                                                  **options).to_pandas()
 
 
+def _retrieve_spark_jobs(repo: Repo, features: Any, observations: Any, timestamp_column: str = "ts",
+                         **options: Any) -> pd.DataFrame:
+    """Engine crossing the other way: materialized by the Spark engine's jobs (executors write the Delta files,
+    delta-rs commits them), read by the DuckDB engine."""
+    _materialize_requested(repo, features, on_spark=True)
+    return repo.store.get_offline_features(features, observations, timestamp_column, materialized_only=True,
+                                           **options).to_pandas()
+
+
 def _compute_spark_spec(repo: Repo, name: str, start: str, end: str, *, version: str = "1") -> pd.DataFrame:
     """``FeatureSetSpec.load(folder).compute(start, end, engine=SparkEngine(...))``."""
     spec = gm.FeatureSetSpec.load(repo.spec_folder(name, version))
@@ -314,7 +325,8 @@ def _compute_spark_spec(repo: Repo, name: str, start: str, end: str, *, version:
 RETRIEVAL_PATHS: dict[str, Retrieve] = {"duckdb-computed": _retrieve_computed,
                                         "duckdb-materialized": _retrieve_materialized,
                                         "spark-computed": _retrieve_spark_computed,
-                                        "spark-materialized": _retrieve_spark_materialized}
+                                        "spark-materialized": _retrieve_spark_materialized,
+                                        "spark-jobs": _retrieve_spark_jobs}
 COMPUTE_PATHS: dict[str, Compute] = {"duckdb-spec": _compute_spec, "spark-spec": _compute_spark_spec}
 
 

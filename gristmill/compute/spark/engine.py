@@ -139,6 +139,17 @@ class SparkEngine:
             self._session = build_session(master=self.master, remote=self.remote, conf=self.conf)
         return self._session
 
+    # -- materialization ---------------------------------------------------------------------------
+    def materialize(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime, label: str,
+                    offline: Any = None, online: Any = None, online_from_offline: bool = False,
+                    spark_configuration: dict[str, Any] | None = None) -> Any:
+        """Compute ``[start, end)`` and write it to the offline and/or online store from the executors
+        (``gristmill.compute.spark.jobs``)."""
+        from gristmill.compute.spark.jobs import materialize
+
+        return materialize(self.spark, spec, start, end, now=now, label=label, offline=offline, online=online,
+                           online_from_offline=online_from_offline, spark_configuration=spark_configuration)
+
     # -- computing ---------------------------------------------------------------------------------
     def compute(self, spec: FeatureSetSpec, start: datetime | str | None, end: datetime | str | None,
                 *, label: str = "feature set") -> SparkFeatureFrame:

@@ -84,6 +84,8 @@ class OnlineStore(Protocol):
 
     #: whether expired rows stay readable through ``read_stored`` until a newer row replaces them
     keeps_expired_rows: bool
+    #: whether Spark executors may write to it in parallel (a network store); else the driver writes
+    executor_writes: bool
 
     def write(self, table: OnlineTable, rows: pa.Table, *, now: datetime) -> int:
         """Upsert ``rows`` (key columns, ``event_timestamp`` and ``create_timestamp`` as timestamp[us] UTC,

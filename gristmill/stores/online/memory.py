@@ -41,6 +41,7 @@ class InMemoryOnlineStore:
     """
 
     keeps_expired_rows = True
+    executor_writes = False                  # one process's memory / one file: the Spark driver writes it
 
     def __init__(self) -> None:
         self._tables: dict[str, dict[tuple[Any, ...], _Row]] = {}

@@ -112,6 +112,10 @@ def _import_redis() -> Any:
     return redis
 
 
+def _reopened(url: str, prefix: str, socket_timeout: float) -> RedisOnlineStore:
+    return RedisOnlineStore(url, prefix=prefix, socket_timeout=socket_timeout)
+
+
 def _redacted(url: str) -> str:
     """``url`` without its password."""
     parts = urlsplit(url)
@@ -378,6 +382,8 @@ class RedisOnlineStore:
     read_redirect_attempts = 4
     #: Redis deletes a row when it expires
     keeps_expired_rows = False
+    #: Spark executors write to it in parallel, each with its own connection (the store pickles as its settings)
+    executor_writes = True
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gristmill",
                  socket_timeout: float = 30.0) -> None:
@@ -394,6 +400,10 @@ class RedisOnlineStore:
         self._local = threading.local()           # per thread: a connection per node for lookups (_request)
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()   # a thread's go when the thread goes
         self._channels_lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as its settings (for Spark executors): the copy opens its own connections."""
+        return (_reopened, (self.url, self.prefix, self._socket_timeout))
 
     @property
     def is_cluster(self) -> bool:

@@ -144,6 +144,7 @@ class SQLiteOnlineStore:
     """
 
     keeps_expired_rows = True
+    executor_writes = False                  # one process's memory / one file: the Spark driver writes it
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -1,0 +1,363 @@
+"""The Spark engine's materialization of one feature window ``[start, end)`` (SPEC §3 "Materialization"), with
+the same rows as the DuckDB engine's (``gristmill.compute.duckdb_jobs``) and without the driver holding them:
+
+- offline: the executors compute the window, keep one row per (key, time) by the tie rule, stamp
+  ``create_timestamp`` where absent, and write Parquet files (UTC microsecond timestamps, partitioned by event
+  day) beside the Delta table; the driver moves them into the table's day folders and the offline store
+  commits them with delta-rs as one atomic replacement of the window (``DeltaOfflineStore.replace_window``,
+  which retries on a concurrent commit);
+- online: the newest row per key; a network store (Redis, Redis Cluster) is written by the executors, each
+  partition with its own connection (Gristmill must be importable on the executors); a single-file store
+  (SQLite) is written by the driver in bounded batches;
+- what was read and written is counted by Spark itself (``DataFrame.observe``), in the same jobs.
+
+Settings of the asset's ``materialization_settings.spark_configuration`` that Spark can change on a running
+session are set for the job (and restored after it); the others take effect only when a session starts, so
+the job's log names them as not applied."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gristmill.compute.planning import declared_schema
+from gristmill.compute.spark.types import tie_rule_columns, timestamp_literal
+from gristmill.jobs.materialize import MaterializationResult
+from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
+from gristmill.stores.online.base import EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+    from gristmill.registry.materialization import OnlineOutcome
+    from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable, WindowWrite
+    from gristmill.stores.online.base import OnlineStore, OnlineTable
+
+log = logging.getLogger("gristmill.jobs")
+
+DAY_COLUMN = "_event_day"
+STAGING = "_gm_staging"          # where Spark writes a window's files before they move into the table
+DRIVER_BATCH_ROWS = 50_000       # rows per batch when the driver writes a single-file online store
+_RANK = "__gm_rank"
+
+
+def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
+                label: str, offline: tuple[DeltaOfflineStore, OfflineTable] | None = None,
+                online: tuple[OnlineStore, OnlineTable] | None = None, online_from_offline: bool = False,
+                spark_configuration: dict[str, Any] | None = None) -> MaterializationResult:
+    """Compute ``[start, end)`` on Spark and write it to the given stores (see the module docstring).
+
+    With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
+    instead of being recomputed from source."""
+    cpu_started = time.process_time()
+    with job_settings(spark, spark_configuration or {}, label=label):
+        rows_read = rows_written = bytes_written = 0
+        outcome = None
+        if offline is not None and not online_from_offline:
+            offline_store, offline_table = offline
+            rows_read, rows_written, bytes_written = _write_offline(spark, spec, start, end, now=now, label=label,
+                                                                    store=offline_store, table=offline_table)
+        if online is not None:
+            if offline is not None:       # the window as the offline store holds it now (just written, or Complete)
+                offline_store, offline_table = offline
+                relation = _stored_window(spark, spec, offline_store, offline_table, start, end)
+                has_order = False
+            else:
+                from gristmill.compute.spark.frames import feature_rows
+
+                computed = feature_rows(spark, spec, start, end, label=label)
+                relation, has_order = computed.df, True
+            store, table = online
+            read, keys_written, online_bytes, outcome = _write_online(relation, spec, store, table, now=now,
+                                                                      has_order=has_order)
+            if offline is None or online_from_offline:
+                rows_read = read
+            rows_written += keys_written
+            bytes_written += online_bytes
+    return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
+                                 cpu_seconds=time.process_time() - cpu_started, online=outcome)
+
+
+# -- offline --------------------------------------------------------------------------------------------------
+
+def deduplicated(rows: DataFrame, spec: FeatureSetSpec, *, has_create: bool, stamp: datetime) -> DataFrame:
+    """One row per (key, time), chosen by the tie rule, with ``create_timestamp`` stamped where absent: the
+    columns of ``planning.declared_schema`` in its order."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys, ts = spec.index_column_names, spec.timestamp_column
+    tie = tie_rule_columns(ts, has_create_timestamp=has_create)          # (time, create, order), greater wins
+    ranked = rows.withColumn(_RANK, F.row_number().over(
+        Window.partitionBy(*[F.col(f"`{k}`") for k in keys], F.col(f"`{ts}`")).orderBy(tie[1].desc(),
+                                                                                      tie[2].desc())))
+    create = F.coalesce(F.col(CREATE_TIMESTAMP), timestamp_literal(stamp)) if has_create else timestamp_literal(stamp)
+    return ranked.where(F.col(_RANK) == 1).select(*[F.col(f"`{k}`") for k in keys], F.col(f"`{ts}`"),
+                                                  create.alias(CREATE_TIMESTAMP),
+                                                  *[F.col(f"`{f}`") for f in spec.feature_names])
+
+
+def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
+                   label: str, store: DeltaOfflineStore, table: OfflineTable) -> tuple[int, int, int]:
+    """Replace ``[start, end)`` of the offline table; (rows of the window, rows written, bytes written)."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from gristmill.compute.spark.frames import feature_rows
+    from gristmill.errors import OfflineStoreError
+    from gristmill.stores.offline.delta import is_uri
+
+    uri = store.table_uri(table)
+    if is_uri(uri):
+        raise OfflineStoreError(f"offline store {uri}: the Spark engine materializes into a folder that the "
+                                "driver and the executors share; object storage is written by the DuckDB engine "
+                                "(set engine: {type: duckdb} for the jobs of this store)")
+    computed = feature_rows(spark, spec, start, end, label=label)
+    new_rows = deduplicated(computed.df, spec, has_create=computed.has_create_timestamp, stamp=now)
+    ts = spec.timestamp_column
+    counted: list[int] = []
+
+    def write(target: WindowWrite) -> None:
+        observed = Observation(f"gm_window_{uuid.uuid4().hex[:8]}")
+        rows = new_rows.observe(observed, F.count(F.lit(1)).alias("rows"))
+        if target.stored_files:
+            micros = F.unix_micros(F.col(f"`{ts}`"))
+            inside = (micros >= _micros(target.start)) & (micros < _micros(target.end))
+            kept = spark.read.schema(_spark_schema(spec)).parquet(*target.stored_files).where(~inside)
+            rows = rows.unionByName(kept)
+        staging = Path(target.uri) / STAGING / target.file_prefix
+        try:
+            (rows.withColumn(DAY_COLUMN, F.to_date(F.col(f"`{ts}`")))
+             .write.mode("overwrite").partitionBy(DAY_COLUMN).parquet(staging.as_uri()))
+            _move_into_table(staging, Path(target.uri), target.file_prefix)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_empty(Path(target.uri) / STAGING)
+        counted.append(int(observed.get.get("rows", 0)))
+
+    stats = store.replace_window(table, start, end, schema=declared_schema(spec), write=write)
+    return (counted[-1] if counted else 0), stats.rows, stats.bytes
+
+
+def _move_into_table(staging: Path, table: Path, prefix: str) -> None:
+    """Spark's files ``<staging>/_event_day=<d>/part-*.parquet`` become ``<table>/_event_day=<d>/<prefix>-N.parquet``
+    (a rename: the staging folder is inside the table's folder, on the same file system)."""
+    for n, path in enumerate(sorted(staging.glob(f"{DAY_COLUMN}=*/*.parquet"))):
+        folder = table / path.parent.name
+        folder.mkdir(exist_ok=True)
+        path.rename(folder / f"{prefix}-{n:05d}.parquet")
+
+
+def _remove_empty(folder: Path) -> None:
+    with suppress(OSError):               # not empty (another job's staging) or already gone
+        folder.rmdir()
+
+
+def _stored_window(spark: SparkSession, spec: FeatureSetSpec, store: DeltaOfflineStore, table: OfflineTable,
+                   start: datetime, end: datetime) -> DataFrame:
+    """The offline table's rows of ``[start, end)`` (one snapshot of its files)."""
+    from pyspark.sql import functions as F
+
+    files = store.files(table, [(start, end)]).files
+    schema = _spark_schema(spec)
+    stored = spark.read.schema(schema).parquet(*files) if files else spark.createDataFrame([], schema)
+    micros = F.unix_micros(F.col(f"`{spec.timestamp_column}`"))
+    return stored.where((micros >= _micros(start)) & (micros < _micros(end)))
+
+
+# -- online ---------------------------------------------------------------------------------------------------
+
+def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore, table: OnlineTable, *,
+                  now: datetime, has_order: bool) -> tuple[int, int, int, OnlineOutcome]:
+    """Write the newest row per key of ``relation`` (rows already expired at ``now`` are skipped): (rows of
+    ``relation``, keys written, bytes handed to the store, the outcome)."""
+    from pyspark.sql import Observation, Window
+    from pyspark.sql import functions as F
+
+    from gristmill.registry.materialization import OnlineOutcome
+
+    keys, ts = spec.index_column_names, spec.timestamp_column
+    has_create = CREATE_TIMESTAMP in relation.columns
+    read = Observation(f"gm_read_{uuid.uuid4().hex[:8]}")
+    window = Observation(f"gm_keys_{uuid.uuid4().hex[:8]}")
+    rows = relation.observe(read, F.count(F.lit(1)).alias("rows"))
+    for key in keys:
+        rows = rows.where(F.col(f"`{key}`").isNotNull())            # keys with a null part are never looked up
+    tie = tie_rule_columns(ts, has_create_timestamp=has_create)
+    if not has_order:
+        tie = tie[:2]
+    newest = (rows.withColumn(_RANK, F.row_number().over(
+        Window.partitionBy(*[F.col(f"`{k}`") for k in keys]).orderBy(*[part.desc() for part in tie])))
+        .where(F.col(_RANK) == 1))
+    ttl = table.ttl
+    cutoff = timestamp_literal(now - ttl) if ttl is not None else None
+    expired = F.count(F.when(F.col(f"`{ts}`") <= cutoff, 1)) if cutoff is not None else F.lit(0)
+    newest = newest.observe(window, expired.alias("expired"), F.max(F.col(f"`{ts}`")).alias("newest"))
+    if cutoff is not None:
+        newest = newest.where(F.col(f"`{ts}`") > cutoff)
+    create = F.col(CREATE_TIMESTAMP) if has_create else F.lit(None).cast("timestamp")
+    written_rows = newest.select(*[F.col(f"`{k}`") for k in keys], F.col(f"`{ts}`").alias(EVENT_TIMESTAMP),
+                                 create.alias(CREATE_TIMESTAMP), *[F.col(f"`{f}`") for f in spec.feature_names])
+    if getattr(store, "executor_writes", False):
+        keys_written, nbytes = _write_from_executors(written_rows, store, table, now=now)
+        metrics = window.get
+    else:
+        # the driver fetches the rows (an action Spark's observed metrics do not follow): the newest rows per
+        # key are kept by the executors meanwhile, counted by one job and then fetched
+        newest = newest.persist()
+        try:
+            newest.agg(F.count(F.lit(1))).collect()      # fills the cache and runs the observations
+            metrics = window.get
+            keys_written, nbytes = _write_from_driver(written_rows, store, table, now=now)
+        finally:
+            newest.unpersist()
+    newest_time = _naive(metrics.get("newest"))
+    outcome = OnlineOutcome(keys_written=keys_written, keys_expired=int(metrics.get("expired") or 0),
+                            newest_event_time=newest_time,
+                            expires_at=newest_time + ttl if newest_time is not None and ttl is not None else None)
+    return int(read.get.get("rows", 0)), keys_written, nbytes, outcome
+
+
+def _write_from_executors(rows: DataFrame, store: OnlineStore, table: OnlineTable, *,
+                          now: datetime) -> tuple[int, int]:
+    """Each partition writes its rows with its own connection (the store pickles as its settings);
+    returns (keys written, bytes handed over)."""
+    from pyspark.sql import functions as F
+
+    writer = _partition_writer(store, table, now)
+    counts = rows.mapInArrow(writer, "written long, nbytes long")
+    total = counts.agg(F.sum("written").alias("written"), F.sum("nbytes").alias("nbytes")).collect()[0]
+    return int(total["written"] or 0), int(total["nbytes"] or 0)
+
+
+def _partition_writer(store: OnlineStore, table: OnlineTable, now: datetime
+                      ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:    # runs on an executor
+        import pyarrow as pa
+
+        written = nbytes = 0
+        try:
+            for batch in batches:
+                if batch.num_rows:
+                    written += store.write(table, pa.Table.from_batches([batch]), now=now)
+                    nbytes += batch.nbytes
+        finally:
+            store.close()
+        yield pa.RecordBatch.from_pydict({"written": [written], "nbytes": [nbytes]},
+                                         schema=pa.schema([("written", pa.int64()), ("nbytes", pa.int64())]))
+    return write
+
+
+def _write_from_driver(rows: DataFrame, store: OnlineStore, table: OnlineTable, *, now: datetime) -> tuple[int, int]:
+    """A single-file store: the driver fetches the rows a partition at a time and writes bounded batches.
+    Times travel as microseconds since the epoch (Python datetimes from Spark would be in the driver's zone)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    schema = _arrow_schema(rows)
+    times = {f.name for f in schema if pa.types.is_timestamp(f.type)}
+    fetched = rows.select(*[F.unix_micros(F.col(f"`{n}`")).alias(n) if n in times else F.col(f"`{n}`")
+                            for n in schema.names])
+    written = nbytes = 0
+    batch: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        nonlocal written, nbytes
+        columns = list(zip(*batch, strict=True))
+        arrays = [pa.array(columns[i], pa.int64()).cast(f.type) if f.name in times else pa.array(columns[i], f.type)
+                  for i, f in enumerate(schema)]
+        frame = pa.Table.from_arrays(arrays, schema=schema)
+        written += store.write(table, frame, now=now)
+        nbytes += frame.nbytes
+        batch.clear()
+
+    for row in fetched.toLocalIterator():
+        batch.append(tuple(row))
+        if len(batch) >= DRIVER_BATCH_ROWS:
+            flush()
+    if batch:
+        flush()
+    return written, nbytes
+
+
+def _arrow_schema(frame: DataFrame) -> pa.Schema:
+    """The Arrow types of ``frame``'s columns, times as naive UTC microseconds."""
+    import pyarrow as pa
+
+    schema = frame.limit(0).toArrow().schema
+    return pa.schema([pa.field(f.name, pa.timestamp("us")) if pa.types.is_timestamp(f.type) else f for f in schema])
+
+
+# -- settings -------------------------------------------------------------------------------------------------
+
+@contextmanager
+def job_settings(spark: SparkSession, settings: dict[str, Any], *, label: str) -> Iterator[None]:
+    """Apply ``spark_configuration`` for the duration of a job where Spark allows it: settings a running
+    session can change are set (and restored after); settings read only when a session starts are logged as
+    not applied (set them in featurestore.yaml's ``engine.conf``)."""
+    applied: dict[str, str | None] = {}
+    ignored: list[str] = []
+    try:
+        for key, value in settings.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if not _modifiable(spark, key):
+                ignored.append(key)
+                continue
+            applied[key] = spark.conf.get(key, None)
+            spark.conf.set(key, text)
+        if applied:
+            log.info("%s: Spark settings applied for this job: %s", label, ", ".join(sorted(applied)))
+        if ignored:
+            log.info("%s: Spark settings not applied (they take effect when a session starts; set them in "
+                     "featurestore.yaml engine.conf): %s", label, ", ".join(sorted(ignored)))
+        yield
+    finally:
+        for key, previous in applied.items():
+            try:
+                if previous is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, previous)
+            except Exception:               # the session is gone (the job failed with it): nothing to restore
+                log.debug("could not restore Spark setting %s", key, exc_info=True)
+
+
+def _modifiable(spark: SparkSession, key: str) -> bool:
+    try:
+        return bool(spark.conf.isModifiable(key))
+    except Exception:
+        return False
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+def _spark_schema(spec: FeatureSetSpec) -> Any:
+    from gristmill.compute.spark.engine import spark_schema
+
+    return spark_schema(spec)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+def _naive(value: Any) -> datetime | None:
+    """A timestamp from Spark's metrics as naive UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        from datetime import UTC
+
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value  # type: ignore[no-any-return]
+
+
+__all__ = ["DAY_COLUMN", "deduplicated", "job_settings", "materialize"]
