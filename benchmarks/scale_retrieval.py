@@ -17,7 +17,7 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time
-from gristmill.compute.duckdb_engine import DuckDBEngine
+from gristmill.compute.duckdb.engine import DuckDBEngine
 from gristmill.compute.engine import FeatureSetRequest
 from gristmill.spec import FeatureSetSpec
 workdir, memory_limit = sys.argv[1], sys.argv[2] or None

@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "Column": "gristmill.spec.common",
     "Duration": "gristmill.spec.duration",
     "FeatureType": "gristmill.spec.types",
-    "DuckDBEngine": "gristmill.compute.duckdb_engine",
+    "DuckDBEngine": "gristmill.compute.duckdb.engine",
     "FeatureFrame": "gristmill.compute.result",
     "RetrievalResult": "gristmill.compute.result",
     "GristmillError": "gristmill.errors",
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from gristmill.apply import ApplyPlan, FieldChange, PlanItem
     from gristmill.auth.roles import AccessDeniedError
     from gristmill.client import RemoteFeatureStore
-    from gristmill.compute.duckdb_engine import DuckDBEngine
+    from gristmill.compute.duckdb.engine import DuckDBEngine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
     from gristmill.errors import (
         ConfigError,

@@ -100,7 +100,7 @@ class RemoteFeatureStore:
         observations travel as Parquet, and the result converts to pandas, Arrow, Polars and Parquet."""
         import pyarrow.parquet as pq
 
-        from gristmill.compute.duckdb_engine import read_observations
+        from gristmill.compute.duckdb.engine import read_observations
         from gristmill.compute.result import RetrievalResult
         from gristmill.retrieval import references
 

@@ -152,7 +152,7 @@ class FeatureStore:
         if hasattr(engine, "materialize"):
             return engine
         if self._job_engine is None:
-            from gristmill.compute.duckdb_engine import DuckDBEngine
+            from gristmill.compute.duckdb.engine import DuckDBEngine
 
             self._job_engine = DuckDBEngine(temp_directory=self.path / ".spill")
         return self._job_engine

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from gristmill.compute.messages import engine_message
 from gristmill.compute.sources import is_uri
-from gristmill.compute.sqltext import engine_message
 from gristmill.errors import GristmillError
 from gristmill.spec.featureset_spec import SourceType
 
@@ -109,7 +109,7 @@ def check_spec(engine: Engine, spec: FeatureSetSpec, *, label: str, now: datetim
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        from gristmill.compute.sandbox import interrupt
+        from gristmill.compute.duckdb.sandbox import interrupt
 
         for con in connections:                # SQL stops here; Python code cannot be stopped from outside
             interrupt(con)

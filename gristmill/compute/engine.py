@@ -65,7 +65,7 @@ class Engine(Protocol):
 
 
 def default_engine() -> Engine:
-    from gristmill.compute.duckdb_engine import DuckDBEngine
+    from gristmill.compute.duckdb.engine import DuckDBEngine
 
     return DuckDBEngine()
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 #: engine type -> "module:Class"; the class has ``from_config(config, *, folder, session)``
 ENGINES: dict[str, str] = {
-    "duckdb": "gristmill.compute.duckdb_engine:DuckDBEngine",
+    "duckdb": "gristmill.compute.duckdb.engine:DuckDBEngine",
     "spark": "gristmill.compute.spark:SparkEngine",
 }
 

@@ -10,8 +10,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from gristmill.compute.schema import sql_family
 from gristmill.errors import RetrievalError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
+from gristmill.spec.types import FeatureType
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -24,6 +26,7 @@ log = logging.getLogger("gristmill.compute")
 
 INTERNAL_PREFIX = "__gm_"          # reserved for the engine's own columns and views
 ORDER = "__gm_order"               # source order: the tie-breaker of last resort
+ROW = "__gm_row"                   # observation order: one output row per observation row, in it
 ONE_MICROSECOND = timedelta(microseconds=1)
 EPOCH = datetime(1970, 1, 1)
 
@@ -227,3 +230,52 @@ def declared_schema(spec: FeatureSetSpec) -> pa.Schema:
     fields += [pa.field(spec.timestamp_column, pa.timestamp("us")), pa.field(CREATE_TIMESTAMP, pa.timestamp("us"))]
     fields += [pa.field(f.name, f.type.arrow_type()) for f in spec.features]
     return pa.schema(fields)
+
+
+# -- observations: their times and keys ------------------------------------------------------------------
+
+# Observation times given as text: ISO 8601 dates or date-times, with an optional UTC offset.
+ISO_TIME_PATTERN = r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?"
+ISO_TIME_FORMS = ("YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS[.ffffff]] (a T may separate date and time), optionally "
+                  "followed by Z or an offset such as +02:00 (times without one are UTC)")
+
+# How an observation key column may be brought to the type of the declared index column: the families of
+# observation column types (``schema.sql_family``) each declared type converts from (docs/retrieval.md, "Key
+# types"). Only conversions that cannot change which key a value names are listed: text <-> numbers ('007'
+# vs 7) and lossy casts (7.5 -> 8) are errors instead. Integers are narrowed so that a value outside the
+# declared range matches nothing, exactly as an unconverted comparison would; it can never match another key.
+KEY_CONVERSIONS: dict[FeatureType, frozenset[str]] = {
+    FeatureType.STRING: frozenset({"string"}),
+    FeatureType.INTEGER: frozenset({"integer", "decimal_int"}),
+    FeatureType.LONG: frozenset({"integer", "decimal_int"}),
+    # float keys are stored at their declared precision, so they are compared at it
+    FeatureType.FLOAT: frozenset({"float"}),
+    FeatureType.DOUBLE: frozenset({"float"}),
+    FeatureType.BOOLEAN: frozenset({"boolean"}),
+    FeatureType.DATETIME: frozenset({"datetime"}),
+    FeatureType.BINARY: frozenset({"binary"}),
+}
+
+# The conversion a user writes instead, shown in the error (pandas spelling; nullable where it matters).
+_KEY_FIXES: dict[FeatureType, str] = {
+    FeatureType.STRING: "df['{c}'] = df['{c}'].astype('string')",
+    FeatureType.INTEGER: "df['{c}'] = df['{c}'].astype('Int32')",
+    FeatureType.LONG: "df['{c}'] = df['{c}'].astype('Int64')",
+    FeatureType.FLOAT: "df['{c}'] = df['{c}'].astype('float32')",
+    FeatureType.DOUBLE: "df['{c}'] = df['{c}'].astype('float64')",
+    FeatureType.BOOLEAN: "df['{c}'] = df['{c}'].astype('boolean')",
+    FeatureType.DATETIME: "df['{c}'] = pd.to_datetime(df['{c}'], utc=True)",
+    FeatureType.BINARY: "df['{c}'] = df['{c}'].str.encode('utf-8')",
+    FeatureType.FLOAT_VECTOR: "a list of floats per row",
+}
+
+
+def key_type_message(column: str, sql_type: str, declared: FeatureType, label: str) -> str:
+    """The error for an observation key column that cannot be matched to its declared type."""
+    fix = _KEY_FIXES[declared].format(c=column)
+    if "string" in (sql_family(sql_type), sql_family(declared.sql)):
+        why = "keys are never converted between text and numbers: 7 and '007' are different keys"
+    else:
+        why = "keys are never converted with a loss of precision or meaning: 7.5 is not the key 8"
+    return (f"observations column {column} is {sql_type} but feature set {label} declares it {declared.value}; "
+            f"convert the column first, e.g. {fix} ({why})")

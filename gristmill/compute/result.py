@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from gristmill.compute.sqltext import engine_message, lit
+from gristmill.compute.duckdb.sqltext import lit
+from gristmill.compute.messages import engine_message
 from gristmill.errors import GristmillError, RetrievalError, TransformationError, install_hint
 
 if TYPE_CHECKING:

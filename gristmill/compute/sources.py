@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gristmill.compute.duckdb.sqltext import lit, q, ts_lit, utc_timestamp_sql
+from gristmill.compute.messages import engine_message
 from gristmill.compute.planning import INTERNAL_PREFIX, ORDER
-from gristmill.compute.schema import accepts, utc_timestamp_sql
-from gristmill.compute.sqltext import engine_message, lit, q, ts_lit
+from gristmill.compute.schema import accepts
 from gristmill.errors import SourceError, SpecError, TransformationError
 from gristmill.spec.featureset_spec import FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
@@ -203,7 +204,7 @@ class SourceReader:
     def _parent(self, start: datetime | None, end: datetime | None) -> tuple[str, str]:
         """A derived feature set's source: the parent feature set computed over the same range (its own
         lookbacks and DSL history included). Rows keep the parent's source order for the tie rule."""
-        from gristmill.compute.featureframe import compute_view
+        from gristmill.compute.duckdb.featureframe import compute_view
 
         name, version = self.spec.parent_ref or ("", "")
         parent = compute_view(self.con, self.spec.parent, start, end, label=f"feature set {name}:{version}",

@@ -42,7 +42,7 @@ def _source_type(value: Any) -> Any:
 
 
 class Aggregation(StrEnum):
-    """DSL window aggregation functions. Their SQL lives in ``gristmill.compute.aggregations``."""
+    """DSL window aggregation functions. Their SQL lives in ``gristmill.compute.duckdb.aggregations``."""
 
     SUM = "sum"
     AVG = "avg"
@@ -158,7 +158,7 @@ class FeatureTransformation(Frozen):
     @classmethod
     def _one_select(cls, value: str | None) -> str | None:
         if value is not None:
-            from gristmill.compute.sandbox import check_transformation_sql
+            from gristmill.compute.transformation_rules import check_transformation_sql
 
             check_transformation_sql(value)
         return value

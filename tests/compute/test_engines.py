@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import gristmill as gm
-from gristmill.compute.duckdb_engine import DuckDBEngine
+from gristmill.compute.duckdb.engine import DuckDBEngine
 from gristmill.compute.engines import ENGINES, engine_class
 from gristmill.errors import SpecError
 
@@ -92,3 +92,11 @@ def test_an_unreachable_spark_connect_server_fails_fast_naming_it() -> None:
     with pytest.raises(SparkUnavailableError, match=f"cannot reach the Spark Connect server at 127.0.0.1:{port}"):
         build_session(remote=f"sc://127.0.0.1:{port}/;token=SECRET")
     assert time.perf_counter() - started < 5
+
+
+def test_the_duckdb_key_conversions_spell_exactly_the_shared_rule() -> None:
+    """The Spark engine reads ``planning.KEY_CONVERSIONS``; DuckDB spells the same conversions in SQL."""
+    from gristmill.compute.duckdb.pit import _KEY_CONVERSIONS
+    from gristmill.compute.planning import KEY_CONVERSIONS
+
+    assert {declared: frozenset(sql) for declared, sql in _KEY_CONVERSIONS.items()} == KEY_CONVERSIONS

@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from spark_session import spark_engine
 
-from gristmill.compute.duckdb_engine import DuckDBEngine
+from gristmill.compute.duckdb.engine import DuckDBEngine
 from gristmill.compute.engine import FeatureSetRequest
 from gristmill.spec.featureset_spec import FeatureSetSpec
 

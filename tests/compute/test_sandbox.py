@@ -11,8 +11,8 @@ import pytest
 import yaml
 from cli_support import gristmill
 
-from gristmill.compute.duckdb_engine import DuckDBEngine
-from gristmill.compute.sandbox import open_sandbox
+from gristmill.compute.duckdb.engine import DuckDBEngine
+from gristmill.compute.duckdb.sandbox import open_sandbox
 from gristmill.errors import SourceError, SpecError
 from gristmill.spec import FeatureSetSpec
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import FeatureSetDefinition, Repo, fs1, rows, table
 from spark_session import spark_engine, spark_session
 
-from gristmill.compute.duckdb_engine import DuckDBEngine
+from gristmill.compute.duckdb.engine import DuckDBEngine
 from gristmill.errors import RetrievalError
 
 SCENARIO_1 = [2.0, 2.0, None, 10.0, None]

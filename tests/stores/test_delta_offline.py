@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from gristmill.compute.duckdb_jobs import register_offline, write_offline_window
+from gristmill.compute.duckdb.jobs import register_offline, write_offline_window
 from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
 
 TABLE = OfflineTable(feature_set="txn", version="1", materialization_version=1, keys=("acct",), timestamp="ts",
@@ -138,7 +138,7 @@ def test_concurrent_writers_of_one_day_lose_nothing_and_duplicate_nothing(tmp_pa
         from datetime import datetime
         from pathlib import Path
         import duckdb, pyarrow as pa
-        from gristmill.compute.duckdb_jobs import write_offline_window
+        from gristmill.compute.duckdb.jobs import write_offline_window
         from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
         hour = int(sys.argv[1])
         table = OfflineTable("txn", "1", 1, ("acct",), "ts", ("f",))

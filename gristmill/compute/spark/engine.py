@@ -16,16 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.engine import FeatureSetRequest, to_utc_naive
-from gristmill.compute.pit import ISO_TIME_FORMS, ISO_TIME_PATTERN, ROW, key_type_message
 from gristmill.compute.planning import (
     EPOCH,
     INTERNAL_PREFIX,
+    ISO_TIME_FORMS,
+    ISO_TIME_PATTERN,
     ORDER,
+    ROW,
     AggregationMode,
     check_declared_outputs,
     declared_schema,
     feature_window,
     index_columns_to_match,
+    key_type_message,
     missing_index_columns,
     rename_clashes,
     request_order,
@@ -271,15 +274,15 @@ def _memory_observations(spark: SparkSession, observations: Any, requests: list[
     """Observations held in memory (pandas, Polars, Arrow): checked and converted exactly as the DuckDB
     engine does (its own functions, in-process), then only the row id, time and keys go to Spark."""
 
-    from gristmill.compute.duckdb_engine import (
+    from gristmill.compute.duckdb.engine import (
         DuckDBEngine,
         _time_expression,
         observations_table,
         register_observations,
     )
-    from gristmill.compute.pit import observation_key_sql
+    from gristmill.compute.duckdb.pit import observation_key_sql
+    from gristmill.compute.duckdb.sqltext import q
     from gristmill.compute.result import arrow_table
-    from gristmill.compute.sqltext import q
 
     given = observations_table(observations)
     con = DuckDBEngine().connect()
@@ -454,7 +457,7 @@ def _spark_key(name: str, engine_type: str, declared: FeatureType) -> Column | N
     """Observation key ``name`` in the declared type, by the same rules as the DuckDB engine
     (``pit._KEY_CONVERSIONS``); None when no conversion is safe."""
 
-    from gristmill.compute.pit import _KEY_CONVERSIONS
+    from gristmill.compute.planning import KEY_CONVERSIONS as _KEY_CONVERSIONS
 
     column = named(name)
     if engine_type.upper() == declared.sql:

@@ -1,5 +1,5 @@
 """Computing a feature set over a feature window on Spark (SPEC §3), with the DuckDB engine's semantics
-(``gristmill.compute.featureframe``): read the source from ``start - max(source_lookback, longest DSL window)``,
+(``gristmill.compute.duckdb.featureframe``): read the source from ``start - max(source_lookback, longest DSL window)``,
 transform, check the output against the declared schema, keep rows with ``start <= ts < end``."""
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.planning import ORDER
-from gristmill.compute.sandbox import check_transformation_sql
 from gristmill.compute.sources import load_user_class, to_arrow_table
+from gristmill.compute.transformation_rules import check_transformation_sql
 from gristmill.errors import TransformationError
 
 if TYPE_CHECKING:

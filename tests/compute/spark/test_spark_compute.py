@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gristmill.compute.duckdb_engine import DuckDBEngine
+from gristmill.compute.duckdb.engine import DuckDBEngine
 from gristmill.compute.spark.frames import feature_rows, probe_rows
 from gristmill.compute.spark.transform import to_spark_sql
 from gristmill.errors import SourceError, TransformationError
@@ -348,7 +348,7 @@ def test_probes_as_of_observation_match_duckdb(spark: SparkSession, tmp_path: Pa
                                                 "2024-01-05 10:10")})
     con = DuckDBEngine().connect()
     con.register("probes", probes)
-    from gristmill.compute.featureframe import probe_view
+    from gristmill.compute.duckdb.featureframe import probe_view
 
     view = probe_view(con, spec, "probes", label="fs")
     columns = [view.timestamp, *view.features]

@@ -12,20 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from gristmill.compute.featureframe import ComputedView
-from gristmill.compute.schema import sql_family, utc_timestamp_sql
-from gristmill.compute.sqltext import cols, interval, q, tie_rule_sql
+from gristmill.compute.duckdb.featureframe import ComputedView
+from gristmill.compute.duckdb.sqltext import cols, interval, q, tie_rule_sql, utc_timestamp_sql
+from gristmill.compute.planning import ROW
+from gristmill.compute.schema import sql_family
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP
 from gristmill.spec.types import FeatureType
 
-ROW = "__gm_row"
 OBS_TIME = "__gm_t"
 
 # -- observations meeting feature rows -------------------------------------------------------------------
 
-# How an observation key column is brought to the type of the declared index column, by the family of the
-# observation column's type (docs/retrieval.md, "Key types"). Only conversions that cannot change which key
-# a value names are listed: text <-> numbers ('007' vs 7) and lossy casts (7.5 -> 8) are errors instead.
+# How an observation key column is brought to the type of the declared index column, in DuckDB SQL, by the
+# family of the observation column's type: exactly the conversions ``planning.KEY_CONVERSIONS`` allows.
 # Integers are narrowed with TRY_CAST on purpose: a value outside the declared range equals no stored key,
 # so it matches nothing, exactly as an unconverted comparison would; it can never match another key.
 _KEY_CONVERSIONS: dict[FeatureType, dict[str, str]] = {
@@ -39,24 +38,6 @@ _KEY_CONVERSIONS: dict[FeatureType, dict[str, str]] = {
     FeatureType.DATETIME: {"datetime": "{time}"},
     FeatureType.BINARY: {"binary": "CAST({c} AS BLOB)"},
 }
-
-# The conversion a user writes instead, shown in the error (pandas spelling; nullable where it matters).
-_KEY_FIXES: dict[FeatureType, str] = {
-    FeatureType.STRING: "df['{c}'] = df['{c}'].astype('string')",
-    FeatureType.INTEGER: "df['{c}'] = df['{c}'].astype('Int32')",
-    FeatureType.LONG: "df['{c}'] = df['{c}'].astype('Int64')",
-    FeatureType.FLOAT: "df['{c}'] = df['{c}'].astype('float32')",
-    FeatureType.DOUBLE: "df['{c}'] = df['{c}'].astype('float64')",
-    FeatureType.BOOLEAN: "df['{c}'] = df['{c}'].astype('boolean')",
-    FeatureType.DATETIME: "df['{c}'] = pd.to_datetime(df['{c}'], utc=True)",
-    FeatureType.BINARY: "df['{c}'] = df['{c}'].str.encode('utf-8')",
-    FeatureType.FLOAT_VECTOR: "a list of floats per row",
-}
-
-# Observation times given as text: ISO 8601 dates or date-times, with an optional UTC offset.
-ISO_TIME_PATTERN = r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?"
-ISO_TIME_FORMS = ("YYYY-MM-DD or YYYY-MM-DD HH:MM[:SS[.ffffff]] (a T may separate date and time), optionally "
-                  "followed by Z or an offset such as +02:00 (times without one are UTC)")
 
 
 def utc_time_sql(column: str, sql_type: str) -> str | None:
@@ -75,17 +56,6 @@ def observation_key_sql(column: str, sql_type: str, declared: FeatureType) -> st
         return None
     time = utc_time_sql(column, sql_type) if declared == FeatureType.DATETIME else None
     return template.format(c=q(column), time=time)
-
-
-def key_type_message(column: str, sql_type: str, declared: FeatureType, label: str) -> str:
-    """The error for an observation key column that cannot be matched to its declared type."""
-    fix = _KEY_FIXES[declared].format(c=column)
-    if "string" in (sql_family(sql_type), sql_family(declared.sql)):
-        why = "keys are never converted between text and numbers: 7 and '007' are different keys"
-    else:
-        why = "keys are never converted with a loss of precision or meaning: 7.5 is not the key 8"
-    return (f"observations column {column} is {sql_type} but feature set {label} declares it {declared.value}; "
-            f"convert the column first, e.g. {fix} ({why})")
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,14 @@
-"""Small helpers that spell SQL fragments (identifiers, literals, intervals) for the engines.
+"""Small helpers that spell SQL fragments (identifiers, literals, intervals, casts) in DuckDB's dialect.
 
 The SQL Gristmill builds is plain ANSI-ish SQL in DuckDB's dialect; ``transpile`` turns it into another
 engine's dialect with SQLGlot, so the semantics are written once."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 
-# A quoted internal name in a list ("Candidate bindings: "amount", "__gm_order"") and any other mention.
-_LISTED_INTERNAL = re.compile(r'(,\s*"[^"\n]*__gm_\w*"|"[^"\n]*__gm_\w*"\s*,\s*)')
-_INTERNAL = re.compile(r'"?\b__gm_\w*"?')
+from gristmill.compute.schema import sql_family
+from gristmill.spec.types import FeatureType
 
 
 def q(name: str) -> str:
@@ -72,14 +70,38 @@ def transpile(sql: str, dialect: str) -> str:
     return sqlglot.transpile(sql, read="duckdb", write=dialect)[0]
 
 
-def engine_message(error: BaseException, *, names: dict[str, str] | None = None) -> str:
-    """An engine (DuckDB) error as one line a user can act on: its first paragraph, without the echoed
-    internal query (``LINE 1: ...``) and without internal view and column names (``__gm_...``); ``names``
-    maps internal names to what the user calls them (e.g. the source view to ``source``)."""
-    text = str(error).split("\n\n")[0]
-    text = re.split(r"\n\s*LINE \d+:", text)[0]
-    for internal, shown in (names or {}).items():
-        text = text.replace(internal, shown)
-    text = _LISTED_INTERNAL.sub("", text)
-    text = _INTERNAL.sub("an internal table", text)
-    return " ".join(text.split())
+def cast_expression(column_sql: str, declared: FeatureType, sql_type: str) -> str:
+    """The expression that converts an accepted column to the declared type (no-op when equal)."""
+    if sql_type.upper() == declared.sql:
+        return column_sql
+    if declared == FeatureType.DATETIME and sql_type.upper().startswith("TIMESTAMP WITH"):
+        return f"timezone('UTC', {column_sql})"
+    return f"CAST({column_sql} AS {declared.sql})"
+
+
+def utc_switched_select(columns: list[str], times: set[str]) -> str:
+    """A select list of ``columns`` with the ``times`` columns switched between naive UTC (``TIMESTAMP``) and
+    zone-aware UTC (``TIMESTAMPTZ``): ``timezone('UTC', x)`` maps each to the other. Results hand times
+    over zone-aware (Arrow ``timestamp[us, UTC]``, Delta's timestamp) and the engine reads them back naive."""
+    return ", ".join(f"timezone('UTC', {q(c)}) AS {q(c)}" if c in times else q(c) for c in columns)
+
+
+def utc_timestamp_sql(expression: str, sql_type: str, *, format: str | None = None) -> str | None:
+    """SQL turning ``expression`` (engine type ``sql_type``) into a naive UTC ``TIMESTAMP`` — the one place
+    times are normalised (sources, transformation outputs, observations). Text is parsed with ``format``
+    (strptime) when given, else as ISO 8601 with any offset honoured (no offset = UTC); zone-aware times are
+    converted to UTC. None for types that hold no time."""
+    upper = sql_type.upper()
+    family = sql_family(sql_type)
+    if family == "string":
+        if format:
+            parsed = f"strptime({expression}, '{format.replace(chr(39), chr(39) * 2)}')"
+            return f"timezone('UTC', {parsed})" if "%z" in format or "%Z" in format else parsed
+        return f"timezone('UTC', CAST({expression} AS TIMESTAMPTZ))"
+    if upper == "TIMESTAMP":
+        return expression
+    if upper.startswith("TIMESTAMP WITH") or upper == "TIMESTAMPTZ":
+        return f"timezone('UTC', {expression})"
+    if family == "datetime":
+        return f"CAST({expression} AS TIMESTAMP)"
+    return None

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from gristmill.compute.aggregations import aggregation_sql
+from gristmill.compute.duckdb.aggregations import aggregation_sql
+from gristmill.compute.duckdb.sandbox import run_transformation_sql
+from gristmill.compute.duckdb.sqltext import cast_expression, cols, interval, q, tie_rule_sql, ts_lit, utc_timestamp_sql
 from gristmill.compute.planning import ONE_MICROSECOND, shifted, source_read_start, split_windows
 from gristmill.compute.result import arrow_table
-from gristmill.compute.sandbox import run_transformation_sql
-from gristmill.compute.schema import accepts, cast_expression, sql_family, utc_timestamp_sql
+from gristmill.compute.schema import accepts, sql_family
 from gristmill.compute.sources import (
     INTERNAL_PREFIX,
     ORDER,
@@ -25,7 +26,6 @@ from gristmill.compute.sources import (
     unique_name,
     with_order,
 )
-from gristmill.compute.sqltext import cols, interval, q, tie_rule_sql, ts_lit
 from gristmill.errors import TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, WindowExpression
 
@@ -92,7 +92,7 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
     columns = [*shape.keys, shape.timestamp, *([CREATE_TIMESTAMP] if shape.has_create_timestamp else []),
                *shape.features]
     schema = arrow_table(con.sql(f"SELECT {cols(columns)} FROM {shape.name} LIMIT 0")).schema
-    from gristmill.compute.duckdb_jobs import register_offline
+    from gristmill.compute.duckdb.jobs import register_offline
 
     stored = register_offline(con, materialized.store, materialized.table, complete, schema=_with_create(schema))
     parts = [f"SELECT {cols(columns)}, 0::BIGINT AS {q(ORDER)} FROM {stored}"]

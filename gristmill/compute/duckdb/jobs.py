@@ -10,11 +10,10 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from gristmill.compute.featureframe import ComputedView, compute_view
+from gristmill.compute.duckdb.featureframe import ComputedView, compute_view
+from gristmill.compute.duckdb.sqltext import cols, lit, q, tie_rule_sql, ts_lit, utc_switched_select
 from gristmill.compute.planning import declared_schema
-from gristmill.compute.schema import utc_switched_select
 from gristmill.compute.sources import ORDER, is_uri, unique_name
-from gristmill.compute.sqltext import cols, lit, q, tie_rule_sql, ts_lit
 from gristmill.jobs.materialize import MaterializationResult
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
 from gristmill.stores.online.base import EVENT_TIMESTAMP
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-    from gristmill.compute.duckdb_engine import DuckDBEngine
+    from gristmill.compute.duckdb.engine import DuckDBEngine
     from gristmill.registry.materialization import OnlineOutcome
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable, WindowWrite, WriteStats
     from gristmill.stores.online.base import OnlineStore, OnlineTable

@@ -10,35 +10,36 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.engine import FeatureSetRequest, to_utc_naive
-from gristmill.compute.featureframe import compute_view, materialized_view, probe_view
-from gristmill.compute.pit import (
-    ISO_TIME_FORMS,
-    ISO_TIME_PATTERN,
+from gristmill.compute.duckdb.featureframe import compute_view, materialized_view, probe_view
+from gristmill.compute.duckdb.pit import (
     OBS_TIME,
-    ROW,
     JoinPlan,
     asof_side_sql,
-    key_type_message,
     known_at_sql,
     observation_key_sql,
     point_in_time_sql,
     utc_time_sql,
 )
+from gristmill.compute.duckdb.sqltext import cols, lit, q, utc_switched_select
+from gristmill.compute.engine import FeatureSetRequest, to_utc_naive
+from gristmill.compute.messages import engine_message
 from gristmill.compute.planning import (
+    ISO_TIME_FORMS,
+    ISO_TIME_PATTERN,
+    ROW,
     AggregationMode,
     check_declared_outputs,
     feature_window,
     index_columns_to_match,
+    key_type_message,
     missing_index_columns,
     rename_clashes,
     request_order,
 )
 from gristmill.compute.planning import aggregation_mode as parse_mode
 from gristmill.compute.result import FeatureFrame, RetrievalResult, arrow_table
-from gristmill.compute.schema import sql_family, utc_switched_select
+from gristmill.compute.schema import sql_family
 from gristmill.compute.sources import INTERNAL_PREFIX, ORDER, SourceError, list_files, to_arrow_table, unique_name
-from gristmill.compute.sqltext import cols, engine_message, lit, q
 from gristmill.errors import RetrievalError, TransformationError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
 from gristmill.spec.types import FeatureType
@@ -126,7 +127,7 @@ class DuckDBEngine:
                     spark_configuration: dict[str, Any] | None = None) -> Any:
         """Compute ``[start, end)`` and write it to the offline and/or online store (``jobs.materialize``).
         ``spark_configuration`` (an asset's Spark settings) does not apply to DuckDB."""
-        from gristmill.compute.duckdb_jobs import materialize_window
+        from gristmill.compute.duckdb.jobs import materialize_window
 
         if spark_configuration:
             log.info("%s: Spark settings not applied: the job runs on the DuckDB engine", label)
