@@ -117,7 +117,8 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
             relation, has_order, has_create = view.name, True, view.has_create_timestamp
             if alive_from > start:           # only its keys and times are read, to count expired keys
                 expired_part = compute_view(con, spec, start, min(alive_from, end), label=label).name
-            rows_read = _count(con, relation)
+            # rows read: the whole window's, the expired part's included (as the Spark engine counts them)
+            rows_read = _count(con, relation) + (_count(con, expired_part) if expired_part else 0)
         else:
             view = compute_view(con, spec, start, end, label=label)
             relation = deduplicated_rows(con, view, stamp=now)

@@ -455,7 +455,7 @@ def _parse_iso(column: Column) -> Column:
 
 def _spark_key(name: str, engine_type: str, declared: FeatureType) -> Column | None:
     """Observation key ``name`` in the declared type, by the same rules as the DuckDB engine
-    (``pit._KEY_CONVERSIONS``); None when no conversion is safe."""
+    (``planning.KEY_CONVERSIONS``); None when no conversion is safe."""
 
     from gristmill.compute.planning import KEY_CONVERSIONS as _KEY_CONVERSIONS
 

@@ -1,5 +1,5 @@
 """The Spark engine's materialization of one feature window ``[start, end)`` (SPEC §3 "Materialization"), with
-the same rows as the DuckDB engine's (``gristmill.compute.duckdb_jobs``) and without the driver holding them:
+the same rows as the DuckDB engine's (``gristmill.compute.duckdb.jobs``) and without the driver holding them:
 
 - offline: the executors compute the window, keep one row per (key, time) by the tie rule, stamp
   ``create_timestamp`` where absent, and write Parquet files (UTC microsecond timestamps, partitioned by event
@@ -31,6 +31,7 @@ from gristmill.compute.planning import declared_schema
 from gristmill.compute.spark.types import tie_rule_columns, timestamp_literal
 from gristmill.jobs.materialize import MaterializationResult
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
+from gristmill.spec.types import FeatureType
 from gristmill.stores.online.base import EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, e
     computed = feature_rows(spark, spec, start, end, label=label)
     new_rows = deduplicated(computed.df, spec, has_create=computed.has_create_timestamp, stamp=now)
     ts = spec.timestamp_column
+    naive = {f.name for f in spec.features if f.type == FeatureType.DATETIME}
     counted: list[int] = []
 
     def write(target: WindowWrite) -> None:
@@ -133,6 +135,9 @@ def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, e
             inside = (micros >= _micros(target.start)) & (micros < _micros(target.end))
             kept = spark.read.schema(_spark_schema(spec)).parquet(*target.stored_files).where(~inside)
             rows = rows.unionByName(kept)
+        # datetime features are stored as naive UTC times (TIMESTAMP_NTZ), as the DuckDB engine stores them
+        rows = rows.select(*[F.col(f"`{c}`").cast("timestamp_ntz").alias(c) if c in naive else F.col(f"`{c}`")
+                             for c in rows.columns])
         staging = Path(target.uri) / STAGING / target.file_prefix
         try:
             (rows.withColumn(DAY_COLUMN, F.to_date(F.col(f"`{ts}`")))
@@ -143,8 +148,17 @@ def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, e
             _remove_empty(Path(target.uri) / STAGING)
         counted.append(int(observed.get.get("rows", 0)))
 
-    stats = store.replace_window(table, start, end, schema=declared_schema(spec), write=write)
+    stats = store.replace_window(table, start, end, schema=_stored_schema(spec), write=write)
     return (counted[-1] if counted else 0), stats.rows, stats.bytes
+
+
+def _stored_schema(spec: FeatureSetSpec) -> pa.Schema:
+    """The offline table's columns as the DuckDB engine creates them: datetime features as naive UTC times."""
+    import pyarrow as pa
+
+    naive = {f.name for f in spec.features if f.type == FeatureType.DATETIME}
+    schema = declared_schema(spec)
+    return pa.schema([pa.field(f.name, pa.timestamp("us")) if f.name in naive else f for f in schema])
 
 
 def _move_into_table(staging: Path, table: Path, prefix: str) -> None:
