@@ -722,6 +722,7 @@ def test_point_in_time_join_matches_reference_on_spark_ordered_join(monkeypatch:
     from gristmill.compute.spark import engine
 
     monkeypatch.setattr(engine, "HOT_KEY_PAIRS", 0)
+    monkeypatch.setattr(engine, "MIN_HOT_OBSERVATIONS", 0)
     run_property(pit_cases(), partial(check_pit, engine=spark_engine()), PIT_EXAMPLES, minimum=1,
                  run_settings=SPARK_SETTINGS, required=[
                      "tie on (key, ts)", "tie decided by create_timestamp", "null observation key",

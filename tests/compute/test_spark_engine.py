@@ -308,17 +308,21 @@ def _hot_key_data() -> tuple[pd.DataFrame, pd.DataFrame]:
     return source, observations
 
 
-@pytest.mark.parametrize("lookback", [None, timedelta(minutes=20)])
+@pytest.mark.parametrize(("lookback", "given_as"), [(None, "pandas"), (timedelta(minutes=20), "pandas"),
+                                                    (timedelta(minutes=20), "spark")])
 def test_hot_key_takes_the_ordered_join_with_duckdbs_answers(build_store: Any, lookback: timedelta | None,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+                                                             given_as: str, caplog: pytest.LogCaptureFixture) -> None:
     source, observations = _hot_key_data()
     repo = build_store(fs1(source, temporal_join_lookback=lookback))
     requests = _requests(repo, ["fs1:1:f1"])
     expected = DuckDBEngine().retrieve(requests, observations, "ts").to_pandas()
+    given = spark_session().createDataFrame(observations) if given_as == "spark" else observations
     with caplog.at_level(logging.INFO, logger="gristmill.compute"):
-        actual = spark_engine().retrieve(requests, observations, "ts").to_pandas()
+        actual = spark_engine().retrieve(requests, given, "ts").to_pandas()
     assert "1 keys with more than 2000000 observation x feature row pairs" in caplog.text
     assert expected["f1"].notna().sum() > 500 and expected["f1"].isna().sum() > 10
+    if given_as == "spark":                  # a Spark DataFrame's own columns keep Spark's types
+        actual, expected = actual[["obs_id", "f1"]], expected[["obs_id", "f1"]]
     pd.testing.assert_frame_equal(actual, expected)
 
 
@@ -329,6 +333,7 @@ def test_ordered_join_matches_the_range_join_on_the_scenarios(build_store: Any, 
     from gristmill.compute.spark import engine
 
     monkeypatch.setattr(engine, "HOT_KEY_PAIRS", 0)
+    monkeypatch.setattr(engine, "MIN_HOT_OBSERVATIONS", 0)
     if path == "all-ordered":
         monkeypatch.setattr(engine, "MAX_HOT_KEYS", 0)
     repo = build_store(fs1(s1()), fs1(s1(), name="fs2", temporal_join_lookback=timedelta(days=1)),

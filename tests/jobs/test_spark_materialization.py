@@ -197,3 +197,30 @@ def test_failed_spark_job_leaves_the_window_incomplete_and_the_table_as_it_was(t
     timeline = [(i.start, i.end, i.status.value) for i in store.data_intervals("fs1", 1)["offline"]]
     assert (datetime(2024, 1, 2), datetime(2024, 1, 4), "Incomplete") in timeline, timeline
     store.close()
+
+
+def test_cost_counts_the_executors_cpu_from_sparks_task_metrics(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+
+    rows = 200_000
+    generator = np.random.default_rng(3)
+    source = pd.DataFrame({"acct": [f"k{i % 5000}" for i in range(rows)],
+                           "ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(generator.integers(0, 3 * 86400, rows),
+                                                                              unit="s"),
+                           "f1": generator.normal(size=rows)})
+    source["ts"] = source["ts"].astype("datetime64[us]")
+    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: NOW, spark=spark_session())
+    (tmp_path / "data").mkdir()
+    source.to_parquet(tmp_path / "data" / "rows.parquet")
+    assert store.apply(write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", lookback_days=2,
+                                      settings={"offline_enabled": True})).ok
+    with caplog.at_level(logging.INFO, logger="gristmill.jobs"):
+        [job] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-04")
+    assert job.status.value == "Completed", job.error
+    line = next(r.getMessage() for r in caplog.records if "Spark task metrics" in r.getMessage())
+    executor_cpu = float(line.split("executor CPU ")[1].split(" s")[0])
+    assert executor_cpu > 0.2, line                       # the executors did the work, not this process
+    assert f"read {rows:,} records" in line, line                     # the source file, read once
+    assert job.cpu_seconds >= executor_cpu
+    store.close()

@@ -95,6 +95,7 @@ class _Observations:
     low: datetime | None = None
     high: datetime | None = None
     carried: list[str] = field(default_factory=list)   # observation columns carried in ``frame``
+    keys_table: pa.Table | None = None      # in-memory observations: ``frame``'s data, on the driver
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class SparkEngine:
 
                 rows = feature_rows(spark, spec, start, end, label=request.label)
             plans.append(_Plan(rows, key_columns, list(request.outputs), delay, lookback, as_known_at=as_known_at))
-        winners = [_winners(obs.frame, plan, i) for i, plan in enumerate(plans)]
+        winners = [_winners(obs, plan, i) for i, plan in enumerate(plans)]
         result = obs.frame.select(ROW, *[named(c) for c in obs.carried])
         for part in winners:
             result = result.join(part, on=ROW, how="left")
@@ -308,7 +309,8 @@ def _memory_observations(spark: SparkSession, observations: Any, requests: list[
                              f"0001-01-01 and 9999-12-31 in UTC (one is {outside[0]} after converting its offset)")
     con.close()
     frame = spark.createDataFrame(_plain_arrow(prepared), schema=", ".join(spark_fields))
-    return _Observations(frame, columns, key_columns, given=given, low=low, high=high), requests
+    return _Observations(frame, columns, key_columns, given=given, low=low, high=high,
+                         keys_table=prepared), requests
 
 
 def _plain_arrow(table: pa.Table) -> pa.Table:
@@ -523,16 +525,19 @@ def _micros(delta: timedelta) -> int:
 
 #: A key whose observation rows x feature rows exceed this takes the ordered (near-linear) path of the join.
 HOT_KEY_PAIRS = 2_000_000
+#: Keys with fewer observations always take the range join (its output per key is at most this many times the
+#: key's feature rows), so most retrievals pay nothing for finding hot keys.
+MIN_HOT_OBSERVATIONS = 64
 #: More hot keys than this: every key takes the ordered path (the keys are collected to the driver).
 MAX_HOT_KEYS = 10_000
 
 
-def _winners(observations: DataFrame, plan: _Plan, index: int) -> DataFrame:
+def _winners(observations: _Observations, plan: _Plan, index: int) -> DataFrame:
     """Per observation row, the feature values of the winning feature row (rows without one are absent).
 
     Two ways, the same answers: a range join on the key within the time bounds, then the tie rule's first row
-    per observation (the fastest on ordinary keys); and, for hot keys (observations x rows of the key above
-    ``HOT_KEY_PAIRS``, where the range join is quadratic), one sort of both sides per key with the running
+    per observation (the fastest on ordinary keys); and, for hot keys (observations x feature rows of the key
+    above ``HOT_KEY_PAIRS``, where the range join is quadratic), one sort of both sides per key with the running
     latest feature row at each observation (``_ordered_winners``)."""
     from pyspark.sql import functions as F
 
@@ -542,7 +547,7 @@ def _winners(observations: DataFrame, plan: _Plan, index: int) -> DataFrame:
     obs_keys = [f"{prefix}o{i}" for i in range(len(plan.key_columns))]
     t = F.unix_micros(F.col(OBS_TIME))
     target = t if plan.lookback == timedelta(0) and not plan.exact_time else t - F.lit(_micros(plan.delay))
-    obs = observations.where(F.col(OBS_TIME).isNotNull()).select(
+    obs = observations.frame.where(F.col(OBS_TIME).isNotNull()).select(
         ROW, *[F.col(k).alias(o) for k, o in zip(plan.key_columns, obs_keys, strict=True)],
         t.alias(f"{prefix}t"), target.alias(f"{prefix}{TARGET}"),
         *([(t - F.lit(_micros(plan.lookback))).alias(f"{prefix}{LOW}")] if plan.lookback else []))
@@ -559,14 +564,14 @@ def _winners(observations: DataFrame, plan: _Plan, index: int) -> DataFrame:
         # "known at the observation time" bounds create_timestamp too: a condition on two columns, which one
         # ordering per key cannot apply; the range join does
         return _joined_winners(obs, side, plan, prefix, obs_keys, side_keys)
-    hot = _hot_keys(obs, side, obs_keys, side_keys)
+    hot = _hot_keys(observations, plan, obs, side, obs_keys, side_keys)
     if hot is None:
         return _joined_winners(obs, side, plan, prefix, obs_keys, side_keys)
-    if hot == "all":
+    if isinstance(hot, str):                     # "all"
         return _ordered_winners(obs, side, plan, prefix, obs_keys, side_keys)
-    on_obs = _matching(obs_keys, [f"{prefix}h{i}" for i in range(len(obs_keys))])
-    on_side = _matching(side_keys, [f"{prefix}h{i}" for i in range(len(obs_keys))])
-    hot_keys = F.broadcast(hot.select(*[F.col(o).alias(f"{prefix}h{i}") for i, o in enumerate(obs_keys)]))
+    hot_columns = [f"{prefix}h{i}" for i in range(len(obs_keys))]
+    on_obs, on_side = _matching(obs_keys, hot_columns), _matching(side_keys, hot_columns)
+    hot_keys = F.broadcast(hot.toDF(*hot_columns))
     ordinary = _joined_winners(obs.join(hot_keys, on_obs, "left_anti"), side.join(hot_keys, on_side, "left_anti"),
                                plan, prefix, obs_keys, side_keys)
     skewed = _ordered_winners(obs.join(hot_keys, on_obs, "left_semi"), side.join(hot_keys, on_side, "left_semi"),
@@ -582,20 +587,43 @@ def _matching(left: list[str], right: list[str]) -> Column:
     return reduce(lambda a, b: a & b, [F.col(a) == F.col(b) for a, b in zip(left, right, strict=True)])
 
 
-def _hot_keys(obs: DataFrame, side: DataFrame, obs_keys: list[str], side_keys: list[str]) -> DataFrame | str | None:
+def _hot_keys(observations: _Observations, plan: _Plan, obs: DataFrame, side: DataFrame, obs_keys: list[str],
+              side_keys: list[str]) -> DataFrame | str | None:
     """The keys whose observation rows x feature rows exceed ``HOT_KEY_PAIRS`` (a DataFrame of ``obs_keys``),
-    "all" when there are more than ``MAX_HOT_KEYS`` of them, or None. One job counting rows per key."""
+    "all" when there are more than ``MAX_HOT_KEYS`` of them, or None.
+
+    Only keys with at least ``MIN_HOT_OBSERVATIONS`` observations can be hot: they are counted first (on the
+    driver for in-memory observations, else by one Spark job); their feature rows are counted only when there
+    are such keys."""
     from pyspark.sql import functions as F
 
-    observed = obs.groupBy(*obs_keys).agg(F.count(F.lit(1)).alias("__gm_no"))
-    stored = side.groupBy(*side_keys).agg(F.count(F.lit(1)).alias("__gm_nr"))
-    pairs = observed.join(stored, _matching(obs_keys, side_keys))
-    found = (pairs.where(F.col("__gm_no") * F.col("__gm_nr") > HOT_KEY_PAIRS)
-             .select(*obs_keys).limit(MAX_HOT_KEYS + 1).collect())
+    if observations.keys_table is not None:
+        import pyarrow.compute as pc
+
+        table = observations.keys_table.filter(pc.is_valid(observations.keys_table.column(OBS_TIME)))
+        table = table.select(plan.key_columns).rename_columns(obs_keys)
+        counts = table.group_by(obs_keys).aggregate([([], "count_all")])
+        heavy = counts.filter(pc.greater_equal(counts.column("count_all"), MIN_HOT_OBSERVATIONS))
+        if heavy.num_rows == 0:
+            return None
+        schema = obs.select(*obs_keys).schema.add("__gm_no", "long")
+        heavy = heavy.select([*obs_keys, "count_all"]).rename_columns([*obs_keys, "__gm_no"])
+        candidates = obs.sparkSession.createDataFrame(_plain_arrow(heavy), schema=schema)
+    else:
+        candidates = (obs.groupBy(*obs_keys).agg(F.count(F.lit(1)).alias("__gm_no"))
+                      .where(F.col("__gm_no") >= MIN_HOT_OBSERVATIONS))
+        found = candidates.collect()
+        if not found:
+            return None
+        candidates = obs.sparkSession.createDataFrame(found, candidates.schema)
+    stored = side.join(F.broadcast(candidates.select(*obs_keys)), _matching(side_keys, obs_keys), "left_semi")
+    stored = stored.groupBy(*side_keys).agg(F.count(F.lit(1)).alias("__gm_nr"))
+    pairs = candidates.join(stored, _matching(obs_keys, side_keys))
+    found = pairs.where(F.col("__gm_no") * F.col("__gm_nr") > HOT_KEY_PAIRS).select(*obs_keys).collect()
     if not found:
         return None
-    log.info("%s keys with more than %d observation x feature row pairs: they take the ordered join",
-             f"more than {MAX_HOT_KEYS}" if len(found) > MAX_HOT_KEYS else len(found), HOT_KEY_PAIRS)
+    log.info("%d keys with more than %d observation x feature row pairs: they take the ordered join",
+             len(found), HOT_KEY_PAIRS)
     if len(found) > MAX_HOT_KEYS:
         return "all"
     return obs.sparkSession.createDataFrame(found, obs.select(*obs_keys).schema)

@@ -9,7 +9,8 @@ the same rows as the DuckDB engine's (``gristmill.compute.duckdb.jobs``) and wit
 - online: the newest row per key; a network store (Redis, Redis Cluster) is written by the executors, each
   partition with its own connection (Gristmill must be importable on the executors); a single-file store
   (SQLite) is written by the driver in bounded batches;
-- what was read and written is counted by Spark itself (``DataFrame.observe``), in the same jobs.
+- what was read and written is counted by Spark itself (``DataFrame.observe``), in the same jobs, and the
+  job's CPU seconds include the executors' from Spark's task metrics (``gristmill.compute.spark.metrics``).
 
 Settings of the asset's ``materialization_settings.spark_configuration`` that Spark can change on a running
 session are set for the job (and restored after it); the others take effect only when a session starts, so
@@ -58,8 +59,10 @@ def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end:
 
     With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
     instead of being recomputed from source."""
+    from gristmill.compute.spark.metrics import task_metrics
+
     cpu_started = time.process_time()
-    with job_settings(spark, spark_configuration or {}, label=label):
+    with job_settings(spark, spark_configuration or {}, label=label), task_metrics(spark, label=label) as spent:
         rows_read = rows_written = bytes_written = 0
         outcome = None
         if offline is not None and not online_from_offline:
@@ -83,8 +86,11 @@ def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end:
                 rows_read = read
             rows_written += keys_written
             bytes_written += online_bytes
+    log.info("%s: Spark task metrics: %s", label, spent.describe())
+    # the job's CPU: the executors' (Spark's task metrics) plus this process's own
+    cpu_seconds = time.process_time() - cpu_started + spent.executor_cpu_seconds
     return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
-                                 cpu_seconds=time.process_time() - cpu_started, online=outcome)
+                                 cpu_seconds=cpu_seconds, online=outcome)
 
 
 # -- offline --------------------------------------------------------------------------------------------------
