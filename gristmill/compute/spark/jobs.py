@@ -62,7 +62,8 @@ def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end:
     from gristmill.compute.spark.metrics import task_metrics
 
     cpu_started = time.process_time()
-    with job_settings(spark, spark_configuration or {}, label=label), task_metrics(spark, label=label) as spent:
+    with job_settings(spark, spark_configuration or {}, label=label) as spark, \
+            task_metrics(spark, label=label) as spent:
         rows_read = rows_written = bytes_written = 0
         outcome = None
         if offline is not None and not online_from_offline:
@@ -254,8 +255,31 @@ def _write_from_executors(rows: DataFrame, store: OnlineStore, table: OnlineTabl
 
     writer = _partition_writer(store, table, now)
     counts = rows.mapInArrow(writer, "written long, nbytes long")
-    total = counts.agg(F.sum("written").alias("written"), F.sum("nbytes").alias("nbytes")).collect()[0]
+    try:
+        total = counts.agg(F.sum("written").alias("written"), F.sum("nbytes").alias("nbytes")).collect()[0]
+    except Exception as exc:
+        raise _executor_error(exc) from None
     return int(total["written"] or 0), int(total["nbytes"] or 0)
+
+
+def _executor_error(error: Exception) -> Exception:
+    """An error raised by the online store on an executor, as the store's own error: Spark hands it over as the
+    worker's whole Python traceback; its last line is the store's message (which never holds a password)."""
+    import re
+
+    from gristmill.stores.online.encoding import OnlineStoreError
+
+    if not type(error).__module__.startswith(("pyspark", "py4j")):
+        return error
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [re.match(r"^(?:[\w.]+\.)?(\w+): (.*)$", line) for line in lines if not line.startswith("File ")]
+    found = [m for m in raised if m is not None and m.group(1).endswith(("Error", "Exception"))]
+    if found and found[-1].group(1) == "OnlineStoreError":
+        return OnlineStoreError(found[-1].group(2))
+    if not found or "Python worker" not in str(error):
+        return error                          # not the writer's (e.g. computing the rows failed): as it is
+    return OnlineStoreError(f"online store: the Spark executors could not write the rows: {found[-1].group(1)}: "
+                            f"{found[-1].group(2)}")
 
 
 def _partition_writer(store: OnlineStore, table: OnlineTable, now: datetime
@@ -319,35 +343,60 @@ def _arrow_schema(frame: DataFrame) -> pa.Schema:
 # -- settings -------------------------------------------------------------------------------------------------
 
 @contextmanager
-def job_settings(spark: SparkSession, settings: dict[str, Any], *, label: str) -> Iterator[None]:
-    """Apply ``spark_configuration`` for the duration of a job where Spark allows it: settings a running
-    session can change are set (and restored after); settings read only when a session starts are logged as
-    not applied (set them in featurestore.yaml's ``engine.conf``)."""
+def job_settings(spark: SparkSession, settings: dict[str, Any], *, label: str) -> Iterator[SparkSession]:
+    """The session a job runs on, with ``spark_configuration`` applied where Spark allows it: settings a running
+    session can change are set, settings read only when a session starts are logged as not applied (set them in
+    featurestore.yaml's ``engine.conf``).
+
+    On a classic session the settings go to a session of the job's own (Spark's ``newSession``, sharing the
+    SparkContext, with the parent's SQL settings copied): jobs running at once in one process (the server's
+    backfill workers) never see, nor undo, each other's settings. A Spark Connect session is changed for the job
+    and restored after it. A value Spark refuses fails the job with an error naming the setting."""
+    from gristmill.compute.spark.session import is_connect
+    from gristmill.errors import ConfigError
+
+    where = f"{label}: materialization_settings.spark_configuration"
+    for key, value in settings.items():
+        if not isinstance(value, str | int | float | bool):
+            raise ConfigError(f"{where}: {key!r} must be a text, number or true/false (got "
+                              f"{type(value).__name__} {_shown(value)}); change the feature set's "
+                              "materialization_settings and run the job again")
+    modifiable = [key for key in settings if _modifiable(spark, key)]
+    ignored = sorted(key for key in settings if key not in modifiable)
+    session = spark
+    if modifiable and not is_connect(spark):
+        session = spark.newSession()
+        for key, value in spark.conf.getAll.items():
+            if _modifiable(spark, key):
+                session.conf.set(key, value)
     applied: dict[str, str | None] = {}
-    ignored: list[str] = []
     try:
-        for key, value in settings.items():
+        for key in modifiable:
+            value = settings[key]
             text = str(value).lower() if isinstance(value, bool) else str(value)
-            if not _modifiable(spark, key):
-                ignored.append(key)
-                continue
-            applied[key] = spark.conf.get(key, None)
-            spark.conf.set(key, text)
+            previous = session.conf.get(key, None)
+            try:
+                session.conf.set(key, text)
+            except Exception as exc:
+                raise ConfigError(f"{where}: Spark refuses {key} = {_shown(text)}{_spark_reason(exc)}; change the "
+                                  "feature set's materialization_settings and run the job again") from None
+            applied[key] = previous
         if applied:
             log.info("%s: Spark settings applied for this job: %s", label, ", ".join(sorted(applied)))
         if ignored:
             log.info("%s: Spark settings not applied (they take effect when a session starts; set them in "
-                     "featurestore.yaml engine.conf): %s", label, ", ".join(sorted(ignored)))
-        yield
+                     "featurestore.yaml engine.conf): %s", label, ", ".join(ignored))
+        yield session
     finally:
-        for key, previous in applied.items():
-            try:
-                if previous is None:
-                    spark.conf.unset(key)
-                else:
-                    spark.conf.set(key, previous)
-            except Exception:               # the session is gone (the job failed with it): nothing to restore
-                log.debug("could not restore Spark setting %s", key, exc_info=True)
+        if session is spark:                 # a Connect session: put its settings back
+            for key, previous in applied.items():
+                try:
+                    if previous is None:
+                        spark.conf.unset(key)
+                    else:
+                        spark.conf.set(key, previous)
+                except Exception:           # the session is gone (the job failed with it): nothing to restore
+                    log.debug("could not restore Spark setting %s", key, exc_info=True)
 
 
 def _modifiable(spark: SparkSession, key: str) -> bool:
@@ -355,6 +404,19 @@ def _modifiable(spark: SparkSession, key: str) -> bool:
         return bool(spark.conf.isModifiable(key))
     except Exception:
         return False
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _spark_reason(error: BaseException) -> str:
+    """Spark's reason for refusing a setting ("It should be a/an 'int' value"), without the echoed value."""
+    import re
+
+    found = re.search(r"(It should be [^.]*?value|It should be [^.]*)", str(error))
+    return f" ({found.group(1)})" if found else ""
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
