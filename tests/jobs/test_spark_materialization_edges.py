@@ -223,3 +223,44 @@ def test_a_redis_password_never_shows_in_job_errors_or_logs(tmp_path: Path) -> N
     assert secret not in (job.error or "") and secret not in caplog_text, job.error
     assert "Traceback" not in (job.error or ""), job.error
     store.close()
+
+
+def _one_row(value: float, create: str | None) -> pa.Table:
+    columns: dict[str, Any] = {"acct": ["A", "B"], "ts": pa.array(_ts("2024-01-03 00:00", "2024-01-03 00:00")),
+                               "f1": [value, value]}
+    if create is not None:
+        columns["create_timestamp"] = pa.array(_ts(create, create))
+    return pa.table(columns)
+
+
+def test_redis_equal_event_times_go_to_the_greater_create_time_and_expire_as_duckdbs(tmp_path: Path) -> None:
+    """Re-materializing one event time: an older create time never replaces the stored row, a newer one does
+    (the compare-and-set runs on the executors); the keys expire at event time + lookback, as DuckDB's do."""
+    import pyarrow.parquet as pq
+    import redis
+
+    stores = {e: _store(tmp_path / e, engine=e, online="redis", offline=False, source=_one_row(2.0, "2024-01-03 02:00"),
+                        features=SIMPLE) for e in ("duckdb", "spark")}
+    seen: dict[str, list[Any]] = {e: [] for e in stores}
+    for value, create in [(2.0, "2024-01-03 02:00"), (1.0, "2024-01-03 01:00"), (3.0, "2024-01-03 03:00"),
+                          (4.0, None)]:
+        for engine, store in stores.items():
+            pq.write_table(_one_row(value, create), tmp_path / engine / "data" / "rows.parquet")
+            [job] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-04")
+            assert job.status.value == "Completed", job.error
+            seen[engine].append(store.get_online_features(["fs1:1:f1"], {"acct": ["A", "B"]}).to_dict()["f1"])
+    assert seen["spark"] == seen["duckdb"]
+    assert [values[0] for values in seen["spark"]][:3] == [2.0, 2.0, 3.0]
+    client = redis.Redis.from_url(REDIS_URL)
+    expiries = {}
+    for engine, store in stores.items():
+        prefix = store.online_store.prefix            # type: ignore[attr-defined]
+        keys = sorted(client.scan_iter(match=f"{prefix}:*"))
+        expiries[engine] = [client.pexpiretime(k) for k in keys]
+        assert len(keys) == 2
+        client.delete(*keys)
+        store.close()
+    # event time + 2 days is 18 h after NOW (the injected clock); on the server's clock, 18 h after the write
+    server_now_ms = int(client.time()[0]) * 1000
+    for engine in stores:
+        assert all(abs(e - server_now_ms - 18 * 3_600_000) < 300_000 for e in expiries[engine]), expiries
