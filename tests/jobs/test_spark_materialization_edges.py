@@ -264,3 +264,28 @@ def test_redis_equal_event_times_go_to_the_greater_create_time_and_expire_as_duc
     server_now_ms = int(client.time()[0]) * 1000
     for engine in stores:
         assert all(abs(e - server_now_ms - 18 * 3_600_000) < 300_000 for e in expiries[engine]), expiries
+
+
+def test_a_window_inside_stored_days_keeps_their_other_rows_of_every_type(tmp_path: Path) -> None:
+    """Rewriting [01-02 01:30, 01-03 05:00) rewrites two stored days whole: their rows outside the window are
+    read back (every type) and written again; then a window of many empty days around them."""
+    import pyarrow.parquet as pq
+
+    stores = {e: _store(tmp_path / e, engine=e, online=None) for e in ("duckdb", "spark")}
+    changed = _typed_source().to_pandas()
+    changed["label"] = [f"v2-{i}" for i in range(len(changed))]
+    for engine, store in stores.items():
+        [first] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-04")
+        assert first.status.value == "Completed", first.error
+        pq.write_table(pa.Table.from_pandas(changed, schema=_typed_source().schema, preserve_index=False),
+                       tmp_path / engine / "data" / "rows.parquet")
+        [inside] = store.backfill("fs1", 1, start="2024-01-02 01:30", end="2024-01-03 05:00")
+        assert (inside.status.value, inside.rows_read) == ("Completed", 2), inside.error
+        [wide] = store.backfill("fs1", 1, start="2021-01-01", end="2024-01-02 01:30", data_status=["None"])
+        assert wide.status.value == "Completed", wide.error
+    tables = {e: s.offline_store.read(_offline_table(s)) for e, s in stores.items()}
+    assert tables["spark"].schema == tables["duckdb"].schema
+    pd.testing.assert_frame_equal(tables["spark"].to_pandas(), tables["duckdb"].to_pandas())
+    assert sorted(tables["spark"].column("label").to_pylist()) == ["", "a", "v2-1", "v2-2", "x y.z`"]
+    for store in stores.values():
+        store.close()
