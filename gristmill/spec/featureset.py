@@ -56,6 +56,16 @@ class MaterializationSettings(Frozen):
     resource: dict[str, Any] | None = None
     spark_configuration: dict[str, Any] | None = None
 
+    @field_validator("spark_configuration")
+    @classmethod
+    def _single_values(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Spark settings are single values (Spark would refuse the others only when a job runs)."""
+        for key, setting in (value or {}).items():
+            if not isinstance(setting, str | int | float | bool):
+                raise ValueError(f"{key!r} must be a text, number or true/false, not {type(setting).__name__} "
+                                 f"{setting!r:.60}; write it as one value (e.g. \"4g\" or 8)")
+        return value
+
 
 class SpecificationRef(Frozen):
     path: str

@@ -127,9 +127,7 @@ def _simple_source() -> pa.Table:
 
 @pytest.mark.parametrize("configuration", [
     {"spark.sql.shuffle.partitions": "many"},                      # a value Spark refuses
-    {"spark.sql.shuffle.partitions": {"nested": 1}},               # not a scalar
-    {"spark.sql.shuffle.partitions": None},
-    {"spark.sql.shuffle.partitions": 5, "spark.sql.ansi.enabled": [1, 2]},   # a good one, then a bad one
+    {"spark.sql.shuffle.partitions": 5, "spark.sql.ansi.enabled": "maybe"},   # a good one, then a bad one
     {"not.a.spark.setting": 1, "spark.sql.autoBroadcastJoinThreshold": "9" * 400},
 ])
 def test_bad_spark_configuration_gives_a_clear_outcome_and_leaves_the_session(
@@ -146,6 +144,23 @@ def test_bad_spark_configuration_gives_a_clear_outcome_and_leaves_the_session(
         assert "spark_configuration" in error, error
         for internal in ("Traceback", "py4j", "java.", "org.apache", "Exception"):
             assert internal not in error, error
+    store.close()
+
+
+@pytest.mark.parametrize("value", [{"nested": 1}, None, [1, 2]])
+def test_spark_configuration_values_that_are_not_scalars_are_refused_at_apply(tmp_path: Path, value: Any) -> None:
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    pq.write_table(_simple_source(), tmp_path / "data" / "rows.parquet")
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", features=SIMPLE,
+                          settings={"offline_enabled": True,
+                                    "spark_configuration": {"spark.sql.shuffle.partitions": value}})
+    store = gm.FeatureStore.init(tmp_path / "store", clock=lambda: NOW)
+    plan = store.apply(repo)
+    assert not plan.ok
+    text = str(plan.items)
+    assert "spark_configuration" in text and "spark.sql.shuffle.partitions" in text, text
     store.close()
 
 
