@@ -11,6 +11,7 @@ import pytest
 from object_store import S3Server
 from postgres import POSTGRES_URL, drop_schema, postgres_available
 from redis_servers import RedisClusterServers
+from spark_cluster import SparkCluster
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,26 @@ def s3_server() -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+SPARK_CLUSTER_GROUP = "spark_cluster"
+
+
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the groups (--dist loadgroup, pyproject.toml)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the Spark cluster runs in one xdist worker, so one run starts one cluster."""
+    for item in items:
+        if "spark_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(SPARK_CLUSTER_GROUP))
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """A Spark standalone cluster (master, one worker, a Spark Connect server; ``.remote`` is its
+    ``sc://`` URL), started once per test session and stopped at its end (tests/spark_cluster.py)."""
+    cluster = SparkCluster(Path(tmp_path_factory.mktemp("spark-cluster")))
+    cluster.start()          # stops what it started when it fails
+    try:
+        yield cluster
+    finally:
+        cluster.stop()       # raises when a process of the cluster outlives it
