@@ -58,7 +58,22 @@ def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end:
     """Compute ``[start, end)`` on Spark and write it to the given stores (see the module docstring).
 
     With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
-    instead of being recomputed from source."""
+    instead of being recomputed from source. A failure inside Spark is one ``SparkJobError`` line."""
+    from gristmill.compute.spark.session import SparkJobError, failure_text
+
+    try:
+        return _materialize(spark, spec, start, end, now=now, label=label, offline=offline, online=online,
+                            online_from_offline=online_from_offline, spark_configuration=spark_configuration)
+    except Exception as exc:
+        if type(exc).__module__.startswith(("pyspark", "py4j", "grpc")):
+            raise SparkJobError(f"Spark failed: {failure_text(exc)}") from None
+        raise
+
+
+def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
+                 label: str, offline: tuple[DeltaOfflineStore, OfflineTable] | None,
+                 online: tuple[OnlineStore, OnlineTable] | None, online_from_offline: bool,
+                 spark_configuration: dict[str, Any] | None) -> MaterializationResult:
     from gristmill.compute.spark.metrics import task_metrics
 
     cpu_started = time.process_time()

@@ -44,6 +44,11 @@ JVM_UTC: dict[str, str] = {
 }
 
 
+class SparkJobError(GristmillError):
+    """Spark failed while it computed or wrote (the message is Spark's first line, or what happened to the
+    Spark Connect server and what to do)."""
+
+
 class SparkUnavailableError(GristmillError):
     """Spark cannot be started here (no Java, no reachable Connect server)."""
 
