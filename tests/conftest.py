@@ -54,12 +54,34 @@ def s3_server() -> Iterator[S3Server]:
 SPARK_CLUSTER_GROUP = "spark_cluster"
 
 
-@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the groups (--dist loadgroup, pyproject.toml)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that uses the Spark cluster runs in one xdist worker, so one run starts one cluster."""
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Every test that uses the Spark cluster runs in one xdist worker (``--dist loadgroup``, pyproject.toml),
+    so one run starts one cluster."""
     for item in items:
         if "spark_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(SPARK_CLUSTER_GROUP))
+    result = yield
+    if config.getoption("loadgroup", False):        # an xdist worker with --dist loadgroup
+        for item in items:
+            _group_in_node_id(item)
+    return result
+
+
+def _group_in_node_id(item: pytest.Item) -> None:
+    """Append ``@group`` to the test's id, as pytest-xdist (3.8) does by setting ``item._nodeid``: pytest 9.2
+    keeps the id in ``item._id``, so xdist's suffix is lost and its groups are silently ignored."""
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    if not names or "@" in item.nodeid:
+        return
+    grouped = f"{item.nodeid}@{'_'.join(names)}"
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(grouped)
+    else:
+        item._nodeid = grouped
 
 
 @pytest.fixture(scope="session")
