@@ -1,6 +1,7 @@
-"""The Spark engine over Spark Connect: a Connect server started from the pyspark wheel (local mode, on a
-free 127.0.0.1 port), configured as ``engine: {type: spark, remote: sc://...}`` in featurestore.yaml, answers
-a retrieval exactly as the DuckDB engine does.
+"""The Spark engine over Spark Connect: the tests' Spark cluster (tests/spark_cluster.py: a standalone master,
+a worker and a Spark Connect server started from the pyspark wheel once per test run), configured as
+``engine: {type: spark, remote: sc://...}`` in featurestore.yaml, answers a retrieval exactly as the DuckDB
+engine does.
 
 Classic and Connect sessions cannot share one Python process, so the Connect client runs in a
 subprocess; this test process never opens a Connect session."""
@@ -8,64 +9,22 @@ subprocess; this test process never opens a Connect session."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import BuildStore, fs1, rows, table
+from spark_cluster import SparkCluster
 
-CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+pytestmark = pytest.mark.xdist_group("spark_cluster")
 
 
 @pytest.fixture(scope="module")
-def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``sc://127.0.0.1:P`` of a Spark Connect server in local mode, stopped after the module."""
-    import pyspark
-
-    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    port = _free_port()
-    log = tmp_path_factory.mktemp("connect") / "server.log"
-    command = [str(submit), "--master", "local[1]", "--class", CONNECT_CLASS,
-               "--conf", f"spark.connect.grpc.binding.port={port}",
-               "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
-               "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.session.timeZone=UTC",
-               "--conf", "spark.driver.extraJavaOptions=-Duser.timezone=UTC",
-               "--conf", "spark.sql.shuffle.partitions=2", "spark-internal"]
-    env = {**os.environ, "SPARK_HOME": str(Path(pyspark.__file__).parent)}
-    with log.open("wb") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not _listening(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Spark Connect server did not start: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.5)
-        yield f"sc://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+def connect_server(spark_cluster: SparkCluster) -> str:
+    """``sc://127.0.0.1:P`` of the cluster's Spark Connect server."""
+    return spark_cluster.remote
 
 
 CLIENT = textwrap.dedent("""

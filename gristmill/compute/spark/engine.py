@@ -38,7 +38,13 @@ from gristmill.compute.planning import aggregation_mode as parse_mode
 from gristmill.compute.schema import sql_family
 from gristmill.compute.spark.result import SparkFeatureFrame, SparkRetrievalResult
 from gristmill.compute.spark.result import column as named
-from gristmill.compute.spark.session import build_session, import_pyspark, is_spark_dataframe, prepare_session
+from gristmill.compute.spark.session import (
+    build_session,
+    import_pyspark,
+    is_spark_dataframe,
+    prepare_session,
+    reports_spark_failures,
+)
 from gristmill.compute.spark.types import tie_rule_columns
 from gristmill.errors import RetrievalError
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec, SourceType
@@ -190,6 +196,7 @@ class SparkEngine:
         return int(rows.df.count())
 
     # -- retrieval -----------------------------------------------------------------------------------
+    @reports_spark_failures("point-in-time retrieval", RetrievalError)
     def retrieve(self, requests: list[FeatureSetRequest], observations: Any, timestamp_column: str, *,
                  as_known_at: bool = False, aggregation_mode: str = "per_event") -> SparkRetrievalResult:
         """Point-in-time join of ``requests`` onto ``observations`` (SPEC §3); the same answers, errors,

@@ -37,7 +37,7 @@ from gristmill.stores.online.base import EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from gristmill.registry.materialization import OnlineOutcome
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable, WindowWrite
@@ -58,7 +58,22 @@ def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end:
     """Compute ``[start, end)`` on Spark and write it to the given stores (see the module docstring).
 
     With ``online_from_offline`` the online rows are read from the offline store (a Complete window)
-    instead of being recomputed from source."""
+    instead of being recomputed from source. A failure inside Spark is one ``SparkJobError`` line."""
+    from gristmill.compute.spark.session import SparkJobError, failure_text
+
+    try:
+        return _materialize(spark, spec, start, end, now=now, label=label, offline=offline, online=online,
+                            online_from_offline=online_from_offline, spark_configuration=spark_configuration)
+    except Exception as exc:
+        if type(exc).__module__.startswith(("pyspark", "py4j", "grpc")):
+            raise SparkJobError(f"Spark failed: {failure_text(exc)}") from None
+        raise
+
+
+def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
+                 label: str, offline: tuple[DeltaOfflineStore, OfflineTable] | None,
+                 online: tuple[OnlineStore, OnlineTable] | None, online_from_offline: bool,
+                 spark_configuration: dict[str, Any] | None) -> MaterializationResult:
     from gristmill.compute.spark.metrics import task_metrics
 
     cpu_started = time.process_time()
@@ -99,18 +114,27 @@ def materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end:
 def deduplicated(rows: DataFrame, spec: FeatureSetSpec, *, has_create: bool, stamp: datetime) -> DataFrame:
     """One row per (key, time), chosen by the tie rule, with ``create_timestamp`` stamped where absent: the
     columns of ``planning.declared_schema`` in its order."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys, ts = spec.index_column_names, spec.timestamp_column
     tie = tie_rule_columns(ts, has_create_timestamp=has_create)          # (time, create, order), greater wins
-    ranked = rows.withColumn(_RANK, F.row_number().over(
-        Window.partitionBy(*[F.col(f"`{k}`") for k in keys], F.col(f"`{ts}`")).orderBy(tie[1].desc(),
-                                                                                      tie[2].desc())))
+    carried = [*([CREATE_TIMESTAMP] if has_create else []), *spec.feature_names]
+    chosen = winner_per_group(rows, [*keys, ts], carried, tie[1:])
     create = F.coalesce(F.col(CREATE_TIMESTAMP), timestamp_literal(stamp)) if has_create else timestamp_literal(stamp)
-    return ranked.where(F.col(_RANK) == 1).select(*[F.col(f"`{k}`") for k in keys], F.col(f"`{ts}`"),
-                                                  create.alias(CREATE_TIMESTAMP),
-                                                  *[F.col(f"`{f}`") for f in spec.feature_names])
+    return chosen.select(*[F.col(f"`{k}`") for k in keys], F.col(f"`{ts}`"), create.alias(CREATE_TIMESTAMP),
+                         *[F.col(f"`{f}`") for f in spec.feature_names])
+
+
+def winner_per_group(rows: DataFrame, group: list[str], carried: list[str], order: list[Column]) -> DataFrame:
+    """Per distinct ``group`` value, the ``carried`` columns of the row with the greatest ``order`` (a hash
+    aggregate with ``max_by``: no sort of the rows, and partial aggregation before the shuffle)."""
+    from pyspark.sql import functions as F
+
+    values = F.struct(*[F.col(f"`{c}`").alias(f"c{i}") for i, c in enumerate(carried)])
+    best = rows.groupBy(*[F.col(f"`{g}`") for g in group]).agg(
+        F.max_by(values, F.struct(*[part.alias(f"o{i}") for i, part in enumerate(order)])).alias(_RANK))
+    return best.select(*[F.col(f"`{g}`") for g in group],
+                       *[F.col(f"{_RANK}.c{i}").alias(c) for i, c in enumerate(carried)])
 
 
 def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,
@@ -200,7 +224,7 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
                   now: datetime, has_order: bool) -> tuple[int, int, int, OnlineOutcome]:
     """Write the newest row per key of ``relation`` (rows already expired at ``now`` are skipped): (rows of
     ``relation``, keys written, bytes handed to the store, the outcome)."""
-    from pyspark.sql import Observation, Window
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from gristmill.registry.materialization import OnlineOutcome
@@ -215,9 +239,8 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
     tie = tie_rule_columns(ts, has_create_timestamp=has_create)
     if not has_order:
         tie = tie[:2]
-    newest = (rows.withColumn(_RANK, F.row_number().over(
-        Window.partitionBy(*[F.col(f"`{k}`") for k in keys]).orderBy(*[part.desc() for part in tie])))
-        .where(F.col(_RANK) == 1))
+    carried = [ts, *([CREATE_TIMESTAMP] if has_create else []), *spec.feature_names]
+    newest = winner_per_group(rows, keys, carried, tie)
     ttl = table.ttl
     cutoff = timestamp_literal(now - ttl) if ttl is not None else None
     expired = F.count(F.when(F.col(f"`{ts}`") <= cutoff, 1)) if cutoff is not None else F.lit(0)

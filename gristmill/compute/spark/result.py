@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.result import FeatureFrame, QueryResult, RetrievalResult
+from gristmill.compute.spark.session import failure_text, is_spark_failure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -48,9 +49,8 @@ class SparkQuery(QueryResult):
         try:
             return work()
         except Exception as exc:
-            if type(exc).__module__.startswith(("pyspark", "py4j", "grpc")):
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise self.failure(f"{self._description} failed: {first}") from None
+            if is_spark_failure(exc):
+                raise self.failure(f"{self._description} failed: {failure_text(exc)}") from None
             raise
 
     def _output(self) -> DataFrame:

@@ -5,10 +5,12 @@ Spark takes seconds and needs Java."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from gristmill.errors import GristmillError, install_hint
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("gristmill.compute")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Settings every session gets: times are UTC instants, Parquet timestamps are microseconds (the INT96
 #: default reads back as naive nanoseconds elsewhere), no ``_SUCCESS`` files in written folders.
@@ -40,6 +44,11 @@ JVM_UTC: dict[str, str] = {
 }
 
 
+class SparkJobError(GristmillError):
+    """Spark failed while it computed or wrote (the message is Spark's first line, or what happened to the
+    Spark Connect server and what to do)."""
+
+
 class SparkUnavailableError(GristmillError):
     """Spark cannot be started here (no Java, no reachable Connect server)."""
 
@@ -61,6 +70,11 @@ def without_token(text: str) -> str:
 
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: How long a Spark Connect client keeps retrying a server that stopped answering before the computation fails.
+#: The client's own default is over ten minutes of retries, so a job whose server died looked hung instead of
+#: Failed; a restarted server is still picked up within this time.
+CONNECT_RETRY_SECONDS = 30.0
 
 
 def _reachable(remote: str) -> None:
@@ -116,9 +130,63 @@ def build_session(*, master: str | None = None, remote: str | None = None,
         where = f"Spark Connect server {remote}" if remote else f"Spark (master {master or 'local[2]'})"
         raise SparkUnavailableError(without_token(f"cannot start a session on {where}: {type(exc).__name__}: "
                                                   f"{str(exc).splitlines()[0] if str(exc) else ''}")) from None
+    if remote:
+        _bound_retries(session, CONNECT_RETRY_SECONDS)
     prepare_session(session)
     log.info("Spark session ready (%s)", without_token(remote or master or "local[2]"))
     return session
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying why a Spark computation failed: the first line of Spark's message, or, when the Spark
+    Connect server stopped answering (gRPC's own text is a multi-line dump), what happened and what to do."""
+    status = getattr(exc, "getGrpcStatusCode", None) or getattr(exc, "code", None)
+    try:
+        unavailable = callable(status) and getattr(status(), "name", "") == "UNAVAILABLE"
+    except Exception:           # a gRPC call object that is not finished has no code yet
+        unavailable = False
+    if unavailable:
+        import re
+
+        detail = re.search(r'details = "([^"]*)"', str(exc))
+        reason = detail.group(1) if detail else "unavailable"
+        return without_token(f"the Spark Connect server stopped answering (retried for {CONNECT_RETRY_SECONDS:.0f} s: "
+                             f"{reason}); check that it is running (engine.remote in featurestore.yaml), then retry")
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_spark_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from Spark itself (the JVM, the Connect client or gRPC), not from Gristmill."""
+    return type(exc).__module__.startswith(("pyspark", "py4j", "grpc"))
+
+
+def reports_spark_failures(what: str, error: type[GristmillError]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate an engine method whose planning runs Spark jobs (sampling, counting hot keys...): a Spark
+    failure there becomes one ``error`` saying ``what`` failed and why, instead of a Spark traceback."""
+    import functools
+
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if is_spark_failure(exc):
+                    raise error(f"{what} failed: {failure_text(exc)}") from None
+                raise
+        return run
+    return decorate
+
+
+def _bound_retries(session: SparkSession, seconds: float) -> None:
+    """Make the Connect client give up on an unreachable server after about ``seconds`` of retries (backoff
+    50 ms, 200 ms, 800 ms, then every 2 s), instead of its default of more than ten minutes."""
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    waits_ms = [50, 200, 800]
+    retries = len(waits_ms) + max(0, math.ceil((seconds * 1000 - sum(waits_ms)) / 2000))
+    session.client.set_retry_policies([DefaultPolicy(max_retries=retries, max_backoff=2000, jitter=0)])
 
 
 def prepare_session(session: SparkSession) -> None:
