@@ -616,21 +616,20 @@ def _hot_keys(observations: _Observations, plan: _Plan, obs: DataFrame, side: Da
         schema = obs.select(*obs_keys).schema.add("__gm_no", "long")
         heavy = heavy.select([*obs_keys, "count_all"]).rename_columns([*obs_keys, "__gm_no"])
         candidates = obs.sparkSession.createDataFrame(_plain_arrow(heavy), schema=schema)
-    else:
+    else:        # the candidates stay in Spark (there may be millions); one job tells whether there are any
         candidates = (obs.groupBy(*obs_keys).agg(F.count(F.lit(1)).alias("__gm_no"))
                       .where(F.col("__gm_no") >= MIN_HOT_OBSERVATIONS))
-        found = candidates.collect()
-        if not found:
+        if not candidates.limit(1).collect():
             return None
-        candidates = obs.sparkSession.createDataFrame(found, candidates.schema)
-    stored = side.join(F.broadcast(candidates.select(*obs_keys)), _matching(side_keys, obs_keys), "left_semi")
+    stored = side.join(candidates.select(*obs_keys), _matching(side_keys, obs_keys), "left_semi")
     stored = stored.groupBy(*side_keys).agg(F.count(F.lit(1)).alias("__gm_nr"))
     pairs = candidates.join(stored, _matching(obs_keys, side_keys))
-    found = pairs.where(F.col("__gm_no") * F.col("__gm_nr") > HOT_KEY_PAIRS).select(*obs_keys).collect()
+    found = (pairs.where(F.col("__gm_no") * F.col("__gm_nr") > HOT_KEY_PAIRS).select(*obs_keys)
+             .limit(MAX_HOT_KEYS + 1).collect())
     if not found:
         return None
-    log.info("%d keys with more than %d observation x feature row pairs: they take the ordered join",
-             len(found), HOT_KEY_PAIRS)
+    log.info("%s keys with more than %d observation x feature row pairs: they take the ordered join",
+             f"more than {MAX_HOT_KEYS}" if len(found) > MAX_HOT_KEYS else len(found), HOT_KEY_PAIRS)
     if len(found) > MAX_HOT_KEYS:
         return "all"
     return obs.sparkSession.createDataFrame(found, obs.select(*obs_keys).schema)
