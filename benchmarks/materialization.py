@@ -735,7 +735,8 @@ def _run_all(contenders: Sequence[str], outcomes: list[Outcome], *, args: argpar
                     contender, config, script=Path(__file__).resolve(), feast_python=feast_python, log=log,
                     timeout=args.timeout)
             rss = memory.peak_of("python") or rss
-            outcome.jvm_peak_rss_mib = memory.peak_of("java")
+            # (a cluster contender starts no JVM of its own: the cluster's JVMs are not the job's process)
+            outcome.jvm_peak_rss_mib = memory.peak_of("java") if contender.startswith("spark-") else None
         else:
             code, elapsed, rss, timed_out, reported = run_contender(
                 contender, config, script=Path(__file__).resolve(), feast_python=feast_python, log=log,

@@ -90,14 +90,23 @@ def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end
                 offline_store, offline_table = offline
                 relation = _stored_window(spark, spec, offline_store, offline_table, start, end)
                 has_order = False
+                expired_part = None
             else:
+                # online only: rows already expired at `now` can never be written, so the computation starts
+                # where they end (as the DuckDB engine's jobs; DSL windows still read their history); the
+                # earlier part is read for its keys and times only, to count the keys that expired
                 from gristmill.compute.spark.frames import feature_rows
 
-                computed = feature_rows(spark, spec, start, end, label=label)
+                ttl = online[1].ttl
+                alive_from = min(max(start, now - ttl), end) if ttl is not None else start
+                computed = feature_rows(spark, spec, alive_from, end, label=label)
                 relation, has_order = computed.df, True
+                expired_part = (feature_rows(spark, spec, start, alive_from, label=label).df
+                                if alive_from > start else None)
             store, table = online
             read, keys_written, online_bytes, outcome = _write_online(relation, spec, store, table, now=now,
-                                                                      has_order=has_order)
+                                                                      has_order=has_order,
+                                                                      expired_part=expired_part)
             if offline is None or online_from_offline:
                 rows_read = read
             rows_written += keys_written
@@ -221,9 +230,11 @@ def _stored_window(spark: SparkSession, spec: FeatureSetSpec, store: DeltaOfflin
 # -- online ---------------------------------------------------------------------------------------------------
 
 def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore, table: OnlineTable, *,
-                  now: datetime, has_order: bool) -> tuple[int, int, int, OnlineOutcome]:
+                  now: datetime, has_order: bool, expired_part: DataFrame | None = None
+                  ) -> tuple[int, int, int, OnlineOutcome]:
     """Write the newest row per key of ``relation`` (rows already expired at ``now`` are skipped): (rows of
-    ``relation``, keys written, bytes handed to the store, the outcome)."""
+    ``relation`` and ``expired_part``, keys written, bytes handed to the store, the outcome). ``expired_part``:
+    the window's rows before ``relation``'s, all expired, counted in the outcome but never written."""
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -263,11 +274,34 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
             keys_written, nbytes = _write_from_driver(written_rows, store, table, now=now)
         finally:
             newest.unpersist()
+    rows_read = int(read.get.get("rows", 0))
+    if expired_part is not None:
+        rows_read, metrics = _outcome_with(relation, expired_part, keys, ts, cutoff)
     newest_time = _naive(metrics.get("newest"))
     outcome = OnlineOutcome(keys_written=keys_written, keys_expired=int(metrics.get("expired") or 0),
                             newest_event_time=newest_time,
                             expires_at=newest_time + ttl if newest_time is not None and ttl is not None else None)
-    return int(read.get.get("rows", 0)), keys_written, nbytes, outcome
+    return rows_read, keys_written, nbytes, outcome
+
+
+def _outcome_with(relation: DataFrame, expired_part: DataFrame, keys: list[str], ts: str,
+                  cutoff: Column | None) -> tuple[int, dict[str, Any]]:
+    """(rows of both parts, {"expired": keys whose newest row expired, "newest": the newest event time}) over
+    the keys and times of ``relation`` and ``expired_part``, in one job (keys with a null part not counted)."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    names = [F.col(f"`{c}`") for c in [*keys, ts]]
+    both = relation.select(*names).unionByName(expired_part.select(*names))
+    per_key = both.groupBy(*[F.col(f"`{k}`") for k in keys]).agg(F.max(F.col(f"`{ts}`")).alias("__gm_newest"),
+                                                                F.count(F.lit(1)).alias("__gm_rows"))
+    keyed = reduce(lambda a, b: a & b, [F.col(f"`{k}`").isNotNull() for k in keys], F.lit(True))
+    newest = F.col("__gm_newest")
+    expired = F.count(F.when(keyed & (newest <= cutoff), 1)) if cutoff is not None else F.lit(0)
+    totals = per_key.agg(F.sum("__gm_rows").alias("rows"), expired.alias("expired"),
+                         F.max(F.when(keyed, newest)).alias("newest")).collect()[0]
+    return int(totals["rows"] or 0), {"expired": totals["expired"], "newest": totals["newest"]}
 
 
 def _write_from_executors(rows: DataFrame, store: OnlineStore, table: OnlineTable, *,
