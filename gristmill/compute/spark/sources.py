@@ -68,12 +68,31 @@ def read_source(spark: SparkSession, spec: FeatureSetSpec, start: datetime | Non
         # the first rows Spark reads, as DuckDB's LIMIT takes them: sorting by source order first would scan and
         # sort the whole source (a 10M-row source then overran the 30 s check)
         raw = raw.limit(int(sample_rows))
+    raw = _prefiltered(raw, ts, types[ts], start, end)
     rows = raw.withColumn(ts, normalized)
     if start is not None:
         rows = rows.where(F.col(ts) >= timestamp_literal(start))
     if end is not None:
         rows = rows.where(F.col(ts) < timestamp_literal(end))
     return rows
+
+
+def _prefiltered(raw: DataFrame, ts: str, data_type: Any, start: datetime | None, end: datetime | None) -> DataFrame:
+    """``raw`` with the window's bounds also applied to the stored time column itself, where it is a timestamp
+    (UTC, or naive UTC): a filter on the column as stored reaches the Parquet scan (row groups and files outside
+    the window are skipped), one on the normalized column does not. The normalized filter still decides."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampNTZType, TimestampType
+
+    if not isinstance(data_type, TimestampType | TimestampNTZType):
+        return raw
+    kind = "timestamp_ntz" if isinstance(data_type, TimestampNTZType) else "timestamp"
+    column = F.col(f"`{ts}`")
+    if start is not None:
+        raw = raw.where(column >= timestamp_literal(start).cast(kind))
+    if end is not None:
+        raw = raw.where(column < timestamp_literal(end).cast(kind))
+    return raw
 
 
 def _parent(spark: SparkSession, spec: FeatureSetSpec, start: datetime | None, end: datetime | None, *,
