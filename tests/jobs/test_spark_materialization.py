@@ -224,3 +224,24 @@ def test_cost_counts_the_executors_cpu_from_sparks_task_metrics(tmp_path: Path,
     assert f"read {rows:,} records" in line, line                     # the source file, read once
     assert job.cpu_seconds >= executor_cpu
     store.close()
+
+
+def test_online_outcome_times_do_not_follow_the_drivers_time_zone(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spark hands timestamp metrics to Python as datetimes in the process's zone: the outcome's newest event
+    time must still be UTC when the driver runs elsewhere (here New York)."""
+    import time
+
+    store = _store(tmp_path, engine="spark", online="sqlite", offline=False)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        [job] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-04")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert job.status.value == "Completed", job.error
+    outcome = store.materializer.records.get_job(job.id).online
+    assert outcome is not None and outcome.newest_event_time == datetime(2024, 1, 3, 8)
+    assert outcome.expires_at == datetime(2024, 1, 5, 8)
+    store.close()

@@ -24,11 +24,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.planning import declared_schema
+from gristmill.compute.planning import EPOCH, ONE_MICROSECOND, declared_schema
 from gristmill.compute.spark.types import tie_rule_columns, timestamp_literal
 from gristmill.jobs.materialize import MaterializationResult
 from gristmill.spec.featureset_spec import CREATE_TIMESTAMP, FeatureSetSpec
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gristmill.jobs")
 
-DAY_COLUMN = "_event_day"
 STAGING = "_gm_staging"          # where Spark writes a window's files before they move into the table
 DRIVER_BATCH_ROWS = 50_000       # rows per batch when the driver writes a single-file online store
 _RANK = "__gm_rank"
@@ -171,8 +170,8 @@ def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, e
         observed = Observation(f"gm_window_{uuid.uuid4().hex[:8]}")
         rows = new_rows.observe(observed, F.count(F.lit(1)).alias("rows"))
         if target.stored_files:
-            micros = F.unix_micros(F.col(f"`{ts}`"))
-            inside = (micros >= _micros(target.start)) & (micros < _micros(target.end))
+            time = F.col(f"`{ts}`")
+            inside = (time >= timestamp_literal(target.start)) & (time < timestamp_literal(target.end))
             kept = spark.read.schema(_spark_schema(spec)).parquet(*target.stored_files).where(~inside)
             rows = rows.unionByName(kept)
         # datetime features are stored as naive UTC times (TIMESTAMP_NTZ), as the DuckDB engine stores them
@@ -180,9 +179,9 @@ def _write_offline(spark: SparkSession, spec: FeatureSetSpec, start: datetime, e
                              for c in rows.columns])
         staging = Path(target.uri) / STAGING / target.file_prefix
         try:
-            (rows.withColumn(DAY_COLUMN, F.to_date(F.col(f"`{ts}`")))
-             .write.mode("overwrite").partitionBy(DAY_COLUMN).parquet(staging.as_uri()))
-            _move_into_table(staging, Path(target.uri), target.file_prefix)
+            (rows.withColumn(target.day_column, F.to_date(F.col(f"`{ts}`")))
+             .write.mode("overwrite").partitionBy(target.day_column).parquet(staging.as_uri()))
+            _move_into_table(staging, Path(target.uri), target.file_prefix, day_column=target.day_column)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             _remove_empty(Path(target.uri) / STAGING)
@@ -201,10 +200,10 @@ def _stored_schema(spec: FeatureSetSpec) -> pa.Schema:
     return pa.schema([pa.field(f.name, pa.timestamp("us")) if f.name in naive else f for f in schema])
 
 
-def _move_into_table(staging: Path, table: Path, prefix: str) -> None:
+def _move_into_table(staging: Path, table: Path, prefix: str, *, day_column: str) -> None:
     """Spark's files ``<staging>/_event_day=<d>/part-*.parquet`` become ``<table>/_event_day=<d>/<prefix>-N.parquet``
     (a rename: the staging folder is inside the table's folder, on the same file system)."""
-    for n, path in enumerate(sorted(staging.glob(f"{DAY_COLUMN}=*/*.parquet"))):
+    for n, path in enumerate(sorted(staging.glob(f"{day_column}=*/*.parquet"))):
         folder = table / path.parent.name
         folder.mkdir(exist_ok=True)
         path.rename(folder / f"{prefix}-{n:05d}.parquet")
@@ -223,8 +222,8 @@ def _stored_window(spark: SparkSession, spec: FeatureSetSpec, store: DeltaOfflin
     files = store.files(table, [(start, end)]).files
     schema = _spark_schema(spec)
     stored = spark.read.schema(schema).parquet(*files) if files else spark.createDataFrame([], schema)
-    micros = F.unix_micros(F.col(f"`{spec.timestamp_column}`"))
-    return stored.where((micros >= _micros(start)) & (micros < _micros(end)))
+    time = F.col(f"`{spec.timestamp_column}`")
+    return stored.where((time >= timestamp_literal(start)) & (time < timestamp_literal(end)))
 
 
 # -- online ---------------------------------------------------------------------------------------------------
@@ -255,7 +254,7 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
     ttl = table.ttl
     cutoff = timestamp_literal(now - ttl) if ttl is not None else None
     expired = F.count(F.when(F.col(f"`{ts}`") <= cutoff, 1)) if cutoff is not None else F.lit(0)
-    newest = newest.observe(window, expired.alias("expired"), F.max(F.col(f"`{ts}`")).alias("newest"))
+    newest = newest.observe(window, expired.alias("expired"), F.max(F.unix_micros(F.col(f"`{ts}`"))).alias("newest"))
     if cutoff is not None:
         newest = newest.where(F.col(f"`{ts}`") > cutoff)
     create = F.col(CREATE_TIMESTAMP) if has_create else F.lit(None).cast("timestamp")
@@ -277,7 +276,7 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
     rows_read = int(read.get.get("rows", 0))
     if expired_part is not None:
         rows_read, metrics = _outcome_with(relation, expired_part, keys, ts, cutoff)
-    newest_time = _naive(metrics.get("newest"))
+    newest_time = _from_micros(metrics.get("newest"))
     outcome = OnlineOutcome(keys_written=keys_written, keys_expired=int(metrics.get("expired") or 0),
                             newest_event_time=newest_time,
                             expires_at=newest_time + ttl if newest_time is not None and ttl is not None else None)
@@ -300,7 +299,7 @@ def _outcome_with(relation: DataFrame, expired_part: DataFrame, keys: list[str],
     newest = F.col("__gm_newest")
     expired = F.count(F.when(keyed & (newest <= cutoff), 1)) if cutoff is not None else F.lit(0)
     totals = per_key.agg(F.sum("__gm_rows").alias("rows"), expired.alias("expired"),
-                         F.max(F.when(keyed, newest)).alias("newest")).collect()[0]
+                         F.max(F.when(keyed, F.unix_micros(newest))).alias("newest")).collect()[0]
     return int(totals["rows"] or 0), {"expired": totals["expired"], "newest": totals["newest"]}
 
 
@@ -484,19 +483,10 @@ def _spark_schema(spec: FeatureSetSpec) -> Any:
     return spark_schema(spec)
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+def _from_micros(value: int | None) -> datetime | None:
+    """A time Spark's metrics give as microseconds since the epoch, as naive UTC (a timestamp metric would
+    arrive as a datetime in the driver's own time zone)."""
+    return None if value is None else EPOCH + int(value) * ONE_MICROSECOND
 
 
-def _naive(value: Any) -> datetime | None:
-    """A timestamp from Spark's metrics as naive UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        from datetime import UTC
-
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value  # type: ignore[no-any-return]
-
-
-__all__ = ["DAY_COLUMN", "deduplicated", "job_settings", "materialize"]
+__all__ = ["deduplicated", "job_settings", "materialize"]
