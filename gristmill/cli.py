@@ -829,7 +829,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
         if no_auth:
             err_console.print("[yellow]warning:[/yellow] --no-auth: every caller may do everything", highlight=False)
         err_console.print(f"serving {s.name} ({s.path}) on http://{host}:{port} (API docs: /docs)", highlight=False)
-        uvicorn.run(create_app(s, auth=not no_auth), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(s, auth=not no_auth), host=host, port=port, log_level="warning", access_log=False)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import logging
 from datetime import datetime
@@ -33,6 +34,7 @@ from gristmill.auth.roles import STORE
 from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUnavailableError, install_hint
 from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, harden
 from gristmill.server.limits import add_limits
+from gristmill.server.online import ONLINE_PATH, OnlineLane, OnlineQuery, encode_answer, json_safe_floats
 from gristmill.server.visibility import Visibility
 from gristmill.spec.refs import FeatureRef, parse_name_and_version
 from gristmill.spec.types import FeatureType
@@ -55,6 +57,8 @@ DOCS_ASSETS = "/docs-assets"
 CACHE_SECONDS = 5.0
 #: the ``Retry-After`` of a 503 (a store that cannot be reached): seconds a client should wait before retrying
 RETRY_AFTER_SECONDS = 5
+#: feature lists of up to this many references are parsed once and remembered (the 1,024 most recent)
+CACHED_FEATURE_LISTS_UP_TO = 100
 
 
 class OnlineRequest(BaseModel):
@@ -71,6 +75,16 @@ class OnlineRequest(BaseModel):
                           "materialized, not in the store); one more store read per feature set with such keys.")
 
 
+class OnlineAnswer(BaseModel):
+    """``columns``: the observation columns as sent, then one list of values per feature (null for a key
+    without a value; datetimes ISO 8601, binary base64, NaN and infinities as the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``); ``types``: each feature column's type; ``notes`` when ``explain``."""
+
+    columns: dict[str, list[Any]]
+    types: dict[str, str]
+    notes: list[str] | None = None
+
+
 class BackfillRequest(BaseModel):
     start: datetime | None = None
     end: datetime | None = None
@@ -85,9 +99,10 @@ class _Denied(Exception):
         self.status, self.message = status, message
 
 
-def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
+def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = True) -> FastAPI:
     """The HTTP app of ``store``. ``auth=False`` (local development only) lets every caller do everything
-    as ``anonymous``."""
+    as ``anonymous``. ``fast_online=False`` leaves online lookups to the framework's route (same answers,
+    slower: for comparisons)."""
     access = AccessRecords(store.materializer.records, cache_seconds=CACHE_SECONDS)
     visible = Visibility(store, access, auth=auth)       # unreadable = missing; secrets to Owners only
     app = FastAPI(title=f"Gristmill feature store {store.name}", version="1",
@@ -97,15 +112,18 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     harden(app)
     limits = add_limits(app, store)
 
-    def caller(request: Request) -> str:
+    def principal_of(authorization: str) -> str:
+        """The caller of an ``Authorization`` header (401 unless it holds a valid bearer token)."""
         if not auth:
             return ANONYMOUS
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
         try:
             return access.authenticate(token)
         except AccessDeniedError as exc:
             raise _Denied(401, str(exc)) from None
+
+    def caller(request: Request) -> str:
+        return principal_of(request.headers.get("authorization", ""))
 
     def check(principal: str, action: Action, resource: Resource) -> None:
         if auth:
@@ -211,26 +229,34 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
 
     def may_read_features(principal: str, action: Action, features: list[str]) -> None:
         """Refuse references to another feature store's features, and features the caller may not read."""
-        refs = [FeatureRef.parse(f) for f in features]
-        other = [ref.text for ref in refs if ref.store not in (None, store.name)]
-        if other:
-            raise GristmillError(f"features: '{other[0]}' belongs to another feature store; this server serves "
+        named = tuple(features)
+        other, feature_sets = (_feature_sets_named(named, store.name) if len(named) <= CACHED_FEATURE_LISTS_UP_TO
+                               else _feature_sets_named.__wrapped__(named, store.name))
+        if other is not None:
+            raise GristmillError(f"features: '{other}' belongs to another feature store; this server serves "
                                  f"{store.name} only: ask that store's server")
-        for name, version in {(ref.feature_set, ref.version) for ref in refs}:
+        for name, version in feature_sets:
             check(principal, action, visible.feature_set(principal, name, version))
 
-    @app.post("/v1/online/features", tags=["online"])
-    def online_features(body: OnlineRequest, principal: str = Caller) -> dict[str, Any]:
-        may_read_features(principal, Action.READ_ONLINE, body.features)
-        limits.check_keys(body.entities)
-        result = store.get_online_features(body.features, body.entities, full_feature_names=body.full_feature_names,
-                                           now=body.now, explain=body.explain)
-        answer = {"columns": {name: _json_values(values, result.types.get(name))
-                              for name, values in result.to_dict().items()},
-                  "types": {name: kind.value for name, kind in result.types.items()}}
-        if body.explain:
+    def online_answer(principal: str, query: OnlineQuery, *, now: datetime | None = None) -> bytes:
+        """The online route's work, shared by its fast lane and the framework's route: the answer's JSON."""
+        may_read_features(principal, Action.READ_ONLINE, query.features)
+        limits.check_keys(query.entities)
+        result = store.get_online_features(query.features, query.entities,
+                                           full_feature_names=query.full_feature_names, now=now, explain=query.explain)
+        types = result.types
+        answer: dict[str, Any] = {"columns": {name: _json_values(values, types.get(name))
+                                              for name, values in result.to_dict().items()},
+                                  "types": {name: kind.value for name, kind in types.items()}}
+        if query.explain:
             answer["notes"] = result.notes
-        return answer
+        return encode_answer(answer)
+
+    @app.post(ONLINE_PATH, tags=["online"], response_model=OnlineAnswer)
+    def online_features(body: OnlineRequest, principal: str = Caller) -> Response:
+        query = OnlineQuery(body.features, body.entities, full_feature_names=body.full_feature_names,
+                            explain=body.explain)
+        return Response(online_answer(principal, query, now=body.now), media_type="application/json")
 
     @app.post("/v1/offline/features", tags=["offline"],
               responses={200: {"content": {PARQUET: {}}, "description": "the training data as Parquet"}})
@@ -314,6 +340,9 @@ def create_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
     from gristmill.server.ui import add_ui
 
     ui_error = add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS, visible=visible)
+    if fast_online:
+        app.add_middleware(OnlineLane, principal=principal_of, answer=online_answer,   # outermost: added last
+                           most_bytes=store.config.limits.request_max_bytes, handlers=app.exception_handlers)
     return app
 
 
@@ -368,11 +397,28 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(problems) or "the request does not match the API (see /docs)"
 
 
+@functools.lru_cache(maxsize=1_024)
+def _feature_sets_named(features: tuple[str, ...], home: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """(the first reference to a store other than ``home``, the feature sets named) of a feature list; parsed
+    once per list (a model sends the same list with every lookup); invalid references raise as
+    ``FeatureRef.parse`` does."""
+    refs = [FeatureRef.parse(f) for f in features]
+    other = next((ref.text for ref in refs if ref.store not in (None, home)), None)
+    return other, tuple(dict.fromkeys((ref.feature_set, ref.version) for ref in refs))
+
+
 def _json_values(values: list[Any], kind: FeatureType | None) -> list[Any]:
-    """Feature values as JSON: datetimes ISO 8601, binary base64 (``types`` tells a client which)."""
+    """Feature values as JSON: datetimes ISO 8601, binary base64, NaN and infinities as strings (``types``
+    tells a client which); observation columns pass through as the request sent them."""
+    if kind is None:
+        return values
     if kind == FeatureType.BINARY:
         return [None if v is None else base64.b64encode(v).decode() for v in values]
-    return jsonable_encoder(values)
+    if kind in (FeatureType.DOUBLE, FeatureType.FLOAT):
+        return json_safe_floats(values)
+    if kind == FeatureType.FLOAT_VECTOR:
+        return [None if v is None else json_safe_floats(list(v)) for v in values]
+    return values
 
 
 def _entity_names(feature_set: FeatureSet) -> list[str]:
