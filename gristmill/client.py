@@ -16,7 +16,12 @@ errors a local store raises: ``AccessDeniedError`` (401/403), ``NotFoundError`` 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import math
+import threading
+import urllib.parse
+import urllib.request
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +45,7 @@ class RemoteFeatureStore:
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._transport_errors = (httpx.TransportError,)
         self._name: str | None = None
+        self._lookups = _KeepAlive(self.url, headers=headers, timeout=timeout)
 
     # -- the store --------------------------------------------------------------------------------------
     @property
@@ -54,6 +60,7 @@ class RemoteFeatureStore:
 
     def close(self) -> None:
         self._http.close()
+        self._lookups.close()
 
     def __enter__(self) -> RemoteFeatureStore:
         return self
@@ -75,19 +82,30 @@ class RemoteFeatureStore:
                             now: datetime | str | None = None, explain: bool = False) -> Any:
         """The latest feature values for the keys in ``observations``, as ``FeatureStore.get_online_features``
         (``now``: as of that time; ``explain``: notes on keys without a value)."""
-        from fastapi.encoders import jsonable_encoder
+        import orjson
 
         from gristmill.serving import OnlineResult, observation_columns
         from gristmill.spec.types import FeatureType
 
-        body = {"features": [features] if isinstance(features, str) else list(features),
-                "entities": jsonable_encoder(observation_columns(observations)),
-                "full_feature_names": full_feature_names}
+        body: dict[str, Any] = {"features": [features] if isinstance(features, str) else list(features),
+                                "entities": observation_columns(observations), "full_feature_names": full_feature_names}
         if now is not None:
             body["now"] = _iso(now)
         if explain:
             body["explain"] = True
-        answer = self._call("POST", "/v1/online/features", json=body)
+        content = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+        if self._lookups.usable:
+            try:
+                status, reply, retry_after = self._lookups.post("/v1/online/features", content)
+            except OSError as exc:
+                raise StoreUnavailableError(f"cannot reach the feature store server at {self.url}: {exc}; is "
+                                            "`gristmill serve` running there?") from exc
+            if status >= 400:
+                self._refused(status, reply, retry_after)
+            answer = orjson.loads(reply)
+        else:                                       # through a proxy: httpx knows how
+            answer = self._call("POST", "/v1/online/features", content=content,
+                                headers={"Content-Type": "application/json"})
         types = {name: FeatureType(kind) for name, kind in answer.get("types", {}).items()}
         columns = {name: _decoded(values, types.get(name)) for name, values in answer["columns"].items()}
         return OnlineResult(columns, types, notes=answer.get("notes"))
@@ -236,19 +254,96 @@ class RemoteFeatureStore:
                                         "`gristmill serve` running there?") from exc
         if response.status_code < 400:
             return response.content if raw else response.json()
+        self._refused(response.status_code, response.content, response.headers.get("retry-after", ""))
+
+    def _refused(self, status: int, body: bytes, retry_after: str) -> None:
+        """Raise the error a local store raises for the server's refusal ``status`` with ``body``."""
+        import json
+
+        text = body.decode("utf-8", "replace")
         try:
-            message = response.json().get("error") or response.text
-        except ValueError:
-            message = response.text
-        if response.status_code == 422:
+            message = json.loads(text).get("error") or text
+        except (ValueError, AttributeError):
+            message = text
+        if status == 422:
             message = f"the server refused the request as malformed: {message}"
-        if response.status_code == 503:
-            retry_after = response.headers.get("retry-after", "")
+        if status == 503:
             raise StoreUnavailableError(f"{message} (HTTP 503 from {self.url}; retry later)",
                                         retry_after=float(retry_after) if retry_after.isdigit() else None)
-        error = {401: AccessDeniedError, 403: AccessDeniedError, 404: NotFoundError}.get(response.status_code,
-                                                                                          GristmillError)
-        raise error(f"{message} (HTTP {response.status_code} from {self.url})")
+        error = {401: AccessDeniedError, 403: AccessDeniedError, 404: NotFoundError}.get(status, GristmillError)
+        raise error(f"{message} (HTTP {status} from {self.url})")
+
+
+class _KeepAlive:
+    """Online lookups over one HTTP/1.1 keep-alive connection per thread (``http.client``: a tenth of a
+    general client's overhead per request). A connection the server closed while idle is reopened once and
+    the lookup, a read, sent again. Not used when a proxy applies to the URL (``usable`` is False)."""
+
+    def __init__(self, url: str, *, headers: dict[str, str], timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname or "localhost", parts.port
+        self.prefix = parts.path.rstrip("/")
+        self.headers = {**headers, "Content-Type": "application/json", "Accept": "application/json"}
+        self.timeout = timeout
+        proxies = urllib.request.getproxies()
+        self.usable = parts.scheme in ("http", "https") and not (
+            parts.scheme in proxies and not urllib.request.proxy_bypass(parts.netloc))
+        self._local = threading.local()
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes, str]:
+        """(status, body, Retry-After) of ``POST path``."""
+        for attempt in (0, 1):
+            connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+            fresh = connection is None
+            if connection is None:
+                connection = self._local.connection = self._connect()
+            try:
+                connection.request("POST", self.prefix + path, body=body, headers=self.headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    http.client.CannotSendRequest, http.client.ResponseNotReady):
+                connection.close()
+                self._local.connection = None
+                if fresh or attempt:
+                    raise
+                continue
+            except BaseException:
+                connection.close()
+                self._local.connection = None
+                raise
+            if response.will_close:
+                connection.close()
+                self._local.connection = None
+            return response.status, data, response.getheader("retry-after", "")
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' close when they are collected)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.https:
+            import ssl
+
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+
+def _json_default(value: Any) -> Any:
+    """Observation values orjson does not write itself (pandas timestamps, decimals, ...), as the rest of the
+    API's JSON writes them."""
+    from fastapi.encoders import jsonable_encoder
+
+    encoded = jsonable_encoder(value)
+    if encoded is value:
+        raise TypeError(f"observations: a value of type {type(value).__name__} cannot be sent as JSON")
+    return encoded
 
 
 def _q(part: Any) -> str:
@@ -270,7 +365,21 @@ def _decoded(values: list[Any], kind: Any) -> list[Any]:
         return [None if v is None else datetime.fromisoformat(v) for v in values]
     if kind == FeatureType.BINARY:
         return [None if v is None else base64.b64decode(v) for v in values]
+    if kind in (FeatureType.DOUBLE, FeatureType.FLOAT):
+        return _floats(values)
+    if kind == FeatureType.FLOAT_VECTOR:
+        return [None if v is None else _floats(v) for v in values]
     return values
+
+
+_NOT_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _floats(values: list[Any]) -> list[Any]:
+    """NaN and infinities come as strings (JSON has no such numbers): back to floats."""
+    if not any(type(v) is str for v in values):
+        return values
+    return [_NOT_FINITE.get(v, v) if type(v) is str else v for v in values]
 
 
 def _iso(value: Any) -> str | None:

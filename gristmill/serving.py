@@ -82,8 +82,7 @@ class OnlineResult:
 def observation_columns(observations: Any) -> dict[str, list[Any]]:
     """Accept a dict of columns, a list of row dicts, or a pandas / Polars / Arrow table."""
     if isinstance(observations, Mapping):
-        columns = {str(k): (list(v) if isinstance(v, Sequence) and not isinstance(v, str | bytes) else [v])
-                   for k, v in observations.items()}
+        columns = {str(k): _column(v) for k, v in observations.items()}
     elif isinstance(observations, Sequence) and not isinstance(observations, str | bytes):
         if not all(isinstance(row, Mapping) for row in observations):
             raise RetrievalError("observations: a list must hold one dict per row, e.g. [{'account_id': 'A1'}]")
@@ -102,6 +101,18 @@ def observation_columns(observations: Any) -> dict[str, list[Any]]:
     if len(lengths) > 1:
         raise RetrievalError(f"observations: columns have different lengths {sorted(lengths)}")
     return columns
+
+
+def _column(value: Any) -> list[Any]:
+    """One column of a dict of columns: a list, tuple, NumPy array or pandas / Polars series; a single value
+    (text, bytes, a number) is a column of one row."""
+    if isinstance(value, str | bytes):
+        return [value]
+    if isinstance(value, Sequence) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        return list(value)
+    if hasattr(value, "to_list") and hasattr(value, "__len__"):
+        return list(value.to_list())
+    return [value]
 
 
 def _coerce_key(value: Any, kind: FeatureType, column: str, label: str) -> Any:

@@ -3,7 +3,6 @@ role checks per route and scope, the audit log, and the routes' answers against 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,8 +12,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
-from redis_servers import free_port
+from app_server import served
 from repo_support import write_fs1_repo
 
 import gristmill as gm
@@ -37,18 +35,8 @@ class Server:
 
 
 def _serve(store: gm.FeatureStore, *, auth: bool) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, auth=auth), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(store, auth=auth)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,12 @@ those threads (up to the store's socket timeout), never the event loop that serv
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -34,6 +36,7 @@ log = logging.getLogger("gristmill.server")
 ONLINE_PATH = "/v1/online/features"
 #: threads reading the online store for the lane (a lookup holds one for a store round trip)
 LANE_THREADS = 16
+_BIG = float(2**63)
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 Scope = dict[str, Any]
@@ -68,9 +71,23 @@ class OnlineQuery:
         if (type(features) is not list or not 1 <= len(features) <= MAX_FEATURES
                 or not all(type(f) is str and 1 <= len(f) <= MAX_REFERENCE_LENGTH for f in features)
                 or type(entities) is not dict or not all(type(v) is list for v in entities.values())
-                or type(full) is not bool or type(explain) is not bool or document.get("now") is not None):
+                or type(full) is not bool or type(explain) is not bool or document.get("now") is not None
+                or not all(_plain(values) for values in entities.values())):
             return None
         return cls(features, entities, full_feature_names=full, explain=explain)
+
+
+def _plain(values: list[Any]) -> bool:
+    """Whether entity values are flat and read as the framework reads them: orjson reads integers beyond 64
+    bits as floats (the framework keeps them whole), so such floats, and nested values, go to the framework."""
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not -_BIG < value < _BIG:
+                return False
+        elif kind is not str and kind is not int and kind is not bool and value is not None:
+            return False
+    return True
 
 
 def json_safe_floats(values: list[Any]) -> list[Any]:
@@ -82,8 +99,27 @@ def json_safe_floats(values: list[Any]) -> list[Any]:
 
 
 def encode_answer(answer: dict[str, Any]) -> bytes:
-    """The online answer as JSON bytes (datetimes ISO 8601, as the rest of the API writes them)."""
-    return orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS)
+    """The online answer as JSON bytes (datetimes ISO 8601, as the rest of the API writes them; a
+    pass-through NaN, which only non-standard JSON can send, as null)."""
+    try:
+        return orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:         # integers beyond 64 bits, passed through from the request
+        return json.dumps(_plain_json(answer), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` with what the standard library's JSON does not write as the answer wants it: datetimes ISO
+    8601, NaN and infinities null."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
 
 
 class OnlineLane:

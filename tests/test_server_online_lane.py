@@ -1,0 +1,230 @@
+"""The online route's fast lane over real HTTP: every request, good or bad, gets the same status and body from
+the lane as from the framework's route (``fast_online=False``); NaN and infinities cross the wire; the
+connected SDK's keep-alive connection survives a server restart and many threads."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from app_server import served
+from redis_servers import free_port
+from repo_support import set_limits, write_fs1_repo
+
+import gristmill as gm
+from gristmill.auth import AccessRecords
+from gristmill.server.app import create_app
+
+NOW = datetime(2024, 1, 10)
+FEATURES = [{"name": "x", "type": "double"}, {"name": "n", "type": "long"}, {"name": "at", "type": "datetime"},
+            {"name": "blob", "type": "binary"}, {"name": "vec", "type": "float_vector"},
+            {"name": "flag", "type": "boolean"}, {"name": "word", "type": "string"}, {"name": "small", "type": "float"}]
+NAMES = [f"fs1:1:{f['name']}" for f in FEATURES]
+KEYS = ["K0", "K1", "K2", "K3", "K4"]
+
+
+@dataclass
+class Lane:
+    fast: str
+    slow: str
+    store: gm.FeatureStore
+    tokens: dict[str, str]
+
+    def both(self, who: str | None, body: Any = None, *, content: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[httpx.Response, httpx.Response]:
+        sent = dict(headers or {})
+        if who is not None:
+            sent["Authorization"] = f"Bearer {self.tokens.get(who, who)}"
+        answers = []
+        for url in (self.fast, self.slow):
+            if content is not None:
+                answers.append(httpx.post(f"{url}/v1/online/features", content=content, headers=sent, timeout=30))
+            else:
+                answers.append(httpx.post(f"{url}/v1/online/features", json=body, headers=sent, timeout=30))
+        return answers[0], answers[1]
+
+
+def _rows() -> pa.Table:
+    """Rows written with Arrow, so NaN stays NaN (pandas would write it as null)."""
+    when = datetime(2024, 1, 9, 1, 2, 3, 456789)
+    frame = pd.DataFrame({
+        "acct": KEYS, "ts": pd.Series([when] * 5).astype("datetime64[us]"),
+        "x": [1.5, math.nan, math.inf, -math.inf, None], "n": pd.array([2**62, -1, None, 0, 7], dtype="Int64"),
+        "at": pd.Series([when, None, when, when, when]).astype("datetime64[us]"),
+        "blob": [b"\x00\xff", None, b"", b"a", b"b"], "vec": [[1.5, -2.0], None, [math.inf], [], [0.0]],
+        "flag": pd.array([True, None, False, True, False], dtype="boolean"),
+        "word": ["ü", None, "", "\"quoted\"", "<b>"]})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.set_column(table.schema.get_field_index("x"), "x",
+                             pa.array([1.5, math.nan, math.inf, -math.inf, None], type=pa.float64()))
+    return table.append_column("small", pa.array([0.5, None, math.nan, 1.0, 2.0], type=pa.float32()))
+
+
+@pytest.fixture(scope="module")
+def lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
+    root = tmp_path_factory.mktemp("lane")
+    (root / "data").mkdir()
+    pq.write_table(_rows(), root / "data" / "rows.parquet")
+    repo = write_fs1_repo(root, source=root / "data" / "rows.parquet", features=FEATURES,
+                          settings={"offline_enabled": False, "online_enabled": True})
+    gm.FeatureStore.init(root / "store", clock=lambda: NOW).close()
+    set_limits(root / "store", {"online_request_max_keys": 50, "request_max_bytes": 20_000})
+    store = gm.FeatureStore(root / "store", clock=lambda: NOW)
+    assert store.apply(repo).ok
+    assert store.backfill("fs1", 1, start="2024-01-01", end="2024-01-10")[0].status.value == "Completed"
+    access = AccessRecords(store.materializer.records)
+    tokens = {}
+    for name, grant in (("owner", "Owner"), ("reader", "Reader"), ("nobody", None)):
+        access.add_principal(name)
+        if grant:
+            access.grant(name, grant, by="test")
+        tokens[name] = access.create_token(name)
+    with served(create_app(store)) as fast, served(create_app(store, fast_online=False)) as slow:
+        yield Lane(fast, slow, store, tokens)
+
+
+def _same(fast: httpx.Response, slow: httpx.Response, status: int) -> dict[str, Any]:
+    assert fast.status_code == slow.status_code == status, (fast.text, slow.text)
+    assert fast.json() == slow.json()
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    return dict(fast.json())
+
+
+def test_answers_are_the_framework_routes(lane: Lane) -> None:
+    keys = {"acct": [*KEYS, "unknown", "K0"], "extra": [1, 2.5, "x", None, True, {"a": 1}, [1]]}
+    for body in ({"features": NAMES, "entities": keys},
+                 {"features": NAMES, "entities": keys, "full_feature_names": True},
+                 {"features": NAMES[:2], "entities": keys, "explain": True},
+                 {"features": NAMES[:1], "entities": {"acct": ["K0"]}, "now": "2024-01-09T12:00:00"},
+                 {"features": NAMES[:1], "entities": {"acct": ["K0"]}, "unknown_field": 1}):
+        fast, slow = lane.both("reader", body)
+        answer = _same(fast, slow, 200)
+        assert fast.content == slow.content                    # the very same bytes
+    answer = _same(*lane.both("reader", {"features": NAMES, "entities": keys}), 200)
+    columns = answer["columns"]
+    assert columns["extra"] == keys["extra"]                   # pass-through columns as sent
+    assert columns["x"] == [1.5, "NaN", "Infinity", "-Infinity", None, None, 1.5]
+    assert columns["vec"][0] == [1.5, -2.0] and columns["vec"][2] == ["Infinity"]
+    assert columns["n"][0] == 2**62 and columns["at"][0] == "2024-01-09T01:02:03.456789+00:00"
+    assert columns["blob"][0] == "AP8=" and columns["word"][3] == "\"quoted\"" and columns["small"][2] == "NaN"
+    assert answer["types"]["x"] == "double" and answer["types"]["vec"] == "float_vector"
+
+
+@pytest.mark.parametrize(("who", "body", "status"), [
+    ("reader", {"features": [], "entities": {"acct": ["K0"]}}, 422),
+    ("reader", {"features": "fs1:1:x", "entities": {"acct": ["K0"]}}, 422),
+    ("reader", {"features": ["fs1:1:" + "x" * 400], "entities": {"acct": ["K0"]}}, 404),
+    ("reader", {"features": ["fs1:1:" + "x" * 4000], "entities": {"acct": ["K0"]}}, 422),
+    ("reader", {"features": ["fs1:1:x"] * 1001, "entities": {"acct": ["K0"]}}, 422),
+    ("reader", {"features": [7], "entities": {"acct": ["K0"]}}, 422),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": "K0"}}, 422),
+    ("reader", {"features": ["fs1:1:x"], "entities": ["K0"]}, 422),
+    ("reader", {"features": ["fs1:1:x"]}, 422),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}, "full_feature_names": 1}, 422),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}, "explain": "yes"}, 422),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}, "now": "yesterday"}, 422),
+    ("reader", [1, 2], 422),
+    ("reader", {"features": ["fs9:1:x"], "entities": {"acct": ["K0"]}}, 404),
+    ("reader", {"features": ["fs1:x"], "entities": {"acct": ["K0"]}}, 400),
+    ("reader", {"features": ["elsewhere/fs1:1:x"], "entities": {"acct": ["K0"]}}, 400),
+    ("reader", {"features": ["fs1:1:nope"], "entities": {"acct": ["K0"]}}, 404),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": [5]}}, 400),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"account": ["K0"]}}, 400),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"] * 51}}, 413),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"], "pad": ["x" * 30_000]}}, 413),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": [2**70]}}, 400),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": [-(2**63) - 1]}}, 400),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"], "deep": [{"big": 2**70}]}}, 200),
+    ("reader", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"], "wide": [1e300]}}, 200),
+    (None, {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}, 401),
+    ("gm_madeup_secret", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}, 401),
+    ("nobody", {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}, 404),
+])
+def test_refusals_are_the_framework_routes(lane: Lane, who: str | None, body: Any, status: int) -> None:
+    answer = _same(*lane.both(who, body), status)
+    assert status == 200 or (answer["error"] and "Traceback" not in answer["error"])
+
+
+@pytest.mark.parametrize(("content", "content_type", "status"), [
+    (b"{not json", "application/json", 422),
+    (b"", "application/json", 422),
+    (b'{"features": ["fs1:1:x"], "entities": {"acct": ["\\ud800"]}}', "application/json", 400),
+    (b'{"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}', "text/plain", 422),
+    (b'{"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}', "application/json; charset=utf-8", 200),
+    (b'\xff\xfe{"features"', "application/json", 400),
+    (b'{"features": ["fs1:1:n"], "features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}', "application/json", 200),
+    (b'{"features": ["fs1:1:x"], "entities": {"acct": [NaN]}}', "application/json", 400),
+    (b'{"features": ["fs1:1:x"], "entities": {"acct": ["K0"], "pass": [NaN]}}', "application/json", 200),
+    (b'{"features": ["fs1:1:x"], "entities": {"acct": ["K0"], "pass": [123456789012345678901234567890]}}',
+     "application/json", 200),
+])
+def test_raw_bodies_are_the_framework_routes(lane: Lane, content: bytes, content_type: str, status: int) -> None:
+    _same(*lane.both("reader", content=content, headers={"Content-Type": content_type}), status)
+
+
+def test_connected_sdk_carries_every_value_and_survives_restarts(lane: Lane, tmp_path: Path) -> None:
+    port = free_port()
+    observations = {"acct": np.array([*KEYS, "unknown"], dtype=object), "when": [pd.Timestamp("2024-01-09")] * 6,
+                    "weight": pd.Series([0.5] * 6, dtype="float32")}
+    local = lane.store.get_online_features(NAMES, observations).to_dict()
+    with served(create_app(lane.store), port=port) as url:
+        remote = gm.FeatureStore.connect(url, token=lane.tokens["reader"])
+        got = remote.get_online_features(NAMES, observations).to_dict()
+    assert got.keys() == local.keys()
+    for name in NAMES:
+        column = name.split(":")[-1]
+        assert _comparable(got[column]) == _comparable(local[column]), column
+    assert got["when"] == ["2024-01-09T00:00:00"] * 6           # pass-through values travel as JSON
+    with pytest.raises(gm.StoreUnavailableError, match=r"cannot reach the feature store server at http://127"):
+        remote.get_online_features(NAMES[:1], {"acct": ["K0"]})
+    with served(create_app(lane.store), port=port):              # a new server on the same port: reconnects
+        assert remote.get_online_features(NAMES[:1], {"acct": ["K0"]}).to_dict()["x"] == [1.5]
+        with pytest.raises(gm.AccessDeniedError, match=r"HTTP 401"):
+            gm.FeatureStore.connect(url, token="gm_madeup_secret").get_online_features(NAMES[:1], {"acct": ["K0"]})
+        with pytest.raises(gm.NotFoundError, match=r"HTTP 404"):
+            remote.get_online_features(["fs9:1:x"], {"acct": ["K0"]})
+
+
+def test_many_threads_share_the_lane(lane: Lane) -> None:
+    remote = gm.FeatureStore.connect(lane.fast, token=lane.tokens["reader"])
+    expected = {key: lane.store.get_online_features(["fs1:1:n"], {"acct": [key]}).to_dict()["n"][0] for key in KEYS}
+    problems: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(40):
+            keys = rng.choices(KEYS, k=rng.randint(1, 5))
+            got = remote.get_online_features(["fs1:1:n"], {"acct": keys}).to_dict()["n"]
+            if got != [expected[k] for k in keys]:
+                problems.append(f"{keys}: {got}")
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not problems, problems[:3]
+
+
+def _comparable(values: list[Any]) -> list[Any]:
+    """NaN never equals itself: compare it as a marker."""
+    def one(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return "NaN"
+        if isinstance(value, list):
+            return [one(v) for v in value]
+        return value
+
+    return [one(v) for v in values]
