@@ -115,6 +115,15 @@ def _column(value: Any) -> list[Any]:
     return [value]
 
 
+def _exact(values: list[Any], kind: FeatureType) -> bool:
+    """Whether every key value already has the exact Python type of the declared column type (no None)."""
+    if kind == FeatureType.STRING:
+        return all(type(v) is str for v in values)
+    if kind in (FeatureType.INTEGER, FeatureType.LONG):
+        return all(type(v) is int for v in values)
+    return False
+
+
 def _coerce_key(value: Any, kind: FeatureType, column: str, label: str) -> Any:
     """A key value in the declared index column type, by the same rule as training-data retrieval: integers of
     any width for integer/long columns, text for string columns; anything else is an error naming the column
@@ -165,9 +174,14 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
         key_types = [kind for _, kind in table.keys]
         key_columns = [columns[name] for name in table.key_names]
         key_names = table.key_names
-        keys = [tuple(_coerce_key(v, kind, name, request.label)
-                      for v, kind, name in zip(values, key_types, key_names, strict=True))
-                for values in zip(*key_columns, strict=True)] if key_columns else [()] * rows
+        if not key_columns:
+            keys: list[tuple[Any, ...]] = [()] * rows
+        elif all(_exact(column, kind) for column, kind in zip(key_columns, key_types, strict=True)):
+            keys = list(zip(*key_columns, strict=True))          # already of the declared types: the common case
+        else:
+            keys = [tuple(_coerce_key(v, kind, name, request.label)
+                          for v, kind, name in zip(values, key_types, key_names, strict=True))
+                    for values in zip(*key_columns, strict=True)]
         found = _as_of(request.label, keys, store.read_stored(table, keys), now) if as_of \
             else store.read(table, keys, now=now)
         if explain is not None:
@@ -176,8 +190,12 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
             if note:
                 notes.append(note)
         feature_types = dict(table.features)
+        hits = [hit for hit in found if hit is not None]
         for (feature, name), position in zip(request.outputs, request.position, strict=True):
-            values = [None if hit is None else hit.get(feature) for hit in found]
+            if len(hits) == len(found):
+                values = [hit.get(feature) for hit in hits]
+            else:
+                values = [None if hit is None else hit.get(feature) for hit in found]
             outputs.append((position, name, values, feature_types[feature]))
     result = dict(columns)
     types: dict[str, FeatureType] = {}
