@@ -814,13 +814,15 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
           port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
           no_auth: Annotated[bool, typer.Option("--no-auth", help="No tokens, everyone may do everything "
                                                                   "(local development only).")] = False,
+          workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes sharing the port (each with "
+                                                                   "its own backfill workers).")] = 1,
           store: StoreOption = Path(".")) -> None:
     """Run the REST server: online lookups, catalog, search and jobs, with tokens and roles (see /docs)."""
     with _user_errors():
         try:
             import uvicorn
 
-            from gristmill.server.app import create_app
+            from gristmill.server.app import SERVE_AUTH, SERVE_STORE, create_app
         except ImportError:
             from gristmill.errors import ConfigError, install_hint
 
@@ -828,8 +830,16 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
         s = _open(store)
         if no_auth:
             err_console.print("[yellow]warning:[/yellow] --no-auth: every caller may do everything", highlight=False)
-        err_console.print(f"serving {s.name} ({s.path}) on http://{host}:{port} (API docs: /docs)", highlight=False)
-        uvicorn.run(create_app(s, auth=not no_auth), host=host, port=port, log_level="warning", access_log=False)
+        shown = f" ({workers} processes)" if workers > 1 else ""
+        err_console.print(f"serving {s.name} ({s.path}) on http://{host}:{port}{shown} (API docs: /docs)",
+                          highlight=False)
+        options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+        if workers == 1:
+            uvicorn.run(create_app(s, auth=not no_auth), **options)
+            return
+        s.close()
+        os.environ[SERVE_STORE], os.environ[SERVE_AUTH] = str(s.path), "0" if no_auth else "1"
+        uvicorn.run("gristmill.server.app:app_from_environment", factory=True, workers=workers, **options)
 
 
 @app.command()

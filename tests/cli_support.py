@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,14 +63,14 @@ def assert_user_error(result: Result, *fragments: str) -> None:
 
 
 @contextmanager
-def gristmill_serve(store: str | Path, *, env: dict[str, str] | None = None, log: Path | None = None
-                    ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def gristmill_serve(store: str | Path, *, env: dict[str, str] | None = None, log: Path | None = None,
+                    args: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``gristmill serve`` on ``store`` at a free port, as a real subprocess, once it answers ``/health``;
     yields (process, base URL) and stops it when the block ends (unless the test killed it). Its output goes
     to ``log`` when given (the tests read it), else to pipes, shown if it fails to start."""
     port = free_port()
     output = log.open("w") if log is not None else None
-    process = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store)],
+    process = subprocess.Popen([*_command(), "serve", "--port", str(port), "--store", str(store), *args],
                                env={**_environment(), **(env or {})}, text=True,
                                stdout=output or subprocess.PIPE,
                                stderr=subprocess.STDOUT if output else subprocess.PIPE)

@@ -74,3 +74,42 @@ def test_error_messages_keep_their_brackets(tmp_path: Path) -> None:
     """Messages are printed as text, not as console markup: "[bold]" or "gristmill[server]" stay as written."""
     gm.FeatureStore.init(tmp_path / "store")
     assert_user_error(gristmill("access", "add", "[bold]x y", "--store", tmp_path / "store"), "'[bold]x y'")
+
+
+def test_serve_with_several_processes(tmp_path: Path) -> None:
+    """``--workers 2``: two server processes share the port; lookups from many connections all answer right,
+    a bad token is refused by either, and stopping the command stops every process."""
+    from served_store import make_store
+
+    store, tokens = make_store(tmp_path)
+    with gristmill_serve(store, args=["--workers", "2"]) as (process, url):
+        children = _children(process.pid)
+        assert len(children) >= 2, children                     # the worker processes (and uvicorn's helpers)
+        body = {"features": ["fs1:1:f1"], "entities": {"acct": ["A", "B", "C"]}}
+        clients = [httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['reader']}"})
+                   for _ in range(8)]
+        for _ in range(5):
+            for client in clients:
+                answer = client.post("/v1/online/features", json=body)
+                assert answer.status_code == 200 and answer.json()["columns"]["f1"] == [5.0, 9.0, None], answer.text
+        refused = httpx.post(f"{url}/v1/online/features", json=body, headers={"Authorization": "Bearer gm_x_y"})
+        assert refused.status_code == 401 and "token" in refused.json()["error"]
+        remote = gm.FeatureStore.connect(url, token=tokens["reader"])
+        assert remote.get_online_features(["fs1:1:f1"], {"acct": ["B"]}).to_dict()["f1"] == [9.0]
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import io
 import logging
+import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from gristmill.spec.featureset import FeatureSet
     from gristmill.store import FeatureStore
 
-__all__ = ["ANONYMOUS", "create_app"]
+__all__ = ["ANONYMOUS", "SERVE_AUTH", "SERVE_STORE", "app_from_environment", "create_app"]
 
 log = logging.getLogger("gristmill.server")
 
@@ -97,6 +98,18 @@ class BackfillRequest(BaseModel):
 class _Denied(Exception):
     def __init__(self, status: int, message: str) -> None:
         self.status, self.message = status, message
+
+
+#: environment variables naming the store and whether auth is on, for the processes of ``serve --workers N``
+SERVE_STORE, SERVE_AUTH = "GRISTMILL_SERVE_STORE", "GRISTMILL_SERVE_AUTH"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one process of ``gristmill serve --workers N``: the store and auth setting from the
+    environment the command set."""
+    from gristmill.store import FeatureStore
+
+    return create_app(FeatureStore(os.environ[SERVE_STORE]), auth=os.environ.get(SERVE_AUTH, "1") != "0")
 
 
 def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = True) -> FastAPI:
