@@ -393,6 +393,7 @@ class Load:
     p999_ms: float
     errors: int
     client: str
+    client_cpu_seconds: float | None = None   # the asyncio client's own CPU time (its ceiling, see README)
 
 
 WRK_SCRIPT = """\
@@ -519,11 +520,13 @@ def run_python_client(target: Target, *, connections: int, entities: int, second
     host = urlsplit(target.url).netloc
     pool = [http_request(target, target.body([account_id(int(i)) for i in rng.integers(0, ACCOUNTS, entities)]),
                          host) for _ in range(REQUEST_POOL)]
+    cpu_started = time.process_time()
     latencies, errors, elapsed = asyncio.run(_load_async(target, pool, connections, seconds))
+    cpu = time.process_time() - cpu_started
     values = np.asarray(latencies, dtype=np.float64) / 1e6
     p50, p99, p999 = (float(np.percentile(values, q)) for q in (50, 99, 99.9))
     return Load(requests=len(latencies), seconds=elapsed, p50_ms=p50, p99_ms=p99, p999_ms=p999, errors=errors,
-                client="python")
+                client="python", client_cpu_seconds=cpu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,6 +549,7 @@ class Point:
     p99_ms: float | None = None
     p999_ms: float | None = None
     errors: int = 0
+    client_cpu_per_request_us: float | None = None
     ratio_to_feast: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -556,6 +560,9 @@ class Point:
         self.p50_ms, self.p99_ms, self.p999_ms = load.p50_ms, load.p99_ms, load.p999_ms
         if load.errors:
             self.notes.append(f"{load.errors:,} errors")
+        if load.client_cpu_seconds is not None and load.requests:
+            self.client_cpu_per_request_us = load.client_cpu_seconds / load.requests * 1e6
+            self.notes.append(f"client CPU {self.client_cpu_per_request_us:.0f} us/request")
 
 
 @dataclass
@@ -599,7 +606,7 @@ def add_ratios(points: Sequence[Point]) -> None:
     feast = {(p.store, p.connections, p.entities): p.requests_per_second for p in points if p.contender == "feast"}
     for point in points:
         base = feast.get((point.store, point.connections, point.entities))
-        if point.contender != "feast" and base and point.requests_per_second:
+        if point.contender not in ("feast", "sdk-in-process") and base and point.requests_per_second:
             point.ratio_to_feast = point.requests_per_second / base
 
 
@@ -681,6 +688,7 @@ class Run:
     logs: Path
     points: list[Point] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    wrote_redis: bool = False       # this run loaded Redis: its keys go at the end (unless --keep-data)
 
     def load(self, target: Target) -> None:
         """Check ``target``'s answers, then run every (connections, entities) point against it."""
@@ -788,7 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped; partial results follow", file=sys.stderr)
     finally:
-        if "redis" in stores and not args.keep_data:
+        if run.wrote_redis and not args.keep_data:
             delete_redis_keys(args.redis_url, f"{REDIS_PREFIX}:*")
             delete_redis_keys(args.redis_url, f"*{FEAST_PROJECT}")
 
@@ -830,6 +838,7 @@ def run_store(run: Run, store: str, feast_python: Path | None) -> None:
     if gristmill_needed or "sdk" in contenders:
         print(f"building the Gristmill store on {store} (log: {log}) ...", flush=True)
         started = time.perf_counter()
+        run.wrote_redis |= store == "redis"
         store_path, token = build_gristmill(data, run.workdir / "serving" / f"gristmill-{store}", store,
                                             args.redis_url, log)
         print(f"  {time.perf_counter() - started:.1f} s: {store_path}", flush=True)
@@ -853,6 +862,7 @@ def run_store(run: Run, store: str, feast_python: Path | None) -> None:
     if "feast" in contenders and feast_python is not None:
         print(f"building the Feast repo on {store} (log: {log}) ...", flush=True)
         started = time.perf_counter()
+        run.wrote_redis |= store == "redis"
         repo = build_feast(data, run.workdir / "serving" / f"feast-{store}", store, args.redis_url, feast_python, log)
         print(f"  {time.perf_counter() - started:.1f} s: {repo}", flush=True)
         port = free_port()
