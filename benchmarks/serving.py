@@ -394,6 +394,7 @@ class Load:
     errors: int
     client: str
     client_cpu_seconds: float | None = None   # the asyncio client's own CPU time (its ceiling, see README)
+    error_detail: str = ""
 
 
 WRK_SCRIPT = """\
@@ -452,9 +453,11 @@ def run_wrk(target: Target, *, connections: int, entities: int, seconds: float, 
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
     result = json.loads(line.removeprefix("WRK_RESULT "))
+    socket_errors = result["errors"] - result["status_errors"] - result["timeouts"]
     return Load(requests=result["requests"], seconds=result["duration_us"] / 1e6, p50_ms=result["p50_us"] / 1e3,
                 p99_ms=result["p99_us"] / 1e3, p999_ms=result["p999_us"] / 1e3, errors=result["errors"],
-                client="wrk")
+                client="wrk", error_detail=f"{result['status_errors']:,} non-2xx, {result['timeouts']:,} timeouts, "
+                                          f"{socket_errors:,} socket errors")
 
 
 def http_request(target: Target, body: bytes, host: str) -> bytes:
@@ -483,26 +486,36 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _load_async(target: Target, requests: list[bytes], connections: int, seconds: float
-                      ) -> tuple[list[int], int, float]:
+                      ) -> tuple[list[int], dict[str, int], float]:
     parts = urlsplit(target.url)
     latencies: list[int] = []
-    errors = 0
+    errors = {"status": 0, "socket": 0}
     clock = time.perf_counter_ns
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
 
     async def connection_loop(number: int) -> None:
         nonlocal errors
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = await connect()
         index = number
         try:
             while clock() < deadline:
                 request = requests[index % len(requests)]
                 index += connections
                 started = clock()
-                writer.write(request)
-                status = await _read_response(reader)
+                try:
+                    writer.write(request)
+                    status = await _read_response(reader)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    errors["socket"] += 1          # the server closed the connection: count it, open another
+                    writer.close()
+                    reader, writer = await connect()
+                    continue
                 latencies.append(clock() - started)
-                errors += status != 200
+                errors["status"] += status != 200
         finally:
             writer.close()
 
@@ -525,8 +538,9 @@ def run_python_client(target: Target, *, connections: int, entities: int, second
     cpu = time.process_time() - cpu_started
     values = np.asarray(latencies, dtype=np.float64) / 1e6
     p50, p99, p999 = (float(np.percentile(values, q)) for q in (50, 99, 99.9))
-    return Load(requests=len(latencies), seconds=elapsed, p50_ms=p50, p99_ms=p99, p999_ms=p999, errors=errors,
-                client="python", client_cpu_seconds=cpu)
+    return Load(requests=len(latencies), seconds=elapsed, p50_ms=p50, p99_ms=p99, p999_ms=p999,
+                errors=sum(errors.values()), client="python", client_cpu_seconds=cpu,
+                error_detail=f"{errors['status']:,} non-200, {errors['socket']:,} closed connections")
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,7 +573,7 @@ class Point:
         self.rows_per_second = self.requests_per_second * self.entities if self.requests_per_second else None
         self.p50_ms, self.p99_ms, self.p999_ms = load.p50_ms, load.p99_ms, load.p999_ms
         if load.errors:
-            self.notes.append(f"{load.errors:,} errors")
+            self.notes.append(f"{load.errors:,} errors ({load.error_detail})")
         if load.client_cpu_seconds is not None and load.requests:
             self.client_cpu_per_request_us = load.client_cpu_seconds / load.requests * 1e6
             self.notes.append(f"client CPU {self.client_cpu_per_request_us:.0f} us/request")
