@@ -267,7 +267,8 @@ def server_process(name: str, command: Sequence[str], *, port: int, log: Path, e
         deadline = time.monotonic() + startup_seconds
         while True:
             if process.poll() is not None:
-                tail = " | ".join(log.read_text().strip().splitlines()[-3:])
+                lines = [line.strip(" │╭╮╰╯─") for line in log.read_text().splitlines()]
+                tail = " | ".join([line for line in lines if line][-3:])
                 raise RuntimeError(f"{name} exited with {process.returncode} on start: {tail} (log: {log})")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -627,8 +628,9 @@ def add_ratios(points: Sequence[Point]) -> None:
 def print_table(points: Sequence[Point]) -> None:
     header = ("contender", "online store", "conns", "entities/req", "req/s", "entity rows/s", "p50 ms", "p99 ms",
               "p99.9 ms", "vs Feast", "notes")
-    rows = [(p.contender, p.store, str(p.connections), str(p.entities), fmt(p.requests_per_second, ",.0f"),
-             fmt(p.rows_per_second, ",.0f"), fmt(p.p50_ms, ".2f"), fmt(p.p99_ms, ".2f"), fmt(p.p999_ms, ".2f"),
+    rows = [(p.contender, p.store, str(p.connections or "-"), str(p.entities or "-"),
+             fmt(p.requests_per_second, ",.0f"), fmt(p.rows_per_second, ",.0f"), fmt(p.p50_ms, ".2f"),
+             fmt(p.p99_ms, ".2f"), fmt(p.p999_ms, ".2f"),
              "-" if p.ratio_to_feast is None else f"{p.ratio_to_feast:.2f}x", "; ".join(p.notes))
             for p in points]
     print()
@@ -703,6 +705,17 @@ class Run:
     points: list[Point] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     wrote_redis: bool = False       # this run loaded Redis: its keys go at the end (unless --keep-data)
+
+    @contextlib.contextmanager
+    def attempt(self, contenders: Sequence[str], store: str) -> Iterator[None]:
+        """Run the block; when it fails, print one line and add a row saying so for each of ``contenders``."""
+        try:
+            yield
+        except Exception as error:   # reported, not raised: one contender must not stop the run
+            message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            print(f"  failed: {message}", file=sys.stderr, flush=True)
+            for contender in contenders:
+                self.points.append(Point(contender, store, 0, 0, self.client, notes=[f"FAILED: {message}"]))
 
     def load(self, target: Target) -> None:
         """Check ``target``'s answers, then run every (connections, entities) point against it."""
@@ -802,9 +815,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
             url = args.gristmill_url.rstrip("/")
             if any(c.startswith("gristmill") for c in contenders):
-                run.load(Target("gristmill-url", "(running server)", url, "gristmill", headers))
+                with run.attempt(["gristmill-url"], "(running server)"):
+                    run.load(Target("gristmill-url", "(running server)", url, "gristmill", headers))
             if "sdk" in contenders:
-                run.sdk_connected(url, "(running server)", args.token)
+                with run.attempt(["sdk-connected"], "(running server)"):
+                    run.sdk_connected(url, "(running server)", args.token)
         for store in stores:
             run_store(run, store, feast_python)
     except KeyboardInterrupt:
@@ -844,47 +859,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_store(run: Run, store: str, feast_python: Path | None) -> None:
-    """Build ``store``'s online data for the chosen contenders and run them against it."""
-    args, contenders, logs, data = run.args, run.contenders, run.logs, run.data
-    log = logs / f"serving-setup-{store}.log"
+    """Build ``store``'s online data for the chosen contenders and run them against it. A contender that fails
+    (setup, server start, load generator) becomes a row saying why; the others still run."""
+    args, contenders = run.args, run.contenders
+    log = run.logs / f"serving-setup-{store}.log"
     log.write_text("")
-    gristmill_needed = not args.gristmill_url and any(c.startswith("gristmill") for c in contenders)
-    if gristmill_needed or "sdk" in contenders:
-        print(f"building the Gristmill store on {store} (log: {log}) ...", flush=True)
-        started = time.perf_counter()
-        run.wrote_redis |= store == "redis"
-        store_path, token = build_gristmill(data, run.workdir / "serving" / f"gristmill-{store}", store,
-                                            args.redis_url, log)
-        print(f"  {time.perf_counter() - started:.1f} s: {store_path}", flush=True)
-        serve = [*gristmill_command(), "serve", "--store", str(store_path), "--host", "127.0.0.1"]
-        extra = shlex.split(args.serve_args)
-        for contender, auth in (("gristmill-auth", True), ("gristmill-noauth", False)):
-            wanted = contender in contenders and not args.gristmill_url
-            if not (wanted or (auth and "sdk" in contenders and not args.gristmill_url)):
-                continue
-            port = free_port()
-            command = [*serve, "--port", str(port), *([] if auth else ["--no-auth"]), *extra]
-            with server_process(contender, command, port=port, log=logs / f"serving-{contender}-{store}.log",
-                                env=child_env()) as url:
-                headers = {"Authorization": f"Bearer {token}"} if auth else {}
-                if wanted:
-                    run.load(Target(contender, store, url, "gristmill", headers))
-                if auth and "sdk" in contenders:
-                    run.sdk_connected(url, store, token)
-        if "sdk" in contenders:
-            run.sdk_in_process(store_path, store)
+    gristmill_wanted = [c for c in ("gristmill-auth", "gristmill-noauth") if c in contenders and not args.gristmill_url]
+    if gristmill_wanted or "sdk" in contenders:
+        with run.attempt([*gristmill_wanted, *(["sdk"] if "sdk" in contenders else [])], store):
+            print(f"building the Gristmill store on {store} (log: {log}) ...", flush=True)
+            started = time.perf_counter()
+            run.wrote_redis |= store == "redis"
+            store_path, token = build_gristmill(run.data, run.workdir / "serving" / f"gristmill-{store}", store,
+                                                args.redis_url, log)
+            print(f"  {time.perf_counter() - started:.1f} s: {store_path}", flush=True)
+            for contender, auth in (("gristmill-auth", True), ("gristmill-noauth", False)):
+                sdk = auth and "sdk" in contenders and not args.gristmill_url
+                if contender in gristmill_wanted or sdk:
+                    with run.attempt([contender] if contender in gristmill_wanted else ["sdk-connected"], store):
+                        run_gristmill_server(run, contender, store, store_path, token if auth else None,
+                                             load=contender in gristmill_wanted, sdk=sdk)
+            if "sdk" in contenders:
+                with run.attempt(["sdk-in-process"], store):
+                    run.sdk_in_process(store_path, store)
     if "feast" in contenders and feast_python is not None:
-        print(f"building the Feast repo on {store} (log: {log}) ...", flush=True)
-        started = time.perf_counter()
-        run.wrote_redis |= store == "redis"
-        repo = build_feast(data, run.workdir / "serving" / f"feast-{store}", store, args.redis_url, feast_python, log)
-        print(f"  {time.perf_counter() - started:.1f} s: {repo}", flush=True)
-        port = free_port()
-        command = [str(feast_python.parent / "feast"), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port),
-                   "-w", "1", "--no-access-log"]
-        with server_process("feast serve", command, port=port, log=logs / f"serving-feast-{store}.log") as url:
-            run.load(Target("feast", store, url, "feast"))
+        with run.attempt(["feast"], store):
+            print(f"building the Feast repo on {store} (log: {log}) ...", flush=True)
+            started = time.perf_counter()
+            run.wrote_redis |= store == "redis"
+            repo = build_feast(run.data, run.workdir / "serving" / f"feast-{store}", store, args.redis_url,
+                               feast_python, log)
+            print(f"  {time.perf_counter() - started:.1f} s: {repo}", flush=True)
+            port = free_port()
+            command = [str(feast_python.parent / "feast"), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p",
+                       str(port), "-w", "1", "--no-access-log"]
+            with server_process("feast serve", command, port=port, log=run.logs / f"serving-feast-{store}.log") as url:
+                run.load(Target("feast", store, url, "feast"))
 
+
+def run_gristmill_server(run: Run, contender: str, store: str, store_path: Path, token: str | None, *, load: bool,
+                         sdk: bool) -> None:
+    """``gristmill serve`` (``--no-auth`` without a token, plus ``--serve-args``) on a free port: the load
+    points when ``load``, the connected SDK's loop when ``sdk``."""
+    port = free_port()
+    command = [*gristmill_command(), "serve", "--store", str(store_path), "--host", "127.0.0.1", "--port", str(port),
+               *([] if token else ["--no-auth"]), *shlex.split(run.args.serve_args)]
+    with server_process(contender, command, port=port, log=run.logs / f"serving-{contender}-{store}.log",
+                        env=child_env()) as url:
+        if load:
+            run.load(Target(contender, store, url, "gristmill", {"Authorization": f"Bearer {token}"} if token else {}))
+        if sdk:
+            run.sdk_connected(url, store, token)
 
 if __name__ == "__main__":
     sys.exit(main())
