@@ -323,15 +323,19 @@ def _outcome_of(window: DataFrame, keys: list[str], ts: str, cutoff: Column | No
 def _write_from_executors(rows: DataFrame, store: OnlineStore, table: OnlineTable, *,
                           now: datetime) -> tuple[int, int]:
     """Each partition writes its rows with its own connection (the store pickles as its settings);
-    returns (keys written, bytes handed over)."""
+    returns (keys written, bytes handed over). The time the partitions spent in the store's writes and in
+    their Python tasks as a whole (rows arriving from Spark included) goes to the job's log."""
     from pyspark.sql import functions as F
 
     writer = _partition_writer(store, table, now)
-    counts = rows.mapInArrow(writer, "written long, nbytes long")
+    counts = rows.mapInArrow(writer, "written long, nbytes long, write_seconds double, task_seconds double")
     try:
-        total = counts.agg(F.sum("written").alias("written"), F.sum("nbytes").alias("nbytes")).collect()[0]
+        total = counts.agg(*[F.sum(c).alias(c) for c in ("written", "nbytes", "write_seconds", "task_seconds")],
+                           F.count(F.lit(1)).alias("partitions")).collect()[0]
     except Exception as exc:
         raise _executor_error(exc) from None
+    log.info("online store written by %d Spark partitions: %.2f s in the store's writes, %.2f s in their Python "
+             "tasks", total["partitions"], total["write_seconds"] or 0.0, total["task_seconds"] or 0.0)
     return int(total["written"] or 0), int(total["nbytes"] or 0)
 
 
@@ -358,18 +362,27 @@ def _executor_error(error: Exception) -> Exception:
 def _partition_writer(store: OnlineStore, table: OnlineTable, now: datetime
                       ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:    # runs on an executor
+        import time
+
         import pyarrow as pa
 
+        begun = time.perf_counter()
         written = nbytes = 0
+        writing = 0.0
         try:
             for batch in batches:
                 if batch.num_rows:
+                    started = time.perf_counter()
                     written += store.write(table, pa.Table.from_batches([batch]), now=now)
+                    writing += time.perf_counter() - started
                     nbytes += batch.nbytes
         finally:
             store.close()
-        yield pa.RecordBatch.from_pydict({"written": [written], "nbytes": [nbytes]},
-                                         schema=pa.schema([("written", pa.int64()), ("nbytes", pa.int64())]))
+        yield pa.RecordBatch.from_pydict(
+            {"written": [written], "nbytes": [nbytes], "write_seconds": [writing],
+             "task_seconds": [time.perf_counter() - begun]},
+            schema=pa.schema([("written", pa.int64()), ("nbytes", pa.int64()), ("write_seconds", pa.float64()),
+                              ("task_seconds", pa.float64())]))
     return write
 
 
