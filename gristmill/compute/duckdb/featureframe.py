@@ -7,13 +7,22 @@ of last resort)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from gristmill.compute.duckdb.aggregations import aggregation_sql
 from gristmill.compute.duckdb.sandbox import run_transformation_sql
-from gristmill.compute.duckdb.sqltext import cast_expression, cols, interval, q, tie_rule_sql, ts_lit, utc_timestamp_sql
+from gristmill.compute.duckdb.sqltext import (
+    cast_expression,
+    cols,
+    interval,
+    q,
+    repeated_times_sql,
+    tie_rule_sql,
+    ts_lit,
+    utc_timestamp_sql,
+)
 from gristmill.compute.planning import ONE_MICROSECOND, shifted, source_read_start, split_windows
 from gristmill.compute.result import arrow_table
 from gristmill.compute.schema import accepts, sql_family
@@ -54,6 +63,14 @@ class ComputedView:
     ties_are_equal: bool = False
     # Columns the transformation produced beyond the index, timestamp, create_timestamp and features.
     extra_columns: tuple[str, ...] = ()
+    # True when no two rows with a non-null key share (key, ts): known by construction (materialized rows are
+    # de-duplicated by the tie rule) or counted (``checked_for_ties``).
+    unique_times: bool = False
+
+    @property
+    def needs_tie_rule(self) -> bool:
+        """Whether the point-in-time join must order rows by the tie rule rather than by event time alone."""
+        return not (self.ties_are_equal or self.unique_times)
 
 
 def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: datetime | None,
@@ -78,15 +95,37 @@ def compute_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: da
     return _checked_view(con, spec, transformed, start, end, label, ties_are_equal=expressions is not None)
 
 
+def checked_for_ties(con: duckdb.DuckDBPyConnection, view: ComputedView, *, label: str) -> ComputedView:
+    """``view``, marked ``unique_times`` when no two of its rows with a non-null key share (key, ts): the
+    point-in-time join then orders by event time alone, as the tie rule has nothing to decide."""
+    if not view.needs_tie_rule:
+        return view
+    repeated = _repeated_times(con, view)
+    if repeated:
+        log.info("%s: %d (key, time) pairs occur more than once; joining by the tie rule", label, repeated)
+        return view
+    log.info("%s: no two rows share a (key, time); joining on the event time alone", label)
+    return replace(view, unique_times=True)
+
+
+def _repeated_times(con: duckdb.DuckDBPyConnection, view: ComputedView) -> int:
+    return int(con.execute(repeated_times_sql(view.name, view.keys, view.timestamp, non_null_keys=True)
+                           ).fetchall()[0][0])
+
+
 def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, materialized: MaterializedData,
                       start: datetime | None, end: datetime, *, label: str) -> ComputedView:
     """Feature rows of ``[start, end)``: read from the offline store where the window is Complete, computed
     from source elsewhere. Materialized rows are already de-duplicated by the tie rule, so both halves
-    give the same point-in-time answers."""
+    give the same point-in-time answers.
+
+    The stored rows hold one row per (key, ts) by construction (every materialization writes a window's
+    rows de-duplicated and replaces all stored rows of that window in one commit), and the windows computed
+    from source are disjoint from them in time, so only those windows are checked for repeated (key, ts)."""
     split = split_windows(materialized, start, end, label=label)
     complete, gaps = split.complete, split.gaps
     if not complete:
-        return compute_view(con, spec, start, end, label=label)
+        return checked_for_ties(con, compute_view(con, spec, start, end, label=label), label=label)
     epoch = datetime(1970, 1, 1)
     shape = compute_view(con, spec, epoch, epoch, label=label)
     columns = [*shape.keys, shape.timestamp, *([CREATE_TIMESTAMP] if shape.has_create_timestamp else []),
@@ -96,13 +135,19 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
 
     stored = register_offline(con, materialized.store, materialized.table, complete, schema=_with_create(schema))
     parts = [f"SELECT {cols(columns)}, 0::BIGINT AS {q(ORDER)} FROM {stored}"]
+    repeated = 0
     for s, e in gaps:
         part = compute_view(con, spec, s, e, label=label)
         parts.append(f"SELECT {cols(columns)}, {q(ORDER)} FROM {part.name}")
+        if part.needs_tie_rule and not repeated:
+            repeated = _repeated_times(con, part)
     view = unique_name("fs_mat")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(parts)}")
+    log.info("%s: %s", label, "rows computed from source repeat a (key, time); joining by the tie rule" if repeated
+             else "no two rows share a (key, time); joining on the event time alone")
     return ComputedView(name=view, keys=shape.keys, timestamp=shape.timestamp, features=shape.features,
-                        has_create_timestamp=shape.has_create_timestamp, ties_are_equal=shape.ties_are_equal)
+                        has_create_timestamp=shape.has_create_timestamp, ties_are_equal=shape.ties_are_equal,
+                        unique_times=not repeated)
 
 
 def _with_create(schema: pa.Schema) -> pa.Schema:
