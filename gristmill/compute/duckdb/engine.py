@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gristmill.compute.duckdb.featureframe import checked_for_ties, compute_view, materialized_view, probe_view
+from gristmill.compute.duckdb.featureframe import compute_view, materialized_view, probe_view
 from gristmill.compute.duckdb.pit import (
     OBS_TIME,
     JoinPlan,
@@ -202,11 +202,8 @@ class DuckDBEngine:
             start, end = feature_window(low, high, delay, lookback)
             if request.materialized is not None and not as_known_at:
                 view = materialized_view(con, spec, request.materialized, start, end, label=request.label)
-            elif as_known_at:           # a hash join ranking rows by the tie rule (known_at_sql), never ASOF
-                view = compute_view(con, spec, start, end, label=request.label)
             else:
-                view = checked_for_ties(con, compute_view(con, spec, start, end, label=request.label),
-                                        label=request.label)
+                view = compute_view(con, spec, start, end, label=request.label)
             plan = JoinPlan(view, obs_keys, list(request.outputs), delay, lookback, as_known_at=as_known_at)
             plans.append(plan)
             right_sides.append(known_at_sql(plan, obs) if as_known_at else asof_side_sql(view, features))
