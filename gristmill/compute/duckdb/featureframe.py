@@ -134,7 +134,9 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
             repeated = _repeated_times(con, part)
     view = unique_name("fs_mat")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(parts)}")
-    if repeated:
+    if shape.ties_are_equal:
+        pass                                  # DSL windows: rows sharing a (key, ts) carry equal features
+    elif repeated:
         log.info("%s: %d (key, time) pairs computed from source occur more than once; joining by the tie rule",
                  label, repeated)
     else:
