@@ -134,12 +134,10 @@ def materialized_view(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, mate
             repeated = _repeated_times(con, part)
     view = unique_name("fs_mat")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(parts)}")
-    if shape.ties_are_equal:
-        pass                                  # DSL windows: rows sharing a (key, ts) carry equal features
-    elif repeated:
+    if repeated:
         log.info("%s: %d (key, time) pairs computed from source occur more than once; joining by the tie rule",
                  label, repeated)
-    else:
+    elif not shape.ties_are_equal:            # DSL windows join on event time anyway (peers carry equal features)
         log.info("%s: no two rows share a (key, time); joining on the event time alone", label)
     return ComputedView(name=view, keys=shape.keys, timestamp=shape.timestamp, features=shape.features,
                         has_create_timestamp=shape.has_create_timestamp, ties_are_equal=shape.ties_are_equal,
