@@ -60,7 +60,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:n
 input,select,button{font:inherit;max-width:100%}
 input[type=text],input[type=password],input[type=search]{padding:.35rem;width:22rem}button{padding:.35rem .8rem}
 form.filters{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}
-form.filters label,form.stack label{display:flex;flex-direction:column;font-size:.85rem}
+form.filters label,form.stack label,.field{display:flex;flex-direction:column;font-size:.85rem}
 form.stack{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}fieldset{border:1px solid #dde1e8}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}dl.facts dt{color:#5d6576}
 dl.facts dd{margin:0;overflow-wrap:anywhere}
@@ -690,7 +690,8 @@ def _is_number(kind: Any) -> bool:
 
 def _select(name: str, label: str, chosen: str, options: Iterable[str]) -> str:
     items = "".join(f"<option{' selected' if o == chosen else ''}>{escape(o)}</option>" for o in options)
-    return (f"<label>{escape(label)}<select name='{name}'><option value=''>any</option>{items}</select></label>")
+    return (f"<span class='field'><label for='f-{name}'>{escape(label)}</label><select id='f-{name}' name='{name}'>"
+            f"<option value=''>any</option>{items}</select></span>")
 
 
 def _table(header: list[str], rows: Iterable[list[str]], *, ids: list[str] | None = None,
