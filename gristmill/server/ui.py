@@ -49,19 +49,21 @@ rect:focus-visible{outline:3px solid #f0b429;outline-offset:2px}
 header{background:#24324a;color:#fff;padding:.6rem 1.2rem;display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;
 align-items:center}header a{color:#fff;text-decoration:none}header a:hover{text-decoration:underline}
 header nav{display:flex;flex-wrap:wrap;gap:.4rem 1rem}header .who{margin-left:auto;opacity:.85}
-main{padding:1rem 1.2rem;max-width:1100px}h1{font-size:1.4rem;overflow-wrap:anywhere}
+main{padding:1rem 1.2rem;max-width:1280px}h1{font-size:1.4rem;overflow-wrap:anywhere}
 h2{font-size:1.1rem;margin-top:1.6rem}h3{font-size:1rem}
-.scroll{overflow-x:auto;max-width:100%}
+.scroll{overflow-x:auto;max-width:100%}.tall{max-height:24rem;overflow-y:auto;border:1px solid #dde1e8}
 table{border-collapse:collapse;width:100%;background:#fff}td,th{border:1px solid #dde1e8;padding:.3rem .5rem;
 text-align:left;font-size:.9rem;vertical-align:top;overflow-wrap:break-word}th{background:#eef1f5}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
-.muted{color:#5d6576}.error{color:#a12a2a}.notice{background:#e8f2ea;border:1px solid #b9d8c1;padding:.4rem .6rem}
+.muted{color:#5d6576}.nowrap{white-space:nowrap}.error{color:#a12a2a}
+.notice{background:#e8f2ea;border:1px solid #b9d8c1;padding:.4rem .6rem}
 .Completed{color:#2d7a49}.Failed{color:#a12a2a}.Running{color:#3b5fa6}.Cancelled{color:#8a6d1c}
 input,select,button{font:inherit;max-width:100%}
 input[type=text],input[type=password],input[type=search]{padding:.35rem;width:22rem}button{padding:.35rem .8rem}
 form.filters{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}
 form.filters label,form.stack label,.field{display:flex;flex-direction:column;font-size:.85rem}
-form.stack{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}fieldset{border:1px solid #dde1e8}
+.field select{max-width:16rem}form.stack{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}
+fieldset{border:1px solid #dde1e8}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}dl.facts dt{color:#5d6576}
 dl.facts dd{margin:0;overflow-wrap:anywhere}
 figure.chart{margin:.5rem 0;background:#fff;border:1px solid #dde1e8;padding:.4rem;overflow-x:auto}
@@ -69,7 +71,8 @@ svg{display:block;max-width:100%;height:auto}svg text{font-size:13px;fill:#1d233
 svg .axis{stroke:#8a92a3}svg .edge{fill:none;stroke:#8a92a3;stroke-width:1.5}
 .s-Complete{fill:#3c9a5f;background:#3c9a5f}.s-Incomplete{fill:#d0a02a;background:#d0a02a}
 .s-Pending{fill:#5a7fc4;background:#5a7fc4}.s-None{fill:#c9ced8;background:#c9ced8}
-.j-Completed{fill:#3c9a5f}.j-Failed{fill:#c0392b}.j-Running{fill:#5a7fc4}.j-Queued{fill:#9aa3b5}.j-Cancelled{fill:#d0a02a}
+.j-Completed{fill:#3c9a5f}.j-Failed{fill:#c0392b}.j-Running{fill:#5a7fc4}.j-Queued{fill:#9aa3b5}
+.j-Cancelled{fill:#d0a02a}
 .n-entity{fill:#fdf1d6;stroke:#c9a13b;background:#fdf1d6}.n-featureset{fill:#e3ecfa;stroke:#5a7fc4;background:#e3ecfa}
 .n-derived{fill:#e6f4ea;stroke:#3c9a5f;background:#e6f4ea}.n-model{fill:#f3e6f5;stroke:#9a5aa8;background:#f3e6f5}
 svg a:focus rect,svg a:hover rect{stroke-width:3}
@@ -300,16 +303,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                        for f in spec.features]
             body += "<h2>Schema</h2>" + _table(["column", "type", "role", "description"], [r for _, r in schema],
                                                ids=[f"feature-{n}" for n, _ in schema])
-            body += "<h2>Source</h2>" + _source_facts(spec)
             body += "<h2>Transformation</h2>" + _transformation(spec, record.code_files)
+            body += "<h2>Source</h2>" + _source_facts(spec)
             body += "<h2>Materialization</h2>" + _settings(shown.get("materialization_settings") or {})
-            if len(all_versions) > 1:
-                body += _compare_section(who, fs, all_versions, compare)
-            body += lineage_section(who, fs)
-            if may(who, Action.READ_OFFLINE, resource):              # the preview shows data: a data reader only
-                body += preview_section(fs, preview_start, preview_end)
+            intervals = store.data_intervals(name, version)
             if may(who, Action.READ_JOBS, resource):
-                intervals = store.data_intervals(name, version)
                 body += "<h2>Data intervals</h2>" + (timeline(intervals, label=f"data intervals of {fs.ref}") + (
                     "<details><summary>intervals as text</summary>" + "".join(
                         f"<h3 class='muted'>{kind}</h3>" + _table(
@@ -319,10 +317,15 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     if any(intervals.values()) else "<p class='muted'>nothing materialized</p>")
             if may(who, Action.MATERIALIZE, resource):
                 body += _backfill_form(fs)
+            if may(who, Action.READ_OFFLINE, resource):              # the preview shows data: a data reader only
+                body += preview_section(fs, intervals, preview_start, preview_end)
             if may(who, Action.READ_JOBS, resource):
                 jobs = store.list_jobs(feature_set=name, version=version, limit=20)
                 body += (f"<h2>Recent jobs</h2><p>{_link(f'/ui/jobs?feature_set={fs.ref}', 'all jobs of ' + fs.ref)}"
                          "</p>" + _jobs_table(jobs))
+            body += lineage_section(who, fs)
+            if len(all_versions) > 1:
+                body += _compare_section(who, fs, all_versions, compare)
             return page(fs.ref, who, body)
 
         def _compare_section(who: str, fs: FeatureSet, all_versions: list[FeatureSet], compare: str) -> str:
@@ -343,10 +346,9 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     old_label=old.ref, new_label=new.ref) + "</div>"
             return section
 
-        def preview_section(fs: FeatureSet, start_text: str, end_text: str) -> str:
+        def preview_section(fs: FeatureSet, intervals: dict[str, list[Any]], start_text: str, end_text: str) -> str:
             end_default = store.now().replace(minute=0, second=0, microsecond=0)
-            complete = [i.end for items in store.data_intervals(fs.name, fs.version).values() for i in items
-                        if i.status.value == "Complete"]
+            complete = [i.end for items in intervals.values() for i in items if i.status.value == "Complete"]
             if complete:
                 end_default = max(complete)
             start_default = end_default - timedelta(days=1)
@@ -371,9 +373,9 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                 return section + "<p class='muted'>no rows in this window</p>"
             rows = batch.slice(0, PREVIEW_ROWS).to_pylist()
             header = list(batch.schema.names)
-            return section + (f"<p>{len(rows)} row(s) of [{_when(start)}, {_when(end)})</p>" + _table(
+            return section + (f"<p>{len(rows)} row(s) of [{_when(start)}, {_when(end)})</p><div class='tall'>" + _table(
                 header, [[escape(_cell(row[c])) for c in header] for row in rows],
-                numeric=[i for i, f in enumerate(batch.schema) if _is_number(f.type)]))
+                numeric=[i for i, f in enumerate(batch.schema) if _is_number(f.type)]) + "</div>")
 
         return signed_in(request, render)
 
@@ -651,6 +653,11 @@ def _when(value: datetime | None) -> str:
     return "" if value is None else escape(value.strftime("%Y-%m-%d %H:%M"))
 
 
+def _at(value: datetime | None) -> str:
+    """A time in a table cell, kept on one line."""
+    return "" if value is None else f"<span class='nowrap'>{_when(value)}</span>"
+
+
 def _input_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M")
 
@@ -804,8 +811,8 @@ def _jobs_table(jobs: list[Any], actions: dict[str, str] | None = None) -> str:
     header = ["job", "feature set", "window", "stores", "status", "started", "finished", "duration", "rows read",
               "rows written", "CPU s", "error"]
     rows = [[escape(j.id), _link(f"/ui/feature-sets/{j.feature_set}/{j.version}", j.ref),
-             f"{_when(j.start)} – {_when(j.end)}", escape("+".join(j.stores)),
-             f"<span class='{j.status.value}'>{j.status.value}</span>", _when(j.started_at), _when(j.finished_at),
+             f"{_at(j.start)} – {_at(j.end)}", escape("+".join(j.stores)),
+             f"<span class='{j.status.value}'>{j.status.value}</span>", _at(j.started_at), _at(j.finished_at),
              _duration(j.wall_seconds), f"{j.rows_read:,}", f"{j.rows_written:,}",
              f"{j.cpu_seconds:.2f}", escape(j.error or "")] for j in jobs]
     if actions:
