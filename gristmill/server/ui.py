@@ -1,10 +1,14 @@
-"""The web UI (SPEC §4): catalog search, feature set pages (versions, schema, lineage, data interval
-timeline, jobs) and job monitoring, as server-rendered HTML on the REST server's routes and access rules.
+"""The web UI (SPEC §4), as server-rendered HTML on the REST server's routes and access rules: the catalog
+(filters, search), entity pages, feature set pages (schema, the transformation with highlighted code,
+source, materialization settings, data interval timeline, backfill form, data preview, jobs, lineage,
+versions side by side), jobs (history chart, filters, pages, cancel and retry), the lineage graph and
+models. Charts and code views are drawn in ``ui_draw``.
 
 Pages live under ``/ui``. A browser signs in once with a token (``/ui/login``) and gets a session token
 of its own (12 hours, revoked at sign-out) in an HttpOnly, same-site cookie (Secure over https). Every
 page then checks the same roles as the API, and shows only what the caller may read. No JavaScript:
-pages are plain HTML with a little CSS, and the jobs page refreshes itself.
+pages are plain HTML and SVG with a little CSS, sent with a policy that lets no script run; the jobs page
+refreshes itself. Form posts (backfill, cancel, retry) are refused when they come from another site.
 """
 
 from __future__ import annotations
@@ -281,7 +285,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             record = store.registry.get_feature_set(name, version)    # the registry's snapshot: spec and code
             spec = fs.spec
             shown = visible.shown(who, fs, fs.to_dict())              # secrets redacted unless an Owner
-            all_versions = [v for v in store.list_feature_sets(name=name, include_archived=True)]
+            all_versions = store.list_feature_sets(name=name)
             versions = " ".join(_link(f"/ui/feature-sets/{name}/{v.version}", v.version) if v.version != version
                                 else f"<strong aria-current='page'>{escape(v.version)}</strong>"
                                 for v in all_versions)
@@ -337,7 +341,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                        "</label><button>Compare</button></form>")
             if chosen:
                 other = store.get_feature_set(fs.name, chosen)
-                old, new = (other, fs) if int_or(chosen) < int_or(fs.version) else (fs, other)
+                old, new = (other, fs) if _version_order(chosen) < _version_order(fs.version) else (fs, other)
                 section += "<div id='compare'>" + side_by_side(
                     _spec_text(visible.shown(who, old, old.to_dict()), store.registry.get_feature_set(old.name,
                                                                                                       old.version)),
@@ -425,12 +429,12 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 
     # -- jobs -------------------------------------------------------------------------------------------
     @app.get("/ui/jobs", response_class=HTMLResponse, include_in_schema=False)
-    def jobs_page(request: Request, status: str | None = None, feature_set: str = "", page_number: int = 1,
+    def jobs_page(request: Request, status: str | None = None, feature_set: str = "", page_number: str = "1",
                   done: str = "") -> Response:
         def render(who: str) -> Response:
             name, version = (parse_name_and_version(feature_set, what="feature_set", example="transactions:1")
                              if feature_set else (None, None))
-            number = max(1, page_number)
+            number = min(max(1, int(page_number) if page_number.isdigit() else 1), MOST_JOB_PAGES)
             found = visible.jobs(who, feature_set=name, version=version, status=status or None,
                                  limit=number * JOBS_PER_PAGE + 1)              # filtered, then cut
             shown = found[(number - 1) * JOBS_PER_PAGE:number * JOBS_PER_PAGE]
@@ -573,6 +577,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 PREVIEW_ROWS = 100
 PREVIEW_LONGEST = timedelta(days=31)
 JOBS_PER_PAGE = 50
+MOST_JOB_PAGES = 200                  # the newest 10,000 jobs the caller may read
 JOB_STATUSES = ("Queued", "Running", "Completed", "Failed", "Cancelled")
 #: no script runs on a page (nothing a user wrote can execute, even if escaping were missed); styles inline
 _HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
@@ -645,7 +650,8 @@ def _parent_of(spec: dict[str, Any]) -> tuple[str, str] | None:
     return (name, version) if name and version else None
 
 
-def int_or(version: str) -> tuple[int, str]:
+def _version_order(version: str) -> tuple[int, str]:
+    """A key ordering versions as numbers when they are numbers (``2`` before ``10``)."""
     return (int(version), version) if version.isdigit() else (1 << 62, version)
 
 
