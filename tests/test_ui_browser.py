@@ -144,12 +144,15 @@ def _build_store(root: Path) -> tuple[gm.FeatureStore, dict[str, str], str]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Site]:
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
     store, tokens, failed = _build_store(tmp_path_factory.mktemp("ui-browser"))
     shots = Path(os.environ.get("GRISTMILL_UI_SCREENSHOTS") or tmp_path_factory.mktemp("ui-screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    print(f"\nweb UI screenshots: {shots}")
+    terminal = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:                                    # shown even when output is captured
+        terminal.write_line(f"\nweb UI screenshots: {shots}")
+    print(f"web UI screenshots: {shots}")
     with served(create_app(store)) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:

@@ -815,7 +815,7 @@ def _action(job: Any) -> str:
 
 def _jobs_table(jobs: list[Any], actions: dict[str, str] | None = None) -> str:
     header = ["job", "feature set", "window", "stores", "status", "started", "finished", "duration", "rows read",
-              "rows written", "CPU s", "error"]
+              "rows written", "cost (CPU s)", "error"]
     rows = [[escape(j.id), _link(f"/ui/feature-sets/{j.feature_set}/{j.version}", j.ref),
              f"{_at(j.start)} – {_at(j.end)}", escape("+".join(j.stores)),
              f"<span class='{j.status.value}'>{j.status.value}</span>", _at(j.started_at), _at(j.finished_at),
