@@ -328,12 +328,13 @@ def test_the_timeline_and_the_jobs_table_show_the_numbers(site: Site) -> None:
     widths = page.locator("svg.timeline rect").evaluate_all("rs => rs.map(r => Number(r.getAttribute('width')))")
     assert widths[0] == pytest.approx(8 * widths[1], rel=0.01)                  # 8 days against 1
     assert widths[2] == pytest.approx(9 * widths[1], rel=0.01)
-    failed = page.locator("svg.timeline rect.s-Incomplete")
-    failed.focus()                                             # reachable with the keyboard, window in text
-    assert failed.evaluate("r => r === document.activeElement")
+    failed = page.locator("svg.timeline a", has=page.locator("rect.s-Incomplete"))
+    failed.focus()                                             # reachable with the keyboard, window in words
+    assert failed.evaluate("a => a === document.activeElement")
     assert failed.get_attribute("aria-label") == "offline: 2024-01-09 00:00 – 2024-01-10 00:00 Incomplete"
-    page.get_by_text("intervals as text").click()
-    expect(page.get_by_role("cell", name="Complete").first).to_be_visible()
+    page.keyboard.press("Enter")                               # (or a tap) goes to its row in the text table
+    page.wait_for_url(re.compile(r".*#interval-offline-1$"))
+    expect(page.locator("tr:target")).to_have_text(re.compile("2024-01-09 00:00.*2024-01-10 00:00.*Incomplete"))
     [job] = [j for j in site.store.list_jobs(feature_set="fs1", version=1) if j.status.value == "Completed"
              and j.start == datetime(2024, 1, 1)]
     # 3 rows read; written: the 3 rows offline and the newest row of each of the 2 accounts online

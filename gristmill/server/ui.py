@@ -28,7 +28,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gristmill.auth import AccessDeniedError, Action, Resource
 from gristmill.errors import GristmillError, NotFoundError
-from gristmill.server.ui_draw import CODE_STYLE, Node, code_block, jobs_chart, lineage_graph, side_by_side, timeline
+from gristmill.server.ui_draw import (
+    CODE_STYLE,
+    Node,
+    code_block,
+    interval_id,
+    jobs_chart,
+    lineage_graph,
+    side_by_side,
+    timeline,
+)
 from gristmill.spec.refs import parse_name_and_version
 
 if TYPE_CHECKING:
@@ -48,7 +57,8 @@ _STYLE = """
 *{box-sizing:border-box}
 body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f7f8fa;line-height:1.4}
 a{color:#1f4fa3}a:focus-visible,button:focus-visible,input:focus-visible,select:focus-visible,summary:focus-visible,
-rect:focus-visible{outline:3px solid #f0b429;outline-offset:2px}
+tr:target{outline:3px solid #f0b429;outline-offset:2px}tr:target td{background:#fff3cd}
+svg a:focus-visible rect{stroke:#b7791f;stroke-width:3}
 .skip{position:absolute;left:-999px}.skip:focus{left:.5rem;top:.5rem;background:#fff;padding:.3rem;z-index:2}
 header{background:#24324a;color:#fff;padding:.6rem 1.2rem;display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;
 align-items:center}header a{color:#fff;text-decoration:none}header a:hover{text-decoration:underline}
@@ -312,11 +322,13 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             body += "<h2>Materialization</h2>" + _settings(shown.get("materialization_settings") or {})
             intervals = store.data_intervals(name, version)
             if may(who, Action.READ_JOBS, resource):
+                few = sum(len(items) for items in intervals.values()) <= SHOWN_INTERVALS
                 body += "<h2>Data intervals</h2>" + (timeline(intervals, label=f"data intervals of {fs.ref}") + (
-                    "<details><summary>intervals as text</summary>" + "".join(
+                    f"<details{' open' if few else ''}><summary>intervals as text</summary>" + "".join(
                         f"<h3 class='muted'>{kind}</h3>" + _table(
                             ["start", "end", "status"],
-                            [[_when(i.start), _when(i.end), i.status.value] for i in items])
+                            [[_when(i.start), _when(i.end), i.status.value] for i in items],
+                            ids=[interval_id(kind, n) for n in range(len(items))])
                         for kind, items in intervals.items() if items) + "</details>")
                     if any(intervals.values()) else "<p class='muted'>nothing materialized</p>")
             if may(who, Action.MATERIALIZE, resource):
@@ -577,6 +589,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 PREVIEW_ROWS = 100
 PREVIEW_LONGEST = timedelta(days=31)
 JOBS_PER_PAGE = 50
+SHOWN_INTERVALS = 8                   # up to this many, the intervals' text table is open under the timeline
 MOST_JOB_PAGES = 200                  # the newest 10,000 jobs the caller may read
 JOB_STATUSES = ("Queued", "Running", "Completed", "Failed", "Cancelled")
 #: no script runs on a page (nothing a user wrote can execute, even if escaping were missed); styles inline

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-__all__ = ["CODE_STYLE", "Node", "code_block", "jobs_chart", "lineage_graph", "side_by_side", "timeline"]
+__all__ = ["CODE_STYLE", "Node", "code_block", "interval_id", "jobs_chart", "lineage_graph", "side_by_side",
+           "timeline"]
 
 #: data interval statuses, in legend order
 STATUSES = ("Complete", "Incomplete", "Pending", "None")
@@ -41,10 +42,15 @@ def _axis(low: datetime, high: datetime, *, left: float, right: float, y: float)
     return "".join(parts)
 
 
+def interval_id(kind: str, index: int) -> str:
+    """The id of an interval's row in the text table under the timeline."""
+    return f"interval-{escape(kind, quote=True)}-{index}"
+
+
 def timeline(rows: dict[str, Sequence[Any]], *, label: str) -> str:
     """The data intervals of each store (``{"offline": [DataInterval, ...], ...}``) as one SVG: a bar per store
     on a shared time axis, a rectangle per interval coloured by status, its window and status in a
-    ``<title>`` (hover) and in an ``aria-label`` (focusable with the keyboard)."""
+    ``<title>`` (hover) and in an ``aria-label``; each is a link (Tab, tap) to its row in the text table."""
     shown = {kind: list(items) for kind, items in rows.items() if items}
     if not shown:
         return ""
@@ -56,14 +62,15 @@ def timeline(rows: dict[str, Sequence[Any]], *, label: str) -> str:
     for row, (kind, items) in enumerate(shown.items()):
         y = row * (bar + gap)
         parts.append(f"<text x='0' y='{y + 15}'>{escape(kind)}</text>")
-        for item in items:
+        for n, item in enumerate(items):
             x = left + (right - left) * (item.start - low).total_seconds() / seconds
             width = max(1.0, (right - left) * (item.end - item.start).total_seconds() / seconds)
             status = item.status.value
             text = f"{kind}: {item.start:%Y-%m-%d %H:%M} – {item.end:%Y-%m-%d %H:%M} {status}"
-            parts.append(f"<rect class='s-{escape(status)}' x='{x:.2f}' y='{y}' width='{width:.2f}' height='{bar}' "
-                         f"tabindex='0' role='img' aria-label='{escape(text, quote=True)}'>"
-                         f"<title>{escape(text)}</title></rect>")
+            # a link to the interval's row in the text table: a tap or Enter shows the window in words
+            parts.append(f"<a href='#{interval_id(kind, n)}' aria-label='{escape(text, quote=True)}'>"
+                         f"<rect class='s-{escape(status)}' x='{x:.2f}' y='{y}' width='{width:.2f}' height='{bar}'>"
+                         f"<title>{escape(text)}</title></rect></a>")
     axis_y = len(shown) * (bar + gap)
     parts.append(_axis(low, high, left=left, right=right, y=axis_y))
     height = axis_y + 22
