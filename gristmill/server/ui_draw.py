@@ -148,9 +148,18 @@ def lineage_graph(nodes: Sequence[Node], edges: Iterable[tuple[str, str]]) -> st
     for node in nodes:
         columns.setdefault(node.column, []).append(node)
     order = sorted(columns)
+    edges = list(edges)
+    sources: dict[str, list[str]] = {}
+    for source, target in edges:
+        sources.setdefault(target, []).append(source)
     place: dict[str, tuple[float, float]] = {}
     for c, column in enumerate(order):
-        for r, node in enumerate(columns[column]):
+        def rank(node: Node) -> float:
+            """The mean height of the node's sources already placed: fewer edges cross."""
+            ys = [place[s][1] for s in sources.get(node.key, ()) if s in place]
+            return sum(ys) / len(ys) if ys else float("inf")
+
+        for r, node in enumerate(sorted(columns[column], key=rank) if c else columns[column]):
             place[node.key] = (c * (box_w + col_gap) + 2, r * (box_h + row_gap) + 2)
     width = len(order) * (box_w + col_gap) - col_gap + 4
     height = max(len(v) for v in columns.values()) * (box_h + row_gap) - row_gap + 4
