@@ -203,6 +203,10 @@ def test_every_page_as_an_owner(site: Site) -> None:
     page.get_by_label("to", exact=True).first.fill("2024-01-10T00:00")
     page.get_by_role("button", name="Preview").click()
     expect(page.get_by_text("2 row(s) of [2024-01-09 00:00, 2024-01-10 00:00)")).to_be_visible()
+    cells = page.locator("#preview ~ .tall tbody tr").first.locator("td").all_inner_texts()
+    assert cells == ["A", "2024-01-09 12:00:00", "5"], cells
+    page.goto(f"{site.url}/ui/feature-sets/fs1/1?preview_start=2024-01-09T00:00&preview_end=2024-01-01T00:00")
+    expect(page.get_by_role("alert")).to_have_text("preview_end: must be after preview_start; pick a later 'to'")
     page.get_by_label("with version").select_option("2")
     page.get_by_role("button", name="Compare").click()
     expect(page.locator("table.diff td.changed").first).to_be_visible()

@@ -378,13 +378,17 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                        f"(nothing is stored) and shows its first {PREVIEW_ROWS} rows</p>")
             if not (start_text and end_text):
                 return section
-            start, end = _parse_time(start_text, "preview_start"), _parse_time(end_text, "preview_end")
-            if end <= start:
-                raise GristmillError("preview_end: must be after preview_start; pick a later 'to'")
-            if end - start > PREVIEW_LONGEST:
-                raise GristmillError(f"preview window: at most {PREVIEW_LONGEST.days} days; pick a shorter window")
-            reader = store.preview(fs.name, fs.version, start, end).to_batches(batch_rows=PREVIEW_ROWS)
-            batch = next(iter(reader), None)
+            try:                          # a window or a computation that fails is told in the section
+                start, end = _parse_time(start_text, "preview_start"), _parse_time(end_text, "preview_end")
+                if end <= start:
+                    raise GristmillError("preview_end: must be after preview_start; pick a later 'to'")
+                if end - start > PREVIEW_LONGEST:
+                    raise GristmillError(f"preview window: at most {PREVIEW_LONGEST.days} days; pick a shorter "
+                                         "window")
+                reader = store.preview(fs.name, fs.version, start, end).to_batches(batch_rows=PREVIEW_ROWS)
+                batch = next(iter(reader), None)
+            except GristmillError as exc:
+                return section + f"<p class='error' role='alert'>{escape(str(exc))}</p>"
             if batch is None or batch.num_rows == 0:
                 return section + "<p class='muted'>no rows in this window</p>"
             rows = batch.slice(0, PREVIEW_ROWS).to_pylist()
