@@ -69,7 +69,8 @@ h2{font-size:1.1rem;margin-top:1.6rem}h3{font-size:1rem}
 table{border-collapse:collapse;width:100%;background:#fff}td,th{border:1px solid #dde1e8;padding:.3rem .5rem;
 text-align:left;font-size:.9rem;vertical-align:top;overflow-wrap:break-word}th{background:#eef1f5}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
-.muted{color:#5d6576}.nowrap{white-space:nowrap}.error{color:#a12a2a}
+.muted{color:#5d6576}.nowrap{white-space:nowrap}
+table.jobs td,table.jobs th{font-size:.82rem;padding:.25rem .35rem}.error{color:#a12a2a}
 .notice{background:#e8f2ea;border:1px solid #b9d8c1;padding:.4rem .6rem}
 .Completed{color:#2d7a49}.Failed{color:#a12a2a}.Running{color:#3b5fa6}.Cancelled{color:#8a6d1c}
 input,select,button{font:inherit;max-width:100%}
@@ -725,7 +726,7 @@ def _select(name: str, label: str, chosen: str, options: Iterable[str]) -> str:
 
 
 def _table(header: list[str], rows: Iterable[list[str]], *, ids: list[str] | None = None,
-           numeric: Iterable[int] = ()) -> str:
+           numeric: Iterable[int] = (), css: str = "") -> str:
     right = set(numeric)
     body = "".join(
         f"<tr{f' id={chr(39)}{escape(ids[n], quote=True)}{chr(39)}' if ids else ''}>"
@@ -734,7 +735,8 @@ def _table(header: list[str], rows: Iterable[list[str]], *, ids: list[str] | Non
     head = "".join(f"<th scope='col'{' class=num' if i in right else ''}>{escape(h)}</th>"
                    for i, h in enumerate(header))
     empty = f"<tr><td colspan={len(header)} class=muted>none</td></tr>"
-    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body or empty}</tbody></table></div>"
+    table = f"<table class='{css}'>" if css else "<table>"
+    return f"<div class='scroll'>{table}<thead><tr>{head}</tr></thead><tbody>{body or empty}</tbody></table></div>"
 
 
 def _facts(pairs: Iterable[tuple[str, str]]) -> str:
@@ -842,4 +844,4 @@ def _jobs_table(jobs: list[Any], actions: dict[str, str] | None = None) -> str:
         header.append("action")
         for row, job in zip(rows, jobs, strict=True):
             row.append(actions.get(job.id, ""))
-    return _table(header, rows, numeric=[7, 8, 9, 10])
+    return _table(header, rows, numeric=[7, 8, 9, 10], css="jobs")

@@ -22,7 +22,10 @@ _WIDTH = 800                    # SVG user units; drawings scale down to the pag
 
 
 def _stamp(value: datetime, *, span: timedelta) -> str:
-    return value.strftime("%Y-%m-%d" if span >= timedelta(days=3) else "%m-%d %H:%M")
+    """A tick's label, as precise as the axis' span needs."""
+    if span >= timedelta(days=3):
+        return value.strftime("%Y-%m-%d")
+    return value.strftime("%m-%d %H:%M" if span >= timedelta(hours=1) else "%H:%M:%S")
 
 
 def _ticks(low: datetime, high: datetime, count: int = 4) -> list[datetime]:
