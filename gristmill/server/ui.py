@@ -87,6 +87,8 @@ svg .axis{stroke:#8a92a3}svg .edge{fill:none;stroke:#8a92a3;stroke-width:1.5}
 .s-Complete{fill:#3c9a5f;background:#3c9a5f}.s-Incomplete{fill:#d0a02a;background:#d0a02a}
 .s-Pending{fill:#5a7fc4;background:#5a7fc4}.s-None{fill:#c9ced8;background:#c9ced8}
 .j-Completed{fill:#3c9a5f}.j-Failed{fill:#c0392b}.j-Running{fill:#5a7fc4}.j-Queued{fill:#9aa3b5}
+svg.histogram{display:inline-block;width:160px}svg .bin{fill:#5a7fc4}svg.histogram text{font-size:9px}
+.fresh-fresh{color:#2d7a49}.fresh-stale{color:#a12a2a;font-weight:600}.fresh-never-materialized,.fresh-not-scheduled,.fresh-disabled{color:#5d6576}
 .j-Cancelled{fill:#d0a02a}
 .n-entity{fill:#fdf1d6;stroke:#c9a13b;background:#fdf1d6}.n-featureset{fill:#e3ecfa;stroke:#5a7fc4;background:#e3ecfa}
 .n-derived{fill:#e6f4ea;stroke:#3c9a5f;background:#e6f4ea}.n-model{fill:#f3e6f5;stroke:#9a5aa8;background:#f3e6f5}

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-__all__ = ["CODE_STYLE", "Node", "code_block", "interval_id", "jobs_chart", "lineage_graph", "side_by_side",
-           "timeline"]
+__all__ = ["CODE_STYLE", "Node", "code_block", "histogram_svg", "interval_id", "jobs_chart", "lineage_graph",
+           "side_by_side", "timeline"]
 
 #: data interval statuses, in legend order
 STATUSES = ("Complete", "Incomplete", "Pending", "None")
@@ -124,6 +124,28 @@ def jobs_chart(jobs: Sequence[Any]) -> str:
             f"duration and rows written of the {len(ran)} jobs below, by start time'>{body}</svg>"
             f"<figcaption class='muted'>duration and rows written per job, by start time "
             f"(hover a bar for its job)</figcaption></figure>")
+
+
+def histogram_svg(bins: Sequence[Any]) -> str:
+    """A feature's histogram (``HistogramBin``s: low, high, count) as a small bar chart, each bar's range and
+    count in its ``<title>``; the lowest and highest bounds under it."""
+    if not bins:
+        return ""
+    width, height, gap = 160.0, 32.0, 1.0
+    most = max(b.count for b in bins) or 1
+    step = width / len(bins)
+    bars = []
+    for i, b in enumerate(bins):
+        tall = height * b.count / most
+        text = f"[{b.low:.6g}, {b.high:.6g}): {b.count:,}"
+        bars.append(f"<rect class='bin' x='{i * step:.2f}' y='{height - tall:.2f}' width='{max(step - gap, 0.5):.2f}' "
+                    f"height='{max(tall, 0.5 if b.count else 0):.2f}'><title>{escape(text)}</title></rect>")
+    label = f"histogram from {bins[0].low:.6g} to {bins[-1].high:.6g}, {len(bins)} bins"
+    return (f"<svg class='histogram' viewBox='0 0 {width:.0f} {height + 12:.0f}' width='{width:.0f}' role='img' "
+            f"aria-label='{escape(label, quote=True)}'>{''.join(bars)}"
+            f"<text x='0' y='{height + 11:.0f}'>{escape(f'{bins[0].low:.3g}')}</text>"
+            f"<text x='{width:.0f}' y='{height + 11:.0f}' text-anchor='end'>{escape(f'{bins[-1].high:.3g}')}</text>"
+            "</svg>")
 
 
 def _number(value: float) -> str:
