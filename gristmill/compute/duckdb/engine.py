@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.config import EngineConfig
 
 log = logging.getLogger("gristmill.compute")
@@ -120,6 +122,22 @@ class DuckDBEngine:
         view = compute_view(con, spec, start, end, label=label, sample_rows=sample_rows)
         check_declared_outputs(spec, view.extra_columns, label=label)
         return len(con.execute(f"SELECT * FROM {view.name}").fetchall())
+
+    def statistics(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, sample_rows: int,
+                   label: str = "feature set") -> WindowStatistics:
+        """The feature statistics of ``spec`` over ``[start, end)`` computed from at most ``sample_rows``
+        source rows (``compute/statistics.py``): a bounded look at a feature set not materialized."""
+        from gristmill.compute.duckdb.statistics import window_statistics
+
+        con = self.connect()
+        try:
+            view = compute_view(con, spec, start, end, label=label, sample_rows=sample_rows)
+            table = unique_name("sampled")
+            con.execute(f"CREATE TEMP TABLE {table} AS SELECT * FROM {view.name}")   # computed once, read twice
+            found = window_statistics(con, table, spec, start=start, end=end)
+        finally:
+            con.close()
+        return replace(found, sampled=True, sample_rows=sample_rows)
 
     # -- materialization -----------------------------------------------------------------------------
     def materialize(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime, label: str,
