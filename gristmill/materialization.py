@@ -159,13 +159,14 @@ class Materializer:
         try:
             kind = _store_kind(store)
         except GristmillError:
-            raise SpecError(f"store: {store!r} is not a store; use offline or online") from None
+            raise SpecError(f"store: {store!r} is not a store; use offline or online (CLI: --online)") from None
         lo, hi = parse_window_time(start, "start"), parse_window_time(end, "end")
         if lo is not None and hi is not None and lo >= hi:
             raise SpecError(f"start ({lo}) must be before end ({hi}); the window is [start, end)")
         if sample_rows is not None and (isinstance(sample_rows, bool) or not isinstance(sample_rows, int)
                                         or sample_rows < 1):
-            raise SpecError(f"sample_rows: {sample_rows!r} is not a positive whole number; pass e.g. 100000")
+            raise SpecError(f"sample_rows (--sample-rows): {sample_rows!r} is not a positive whole number; "
+                            "pass e.g. 100000")
         windows: list[Any] = []
         if sample_rows is None:
             state = self.records.state(feature_set.name, feature_set.version, kind)
@@ -174,7 +175,8 @@ class Materializer:
                                                       start=lo, end=hi)
         if not windows:
             if lo is None or hi is None:
-                raise SpecError(f"start/end: {feature_set.ref} has no materialized statistics in the {kind} store; "
+                raise SpecError(f"start/end (--start/--end): {feature_set.ref} has no materialized statistics in the "
+                                f"{kind} store; "
                                 "pass a window (start and end) to compute them from the source, bounded by "
                                 f"sample_rows (default {DEFAULT_SAMPLE_ROWS:,})")
             engine = self.store.engine

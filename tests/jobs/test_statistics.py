@@ -5,38 +5,17 @@ the schedule, with an injected clock."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from repo_support import write_fs1_repo
+from statistics_support import FEATURES, ROWS
 
 import gristmill as gm
 from gristmill.compute.statistics import HistogramBin, TopValue
-
-FEATURES = [{"name": "f1", "type": "double"}, {"name": "n", "type": "long"}, {"name": "cat", "type": "string"},
-            {"name": "flag", "type": "boolean"}, {"name": "seen", "type": "datetime"},
-            {"name": "blob", "type": "binary"}]
-
-
-def _ts(*values: str) -> pd.Series:
-    return pd.Series(pd.to_datetime(list(values), format="ISO8601")).astype("datetime64[us]")
-
-
-ROWS = pd.DataFrame({
-    "acct": ["A", "B", "C", "D", "E", "A"],
-    "ts": _ts("2024-01-01 10:00", "2024-01-01 11:00", "2024-01-02 10:00", "2024-01-02 12:00", "2024-01-03 09:00",
-              "2024-01-03 10:00"),
-    "f1": [1.0, 2.0, 3.0, None, 5.0, 9.0],
-    "n": pd.array([10, 10, 20, 30, None, 40], dtype="Int64"),
-    "cat": ["x", "y", "x", None, "x", "y"],
-    "flag": pd.array([True, False, True, True, None, False], dtype="boolean"),
-    "seen": _ts("2023-12-01", "2023-12-05", "2023-11-20", "2023-12-01", "2023-12-02", "2023-12-03").where(
-        [True, True, True, False, True, True]),
-    "blob": [b"a", None, b"c", None, None, b"f"],
-})
 
 
 class Clock:
@@ -135,8 +114,9 @@ def test_statistics_on_demand_from_the_source_are_bounded(tmp_path: Path, reques
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({}, "start/end: fs1:1 has no materialized statistics in the offline store; pass a window"),
-    ({"start": "2024-01-01", "end": "2024-01-04", "sample_rows": 0}, "sample_rows: 0 is not a positive whole number"),
+    ({}, "start/end (--start/--end): fs1:1 has no materialized statistics in the offline store; pass a window"),
+    ({"start": "2024-01-01", "end": "2024-01-04", "sample_rows": 0},
+     "sample_rows (--sample-rows): 0 is not a positive whole number"),
     ({"start": "2024-01-04", "end": "2024-01-01"}, "start (2024-01-04 00:00:00) must be before end"),
     ({"store": "cold"}, "store: 'cold' is not a store; use offline or online"),
     ({"start": "yesterday", "end": "2024-01-01"}, "start: 'yesterday' is not an ISO date"),
@@ -144,7 +124,7 @@ def test_statistics_on_demand_from_the_source_are_bounded(tmp_path: Path, reques
 def test_bad_statistics_arguments_say_what_to_pass(tmp_path: Path, request: pytest.FixtureRequest,
                                                    kwargs: dict[str, Any], message: str) -> None:
     store = _store(tmp_path, request, "sqlite", clock=Clock(datetime(2024, 1, 10)), settings={})
-    with pytest.raises(gm.GristmillError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(gm.GristmillError, match="^" + re.escape(message)):
         store.feature_statistics("fs1", 1, **kwargs)
 
 
