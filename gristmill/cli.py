@@ -729,8 +729,8 @@ def stats(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered 
         summary = found.summary
         window = found.windows[0]
         if window.sampled:
-            what = (f"computed from the source over [{window.start}, {window.end}): {window.rows:,} rows, from at most "
-                    f"{window.sample_rows:,} source rows (sampled)")
+            what = (f"computed from the source over [{window.start}, {window.end}): {window.rows:,} rows "
+                    f"(sampled: at most {window.sample_rows:,}, --sample-rows)")
         else:
             what = (f"{found.store} store: {len(found.windows)} materialized window(s) [{summary.start}, "
                     f"{summary.end}), {summary.rows:,} rows, newest event {summary.newest_event_time}; last job "

@@ -314,7 +314,9 @@ def assemble(features: Sequence[tuple[str, FeatureType]], aggregates: Sequence[A
             name=name, type=kind, count=count, nulls=rows - count, min=low, max=high,
             mean=float(mean) if mean is not None else None,
             stddev=float(stddev) if stddev is not None and not math.isnan(stddev) else None,
-            distinct=int(distinct) if distinct is not None else None, histogram=histogram, top_values=top,
+            # HyperLogLog can overshoot on small counts: never more distinct values than values
+            distinct=min(int(distinct), count) if distinct is not None else None, histogram=histogram,
+            top_values=top,
             moment_count=int(moment_count or 0)))
     return WindowStatistics(start=start, end=end, rows=rows, newest_event_time=normalize_time(aggregates[1]),
                             features=tuple(result))

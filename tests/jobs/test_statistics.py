@@ -113,6 +113,23 @@ def test_statistics_on_demand_from_the_source_are_bounded(tmp_path: Path, reques
     assert (few.rows, few.sample_rows) == (2, 2)
 
 
+def test_sampled_statistics_of_rows_that_need_history_come_from_the_window(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A spec reading history (source_lookback) is computed over the window with it, then sampled: the sample
+    is of the window's rows (not of the first source rows, which may all lie in the history)."""
+    store = _store(tmp_path, request, "sqlite", clock=Clock(datetime(2024, 1, 10)), settings={})
+    spec_file = tmp_path / "repo" / "fs" / "spec" / "FeatureSetSpec.yaml"
+    spec_file.write_text(spec_file.read_text() + "source_lookback: {days: 2}\n")
+    (tmp_path / "repo" / "fs" / "FeatureSet.yaml").write_text(
+        (tmp_path / "repo" / "fs" / "FeatureSet.yaml").read_text().replace("version: '1'", "version: '2'"))
+    assert store.apply(tmp_path / "repo").ok
+    [window] = store.feature_statistics("fs1", 2, start="2024-01-03", end="2024-01-04", sample_rows=1).windows
+    assert (window.rows, window.sampled, window.sample_rows) == (1, True, 1)
+    assert window.feature("f1").min in (5.0, 9.0)        # one of the window's two rows, never 01-01's 1.0
+    both = store.feature_statistics("fs1", 2, start="2024-01-03", end="2024-01-04", sample_rows=10).windows[0]
+    assert (both.rows, both.feature("f1").min, both.feature("f1").max) == (2, 5.0, 9.0)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({}, "start/end (--start/--end): fs1:1 has no materialized statistics in the offline store; pass a window"),
     ({"start": "2024-01-01", "end": "2024-01-04", "sample_rows": 0},
