@@ -180,6 +180,9 @@ class Materializer:
                                 "pass a window (start and end) to compute them from the source, bounded by "
                                 f"sample_rows (default {DEFAULT_SAMPLE_ROWS:,})")
             engine = self.store.engine
+            if not hasattr(engine, "statistics"):
+                raise SpecError(f"the {engine.name} engine does not compute statistics from the source yet; "
+                                "materialize the feature set (its jobs record them) or use the duckdb engine")
             computed = engine.statistics(feature_set.spec, lo, hi, sample_rows=sample_rows or DEFAULT_SAMPLE_ROWS,
                                          label=feature_set.ref)
             windows = [computed]
