@@ -215,15 +215,19 @@ def _value(name: str, kind: FeatureType, quote: Quote) -> str:
 
 
 def aggregate_sql(relation: str, features: Sequence[tuple[str, FeatureType]], timestamp: str, *,
-                  quote: Quote) -> str:
+                  quote: Quote, time_value: Callable[[str], str] = lambda expression: expression) -> str:
     """One scan of ``relation``: rows, newest event time, then per feature its scalar statistics (the
-    column order ``assemble`` reads)."""
-    parts = ["count(*)", f"max({quote(timestamp)})"]
+    column order ``assemble`` reads). ``time_value`` wraps each timestamp result (Spark: ``unix_micros``, as
+    its driver would turn timestamps into local times)."""
+    parts = ["count(*)", time_value(f"max({quote(timestamp)})")]
     for name, kind in features:
         ranged, moments, distinct, _ = KINDS[kind]
         column, value = quote(name), _value(name, kind, quote)
         parts.append(f"count({column})")
-        parts += [f"min({value})", f"max({value})"] if ranged else ["NULL", "NULL"]
+        if ranged and kind == FeatureType.DATETIME:
+            parts += [time_value(f"min({value})"), time_value(f"max({value})")]
+        else:
+            parts += [f"min({value})", f"max({value})"] if ranged else ["NULL", "NULL"]
         parts += ([f"count({value})", f"avg({value})", f"stddev_samp({value})"] if moments
                   else ["0", "NULL", "NULL"])
         parts.append(f"approx_count_distinct({column})" if distinct else "NULL")
@@ -248,7 +252,7 @@ def groups_sql(relation: str, features: Sequence[tuple[str, FeatureType]], range
                       f"least(CAST(floor(({value} - {low!r}) / {width!r}) AS INTEGER), {HISTOGRAM_BINS - 1})")
             columns.append(f"CASE WHEN {value} IS NOT NULL THEN {bucket} END AS g{index}")
         elif KINDS[kind][3]:
-            columns.append(f"CAST({quote(name)} AS VARCHAR) AS g{index}" if kind == FeatureType.STRING
+            columns.append(f"CAST({quote(name)} AS STRING) AS g{index}" if kind == FeatureType.STRING
                            else f"CASE WHEN {quote(name)} THEN 'true' WHEN NOT {quote(name)} THEN 'false' END "
                                 f"AS g{index}")
     if not columns:
@@ -256,14 +260,14 @@ def groups_sql(relation: str, features: Sequence[tuple[str, FeatureType]], range
     names = [c.rsplit(" AS ", 1)[1] for c in columns]
     # which grouping set a row belongs to: the one column not null (nulls are left out of every set)
     which = "CASE " + " ".join(f"WHEN {n} IS NOT NULL THEN {n[1:]}" for n in names) + " END"
-    as_text = " ".join(f"WHEN {n} IS NOT NULL THEN CAST({n} AS VARCHAR)" for n in names)
+    as_text = " ".join(f"WHEN {n} IS NOT NULL THEN CAST({n} AS STRING)" for n in names)
     grouped = (f"SELECT {which} AS feature, CASE {as_text} END AS grp, count(*) AS n FROM "
-               f"(SELECT {', '.join(columns)} FROM {relation}) "
+               f"(SELECT {', '.join(columns)} FROM {relation}) AS valued "
                f"GROUP BY GROUPING SETS ({', '.join(f'({n})' for n in names)}) "
                f"HAVING {' OR '.join(f'{n} IS NOT NULL' for n in names)}")
     ranked = (f"SELECT feature, grp, n, row_number() OVER (PARTITION BY feature ORDER BY n DESC, grp) AS r "
-              f"FROM ({grouped})")
-    return f"SELECT feature, grp, n FROM ({ranked}) WHERE r <= {TOP_VALUES} OR feature IN " \
+              f"FROM ({grouped}) AS grouped")
+    return f"SELECT feature, grp, n FROM ({ranked}) AS ranked WHERE r <= {TOP_VALUES} OR feature IN " \
            f"({', '.join(str(i) for i, (_, k) in enumerate(features) if KINDS[k][1]) or '-1'})"
 
 
