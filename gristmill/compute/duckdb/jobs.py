@@ -167,8 +167,11 @@ def written_statistics(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, sta
                                       ("online", online, EVENT_TIMESTAMP)):
         if relation is None:
             continue
+        started = time.perf_counter()
         try:
             found[kind] = window_statistics(con, relation, spec, start=start, end=end, timestamp=timestamp)
+            log.debug("%s: statistics of the %s rows of [%s, %s) in %.3f s", label, kind, start, end,
+                      time.perf_counter() - started)
         except Exception as exc:
             log.warning("%s: statistics of the %s rows of [%s, %s) not computed: %s", label, kind, start, end, exc)
     return found
