@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
 import pytest
-from spark_session import spark_session
+from repo_support import write_fs1_repo
+from spark_session import spark_engine, spark_session
 from statistics_support import FEATURES, ROWS
 
+import gristmill as gm
 from gristmill.compute.duckdb.statistics import window_statistics
 from gristmill.compute.spark.statistics import frame_statistics
 from gristmill.compute.statistics import TopValue
@@ -44,3 +47,18 @@ def test_spark_statistics_equal_the_duckdb_ones() -> None:
     assert [b.count for b in f1.histogram] == [1, 1, 1, 0, 0, 1, 0, 0, 0, 1]
     assert got.feature("cat").top_values == (TopValue("x", 3), TopValue("y", 2))
     assert (got.feature("seen").min, got.feature("seen").max) == (datetime(2023, 11, 20), datetime(2023, 12, 5))
+
+
+def test_spark_statistics_from_the_source_equal_the_duckdb_ones(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    ROWS.to_parquet(tmp_path / "data" / "rows.parquet")
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", settings={}, features=FEATURES)
+    store = gm.FeatureStore.init(tmp_path / "store")
+    assert store.apply(repo).ok
+    spec = store.get_feature_set("fs1", 1).spec
+    got = spark_engine().statistics(spec, WINDOW["start"], WINDOW["end"], sample_rows=100, label="fs1:1")
+    expected = store.engine.statistics(spec, WINDOW["start"], WINDOW["end"], sample_rows=100, label="fs1:1")
+    assert (got.rows, got.sampled, got.sample_rows, got.newest_event_time) == (6, True, 100, datetime(2024, 1, 3, 10))
+    assert [(f.name, f.count, f.nulls, f.min, f.max, f.top_values) for f in got.features] == [
+        (f.name, f.count, f.nulls, f.min, f.max, f.top_values) for f in expected.features]
+    assert spark_engine().statistics(spec, WINDOW["start"], WINDOW["end"], sample_rows=2).rows == 2
