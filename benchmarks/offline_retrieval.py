@@ -423,6 +423,7 @@ def run_gristmill(dataset: Dataset, case: str, out: Path) -> dict[str, float]:
     shutil.rmtree(folder, ignore_errors=True)
     feature_refs = write_gristmill_assets(dataset, case, folder / "assets")
     timings: dict[str, float] = {}
+    gm.FeatureStore  # noqa: B018 - imports the store's modules now: imports are not timed (as for the others)
     started = time.perf_counter()
     store = gm.FeatureStore.init(str(folder / "store"))
     store.apply(str(folder / "assets"))
@@ -522,6 +523,8 @@ class Outcome:
     mismatches: int | None = None
     mismatches_by_feature: dict[str, int] = field(default_factory=dict)
     ratio_vs_floor: float | None = None
+    retrieval_ratio_vs_floor: float | None = None
+    rss_ratio_vs_floor: float | None = None
     floor_from_cache: bool = False
 
 
@@ -625,7 +628,8 @@ def _fmt(value: float | int | None, pattern: str) -> str:
 
 
 def print_table(outcomes: Sequence[Outcome]) -> None:
-    header = ("contender", "case", "wall s", "peak RSS MiB", "rows out", "mismatches", "vs floor", "notes")
+    header = ("contender", "case", "wall s", "retrieval s", "peak RSS MiB", "rows out", "mismatches", "vs floor",
+              "retrieval vs floor", "RSS vs floor", "notes")
     rows = []
     for o in outcomes:
         notes = [] if o.status == "ok" else [o.status]
@@ -642,10 +646,13 @@ def print_table(outcomes: Sequence[Outcome]) -> None:
                 o.contender,
                 o.case,
                 _fmt(o.wall_seconds, ".2f"),
+                _fmt(o.timings.get("query_seconds"), ".2f"),
                 _fmt(o.peak_rss_mib, ",.0f"),
                 _fmt(o.rows_out, ","),
                 _fmt(o.mismatches, ","),
                 "-" if o.ratio_vs_floor is None else f"{o.ratio_vs_floor:.2f}x",
+                "-" if o.retrieval_ratio_vs_floor is None else f"{o.retrieval_ratio_vs_floor:.2f}x",
+                "-" if o.rss_ratio_vs_floor is None else f"{o.rss_ratio_vs_floor:.2f}x",
                 "; ".join(notes),
             )
         )
@@ -711,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor_output = case_dir / "floor.parquet"
         floor_result = case_dir / "floor.json"
         floor_wall: float | None = None
+        floor_rss: float | None = None
         for contender in contenders:
             outcome = Outcome(contender, case, rows_in=rows_in)
             outcomes.append(outcome)
@@ -765,10 +773,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome.wall_seconds = float(reported.get("wall_seconds", elapsed))
             outcome.timings = {k: float(v) for k, v in reported.items() if k != "wall_seconds"}
             if contender == "floor":
-                floor_wall = outcome.wall_seconds
-                floor_result.write_text(json.dumps({"wall_seconds": floor_wall}))
+                floor_wall, floor_rss = outcome.wall_seconds, rss
+                floor_result.write_text(json.dumps({"wall_seconds": floor_wall, "peak_rss_mib": floor_rss}))
             elif floor_wall is None and floor_result.exists() and floor_output.exists():
-                floor_wall = float(json.loads(floor_result.read_text())["wall_seconds"])
+                cached = json.loads(floor_result.read_text())
+                floor_wall, floor_rss = float(cached["wall_seconds"]), cached.get("peak_rss_mib")
                 outcome.floor_from_cache = True
             if floor_output.exists() and output.exists():
                 compare_to_floor(outcome, output, floor_output, observations, feature_names(case))
@@ -776,6 +785,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome.rows_out = pq.ParquetFile(output).metadata.num_rows
             if floor_wall:
                 outcome.ratio_vs_floor = outcome.wall_seconds / floor_wall
+                retrieval = outcome.timings.get("query_seconds")     # without init + apply (the floor has none)
+                outcome.retrieval_ratio_vs_floor = None if retrieval is None else retrieval / floor_wall
+            if floor_rss and rss:
+                outcome.rss_ratio_vs_floor = rss / floor_rss
             print(f"  {outcome.wall_seconds:.2f} s, {rss:,.0f} MiB peak RSS", flush=True)
 
     print_table(outcomes)

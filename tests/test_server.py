@@ -434,6 +434,23 @@ def test_ui_cancel_and_retry_need_materialize(server: Server) -> None:
     assert cross_site.status_code == 403
 
 
+def test_ui_backfill_form_needs_materialize_and_this_site(server: Server) -> None:
+    reader, materializer = _browser(server, "reader"), _browser(server, "materializer")
+    form = {"start": "2024-01-08T00:00", "end": "2024-01-09T00:00", "stores": "offline"}
+    assert "Queue backfill" not in reader.get("/ui/feature-sets/fs1/1").text
+    assert "Queue backfill" in materializer.get("/ui/feature-sets/fs1/1").text
+    assert reader.post("/ui/feature-sets/fs1/1/backfill", data=form).status_code == 403
+    assert materializer.post("/ui/feature-sets/fs2/1/backfill", data=form).status_code == 404   # not its to read
+    cross_site = materializer.post("/ui/feature-sets/fs1/1/backfill", data=form,
+                                   headers={"Origin": "https://evil.example"})
+    assert cross_site.status_code == 403
+    future = materializer.post("/ui/feature-sets/fs1/1/backfill", data={**form, "end": "2030-01-01T00:00"})
+    assert future.status_code == 400 and "<h1>Error</h1>" in future.text
+    queued = materializer.post("/ui/feature-sets/fs1/1/backfill", data=form)
+    assert queued.status_code == 303 and queued.headers["location"].startswith("/ui/jobs?feature_set=fs1%3A1&done=")
+    assert "fs1:1" in materializer.get(queued.headers["location"]).text
+
+
 def test_ui_sessions_end_with_their_sign_in_token(server: Server) -> None:
     server.access.add_principal("short", kind="user")
     server.access.grant("short", "Reader", by="test")

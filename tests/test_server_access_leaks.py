@@ -7,6 +7,7 @@ of refused requests writes one audit row a minute; a model using another store's
 from __future__ import annotations
 
 import io
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -166,6 +167,15 @@ def test_job_lists_filter_before_they_cut(tmp_path: Path, request: pytest.Fixtur
         assert server.client("nobody").get("/v1/jobs", params={"limit": 1}).json() == []
         page = server.browser("reader").get("/ui/jobs")
         assert page.status_code == 200 and readable.id in page.text
+        # the owner's job pages: 50 a page, newest first, the last page holding the one left over
+        owner = server.browser("owner")
+        shown = [re.findall(r"<tr><td>(\w{12})</td>", owner.get("/ui/jobs", params={"page_number": n}).text)
+                 for n in range(1, 6)]
+        assert [len(ids) for ids in shown] == [50, 50, 50, 50, 31] and shown[4][-1] == readable.id
+        assert len({i for ids in shown for i in ids}) == 231
+        last = owner.get("/ui/jobs", params={"page_number": 5}).text
+        assert "page_number=4" in last and "page_number=6" not in last
+        assert owner.get("/ui/jobs", params={"page_number": "many"}).status_code == 200     # the first page
 
 
 @pytest.mark.parametrize("registry", REGISTRIES)

@@ -1,31 +1,50 @@
-"""The web UI (SPEC §4): catalog search, feature set pages (versions, schema, lineage, data interval
-timeline, jobs) and job monitoring, as server-rendered HTML on the REST server's routes and access rules.
+"""The web UI (SPEC §4), as server-rendered HTML on the REST server's routes and access rules: the catalog
+(filters, search), entity pages, feature set pages (schema, the transformation with highlighted code,
+source, materialization settings, data interval timeline, backfill form, data preview, jobs, lineage,
+versions side by side), jobs (history chart, filters, pages, cancel and retry), the lineage graph and
+models. Charts and code views are drawn in ``ui_draw``.
 
 Pages live under ``/ui``. A browser signs in once with a token (``/ui/login``) and gets a session token
 of its own (12 hours, revoked at sign-out) in an HttpOnly, same-site cookie (Secure over https). Every
 page then checks the same roles as the API, and shows only what the caller may read. No JavaScript:
-pages are plain HTML with a little CSS, and the jobs page refreshes itself.
+pages are plain HTML and SVG with a little CSS, sent with a policy that lets no script run; the jobs page
+refreshes itself. Form posts (backfill, cancel, retry) are refused when they come from another site.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from html import escape
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from gristmill.auth import AccessDeniedError, Action, Resource
 from gristmill.errors import GristmillError, NotFoundError
+from gristmill.server.ui_draw import (
+    CODE_STYLE,
+    Node,
+    code_block,
+    interval_id,
+    jobs_chart,
+    lineage_graph,
+    side_by_side,
+    timeline,
+)
+from gristmill.spec.refs import parse_name_and_version
 
 if TYPE_CHECKING:
     from gristmill.auth import AccessRecords
     from gristmill.server.visibility import Visibility
+    from gristmill.spec.featureset import FeatureSet
+    from gristmill.spec.featureset_spec import FeatureSetSpec
     from gristmill.store import FeatureStore
 
 __all__ = ["COOKIE", "add_ui"]
@@ -35,16 +54,53 @@ COOKIE = "gristmill_token"
 log = logging.getLogger("gristmill.server")
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f7f8fa}
-header{background:#24324a;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.2rem;align-items:center}
-header a{color:#fff;text-decoration:none}header .who{margin-left:auto;opacity:.8}
-main{padding:1rem 1.2rem;max-width:1100px}h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+*{box-sizing:border-box}
+body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f7f8fa;line-height:1.4}
+a{color:#1f4fa3}a:focus-visible,button:focus-visible,input:focus-visible,select:focus-visible,summary:focus-visible,
+tr:target{outline:3px solid #f0b429;outline-offset:2px}tr:target td{background:#fff3cd}
+svg a:focus-visible rect{stroke:#b7791f;stroke-width:3}
+.skip{position:absolute;left:-999px}.skip:focus{left:.5rem;top:.5rem;background:#fff;padding:.3rem;z-index:2}
+header{background:#24324a;color:#fff;padding:.6rem 1.2rem;display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;
+align-items:center}header a{color:#fff;text-decoration:none}header a:hover{text-decoration:underline}
+header nav{display:flex;flex-wrap:wrap;gap:.4rem 1rem}header .who{margin-left:auto;opacity:.85}
+main{padding:1rem 1.2rem;max-width:1280px}h1{font-size:1.4rem;overflow-wrap:anywhere}
+h2{font-size:1.1rem;margin-top:1.6rem}h3{font-size:1rem}
+.scroll{overflow-x:auto;max-width:100%}.tall{max-height:24rem;overflow-y:auto;border:1px solid #dde1e8}
 table{border-collapse:collapse;width:100%;background:#fff}td,th{border:1px solid #dde1e8;padding:.3rem .5rem;
-text-align:left;font-size:.9rem}th{background:#eef1f5}.muted{color:#6b7385}.error{color:#a12a2a}
-.timeline{display:flex;height:1.2rem;border:1px solid #dde1e8;background:#fff}.timeline span{display:block}
-.Complete{background:#3c9a5f}.Incomplete{background:#d0a02a}.Pending{background:#5a7fc4}.None{background:#e6e8ec}
+text-align:left;font-size:.9rem;vertical-align:top;overflow-wrap:break-word}th{background:#eef1f5}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
+.muted{color:#5d6576}.nowrap{white-space:nowrap}
+table.jobs td,table.jobs th{font-size:.82rem;padding:.25rem .35rem}.error{color:#a12a2a}
+.notice{background:#e8f2ea;border:1px solid #b9d8c1;padding:.4rem .6rem}
 .Completed{color:#2d7a49}.Failed{color:#a12a2a}.Running{color:#3b5fa6}.Cancelled{color:#8a6d1c}
-input[type=text],input[type=password]{padding:.35rem;width:22rem}button{padding:.35rem .8rem}
+input,select,button{font:inherit;max-width:100%}
+input[type=text],input[type=password],input[type=search]{padding:.35rem;width:22rem}button{padding:.35rem .8rem}
+form.filters{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}
+form.filters label,form.stack label,.field{display:flex;flex-direction:column;font-size:.85rem}
+.field select{max-width:16rem}form.stack{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:flex-end}
+fieldset{border:1px solid #dde1e8}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}dl.facts dt{color:#5d6576}
+dl.facts dd{margin:0;overflow-wrap:anywhere}
+figure.chart{margin:.5rem 0;background:#fff;border:1px solid #dde1e8;padding:.4rem;overflow-x:auto}
+svg{display:block;max-width:100%;height:auto}svg text{font-size:13px;fill:#1d2330}svg .muted{fill:#5d6576}
+svg .axis{stroke:#8a92a3}svg .edge{fill:none;stroke:#8a92a3;stroke-width:1.5}
+.s-Complete{fill:#3c9a5f;background:#3c9a5f}.s-Incomplete{fill:#d0a02a;background:#d0a02a}
+.s-Pending{fill:#5a7fc4;background:#5a7fc4}.s-None{fill:#c9ced8;background:#c9ced8}
+.j-Completed{fill:#3c9a5f}.j-Failed{fill:#c0392b}.j-Running{fill:#5a7fc4}.j-Queued{fill:#9aa3b5}
+.j-Cancelled{fill:#d0a02a}
+.n-entity{fill:#fdf1d6;stroke:#c9a13b;background:#fdf1d6}.n-featureset{fill:#e3ecfa;stroke:#5a7fc4;background:#e3ecfa}
+.n-derived{fill:#e6f4ea;stroke:#3c9a5f;background:#e6f4ea}.n-model{fill:#f3e6f5;stroke:#9a5aa8;background:#f3e6f5}
+svg a:focus rect,svg a:hover rect{stroke-width:3}
+.legend{display:flex;flex-wrap:wrap;gap:.3rem 1rem;font-size:.85rem}.legend i{display:inline-block;width:.9rem;
+height:.9rem;margin-right:.3rem;vertical-align:middle}
+.code{background:#fff;border:1px solid #dde1e8;overflow-x:auto}.code pre{margin:0;padding:.5rem;font-size:.85rem}
+table.diff td{font-family:ui-monospace,monospace;font-size:.8rem;white-space:pre-wrap;width:50%}
+table.diff td.changed{background:#fff3cd}table.diff td.blank{background:#f1f2f4}table.diff td.fold{color:#5d6576;
+text-align:center}
+.tag{display:inline-block;background:#eef1f5;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0}
+.pages{display:flex;gap:1rem;margin:.6rem 0}
+@media (max-width:600px){main{padding:.8rem}input[type=text],input[type=password],input[type=search]{width:100%}
+header .who{margin-left:0}}
 """
 
 
@@ -68,14 +124,18 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 
     def page(title: str, who: str | None, body: str, *, status: int = 200, refresh: int | None = None) -> HTMLResponse:
         meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-        links = ('<a href="/ui">Catalog</a><a href="/ui/jobs">Jobs</a><a href="/ui/models">Models</a>'
+        links = ('<nav aria-label="pages"><a href="/ui">Catalog</a><a href="/ui/lineage">Lineage</a>'
+                 '<a href="/ui/jobs">Jobs</a><a href="/ui/models">Models</a><a href="/docs">API</a></nav>'
                  if who else "")
         account = (f'<span class="who">{escape(who)} · <a href="/ui/logout">sign out</a></span>'
                    if who and auth else "")
         return HTMLResponse(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} · Gristmill</title>{meta}"
-            f"<style>{_STYLE}</style></head><body><header><strong>Gristmill · {escape(store.name)}</strong>"
-            f"{links}{account}</header><main>{body}</main></body></html>", status_code=status)
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{escape(title)} · Gristmill</title>{meta}<style>{_STYLE}{CODE_STYLE}</style></head><body>"
+            "<a class='skip' href='#main'>Skip to content</a>"
+            f"<header><strong>Gristmill · {escape(store.name)}</strong>{links}{account}</header>"
+            f"<main id='main'>{body}</main></body></html>", status_code=status, headers=_HEADERS)
 
     def signed_in(request: Request, render: Callable[[str], Response]) -> Response:
         who = caller(request)
@@ -91,12 +151,24 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         except GristmillError as exc:
             return page("Error", who, f"<h1>Error</h1><p class='error'>{escape(str(exc))}</p>", status=400)
 
+    def readable_sets(who: str) -> list[FeatureSet]:
+        return [fs for fs in store.list_feature_sets()
+                if may(who, Action.READ_CATALOG, resource_of(fs.name, fs.version))]
+
+    def entity_link(who: str, ref: str) -> str:
+        """An entity reference, linked to its page when the caller may read the entity."""
+        name, _, version = ref.partition(":")
+        if may(who, Action.READ_CATALOG, Resource("entity", name)):
+            return _link(f"/ui/entities/{name}/{version}", ref)
+        return escape(ref)
+
     @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(next: str = "/ui", error: str = "") -> HTMLResponse:
-        message = f"<p class='error'>{escape(error)}</p>" if error else ""
+        message = f"<p class='error' role='alert'>{escape(error)}</p>" if error else ""
         return page("Sign in", None, f"<h1>Sign in</h1>{message}<form method='post' action='/ui/login'>"
                                      f"<input type='hidden' name='next' value='{escape(next, quote=True)}'>"
-                                     "<p><input type='password' name='token' placeholder='gm_… token' autofocus>"
+                                     "<p><label for='token'>Token</label><br><input type='password' id='token' "
+                                     "name='token' placeholder='gm_… token' autocomplete='off' autofocus>"
                                      " <button>Sign in</button></p></form><p class='muted'>A token comes from "
                                      "<code>gristmill access token NAME</code>.</p>")
 
@@ -134,82 +206,273 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         response.delete_cookie(COOKIE)
         return response
 
+    # -- catalog ------------------------------------------------------------------------------------------
     @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
-    def catalog(request: Request, q: str = "") -> Response:
+    def catalog(request: Request, q: str = "", entity: str = "", tag: str = "", stage: str = "",
+                materialized: str = "") -> Response:
         def render(who: str) -> Response:
-            sets = [fs for fs in store.list_feature_sets()
-                    if may(who, Action.READ_CATALOG, resource_of(fs.name, fs.version))]
-            rows = [[_link(f"/ui/feature-sets/{fs.name}/{fs.version}", fs.ref), fs.stage.value,
-                     escape(fs.description or ""), escape(", ".join(fs.entities))] for fs in sets]
-            body = (f"<h1>Catalog</h1><form action='/ui'><input type='text' name='q' value='{escape(q, quote=True)}' "
-                    "placeholder='search features: name, description, tags'> <button>Search</button></form>")
+            sets = readable_sets(who)
+            # the filters offer only what the caller's feature sets hold: no name it may not read
+            entity_names = sorted({e for fs in sets for e in fs.entities})
+            tag_names = sorted({f"{k}={v}" for fs in sets for k, v in fs.tags.items()})
+            stages = sorted({fs.stage.value for fs in sets})
+            found: list[Any] = []
+            matched_sets: set[tuple[str, str]] = set()
             if q:
-                readable: dict[tuple[str, str], bool] = {}
-                found = []
+                readable = {(fs.name, fs.version) for fs in sets}
                 for f in store.search_features(q, limit=100_000):    # filter by access first, then cut to 200
-                    key = (f.feature_set, f.version)
-                    if key not in readable:
-                        readable[key] = may(who, Action.READ_CATALOG, resource_of(*key))
-                    if readable[key]:
-                        found.append(f)
-                        if len(found) >= 200:
-                            break
+                    if (f.feature_set, f.version) in readable:
+                        matched_sets.add((f.feature_set, f.version))
+                        if len(found) < 200:
+                            found.append(f)
+            terms = q.lower().split()
+            shown = [fs for fs in sets
+                     if (not entity or entity in fs.entities)
+                     and (not tag or tag in {f"{k}={v}" for k, v in fs.tags.items()})
+                     and (not stage or fs.stage.value == stage)
+                     and (not materialized or (materialized == "yes") == bool(_materialized(fs)))
+                     and (not terms or (fs.name, fs.version) in matched_sets
+                          or all(t in _searchable(fs) for t in terms))]
+            body = ("<h1>Catalog</h1><form class='filters' action='/ui' role='search'>"
+                    f"<label>Search<input type='search' name='q' value='{escape(q, quote=True)}' "
+                    "placeholder='name, description, tags'></label>"
+                    + _select("entity", "Entity", entity, entity_names)
+                    + _select("tag", "Tag", tag, tag_names)
+                    + _select("stage", "Stage", stage, stages)
+                    + _select("materialized", "Materialized", materialized, ["yes", "no"])
+                    + "<button>Filter</button> <a href='/ui'>clear</a></form>")
+            rows = [[_link(f"/ui/feature-sets/{fs.name}/{fs.version}", fs.ref), escape(fs.stage.value),
+                     escape(fs.description or ""), ", ".join(entity_link(who, e) for e in fs.entities),
+                     _tag_list(fs.tags), escape(_materialized(fs) or "no"), _freshness_cell(fs)]
+                    for fs in shown]
+            body += (f"<h2>Feature sets <span class='muted'>({len(shown)} of {len(sets)})</span></h2>"
+                     + _table(["feature set", "stage", "description", "entities", "tags", "materialized",
+                               "freshness"], rows))
+            if q:
                 body += f"<h2>{len(found)} feature(s) matching “{escape(q)}”</h2>" + _table(
                     ["feature", "type", "description", "tags"],
-                    [[_link(f"/ui/feature-sets/{f.feature_set}/{f.version}", f.ref), escape(f.type.value),
-                      escape(f.description or ""), escape(_tags(f.tags))] for f in found])
-            body += "<h2>Feature sets</h2>" + _table(["feature set", "stage", "description", "entities"], rows)
+                    [[_link(f"/ui/feature-sets/{f.feature_set}/{f.version}#feature-{f.name}", f.ref),
+                      escape(f.type.value), escape(f.description or ""), _tag_list(f.tags)] for f in found])
+            entities = [e for e in store.list_entities() if may(who, Action.READ_CATALOG, Resource("entity", e.name))]
+            body += "<h2>Entities</h2>" + _table(["entity", "index columns", "description"], [
+                [_link(f"/ui/entities/{e.name}/{e.version}", e.ref),
+                 escape(", ".join(f"{c.name}: {c.type.value}" for c in e.index_columns)),
+                 escape(e.description or "")] for e in entities])
             return page("Catalog", who, body)
 
         return signed_in(request, render)
 
-    @app.get("/ui/feature-sets/{name}/{version}", response_class=HTMLResponse, include_in_schema=False)
-    def feature_set_page(request: Request, name: str, version: str) -> Response:
+    @app.get("/ui/entities/{name}/{version}", response_class=HTMLResponse, include_in_schema=False)
+    def entity_page(request: Request, name: str, version: str) -> Response:
         def render(who: str) -> Response:
-            resource = visible.feature_set(who, name, version)      # unreadable: as if missing
-            fs = store.get_feature_set(name, version)
-            spec = fs.spec
-            versions = " ".join(_link(f"/ui/feature-sets/{name}/{v.version}", v.version) if v.version != version
-                                else f"<strong>{escape(v.version)}</strong>"
-                                for v in store.list_feature_sets(name=name))
-            schema = [[escape(c.name), escape(c.type.value), "index column", ""] for c in spec.index_columns]
-            schema.append([escape(spec.timestamp_column), "datetime", "timestamp", ""])
-            schema += [[escape(f.name), escape(f.type.value), "feature", escape(f.description or "")]
-                       for f in spec.features]
-            models = [m for m in store.models_using(name, version) if visible.model_readable(who, m)]
-            lineage = (", ".join(escape(m.ref) for m in models) if models
-                       else "<span class='muted'>no registered model uses it</span>")
-            body = (f"<h1>{escape(fs.ref)}</h1><p>{escape(fs.description or '')}</p>"
-                    f"<p class='muted'>stage {escape(fs.stage.value)} · entities {escape(', '.join(fs.entities))}"
-                    f" · tags {escape(_tags(fs.tags)) or '–'} · source {escape(spec.source.type.value)}"
-                    f"{(' ' + escape(spec.source.path)) if spec.source.path else ''}</p>"
-                    f"<p>Versions: {versions}</p><h2>Schema</h2>"
-                    + _table(["column", "type", "role", "description"], schema)
-                    + f"<h2>Lineage</h2><p>Used by: {lineage}</p>")
-            if may(who, Action.READ_JOBS, resource):
-                intervals = store.data_intervals(name, version)
-                body += "<h2>Data intervals</h2>" + "".join(
-                    f"<h3 class='muted'>{kind}</h3>" + _timeline(items) + _table(
-                        ["start", "end", "status"], [[_when(i.start), _when(i.end), i.status.value] for i in items])
-                    for kind, items in intervals.items() if items) + (
-                    "" if any(intervals.values()) else "<p class='muted'>nothing materialized</p>")
-                jobs = store.list_jobs(feature_set=name, version=version, limit=20)
-                body += "<h2>Recent jobs</h2>" + _jobs_table(jobs)
-            return page(fs.ref, who, body)
+            if not may(who, Action.READ_CATALOG, Resource("entity", name)):
+                visible._audit_refusal(who, Resource("entity", name, version))
+                raise NotFoundError(f"entity '{name}' version {version} not found")      # as if missing
+            try:
+                entity = store.get_entity(name, version)
+            except NotFoundError:
+                raise NotFoundError(f"entity '{name}' version {version} not found") from None
+            keyed = [fs for fs in readable_sets(who) if entity.ref in fs.entities]
+            body = (f"<h1>Entity {escape(entity.ref)}</h1><p>{escape(entity.description or '')}</p>"
+                    f"<dl class='facts'><dt>stage</dt><dd>{escape(entity.stage.value)}</dd>"
+                    f"<dt>tags</dt><dd>{_tag_list(entity.tags) or '–'}</dd></dl>"
+                    "<h2>Index columns</h2>"
+                    + _table(["column", "type"], [[escape(c.name), escape(c.type.value)] for c in entity.index_columns])
+                    + "<h2>Feature sets keyed by it</h2>"
+                    + _table(["feature set", "stage", "description", "materialized"], [
+                        [_link(f"/ui/feature-sets/{fs.name}/{fs.version}", fs.ref), escape(fs.stage.value),
+                         escape(fs.description or ""), escape(_materialized(fs) or "no")] for fs in keyed]))
+            return page(f"Entity {entity.ref}", who, body)
 
         return signed_in(request, render)
 
-    @app.get("/ui/jobs", response_class=HTMLResponse, include_in_schema=False)
-    def jobs_page(request: Request, status: str | None = None, done: str = "") -> Response:
+    # -- a feature set --------------------------------------------------------------------------------------
+    @app.get("/ui/feature-sets/{name}/{version}", response_class=HTMLResponse, include_in_schema=False)
+    def feature_set_page(request: Request, name: str, version: str, compare: str = "", preview_start: str = "",
+                         preview_end: str = "", done: str = "") -> Response:
         def render(who: str) -> Response:
-            shown = visible.jobs(who, status=status or None, limit=200)      # filtered, then cut
-            filters = " · ".join(_link(f"/ui/jobs?status={s}" if s else "/ui/jobs", s or "all")
-                                 for s in ("", "Running", "Failed", "Completed", "Queued", "Cancelled"))
+            resource = visible.feature_set(who, name, version)      # unreadable: as if missing
+            fs = store.get_feature_set(name, version)
+            record = store.registry.get_feature_set(name, version)    # the registry's snapshot: spec and code
+            spec = fs.spec
+            shown = visible.shown(who, fs, fs.to_dict())              # secrets redacted unless an Owner
+            all_versions = store.list_feature_sets(name=name)
+            versions = " ".join(_link(f"/ui/feature-sets/{name}/{v.version}", v.version) if v.version != version
+                                else f"<strong aria-current='page'>{escape(v.version)}</strong>"
+                                for v in all_versions)
+            notice = f"<p class='notice' role='status'>{escape(done)}</p>" if done else ""
+            source = spec.source
+            parent = spec.parent_ref
+            source_text = (f"feature set {_link(f'/ui/feature-sets/{parent.name}/{parent.version}', str(parent))}"
+                           if parent else escape(source.type.value)
+                           + (f" <code>{escape(source.path)}</code>" if source.path else ""))
+            body = (f"<h1>{escape(fs.ref)}</h1>{notice}<p>{escape(fs.description or '')}</p><dl class='facts'>"
+                    f"<dt>stage</dt><dd>{escape(fs.stage.value)}</dd>"
+                    f"<dt>entities</dt><dd>{', '.join(entity_link(who, e) for e in fs.entities) or '–'}</dd>"
+                    f"<dt>tags</dt><dd>{_tag_list(fs.tags) or '–'}</dd><dt>source</dt><dd>{source_text}</dd>"
+                    f"<dt>versions</dt><dd>{versions}</dd></dl>")
+            body += _statistics_section(fs)          # feature statistics and freshness: wired in after merging
+            schema = [(c.name, [escape(c.name), escape(c.type.value), "index column", ""]) for c in spec.index_columns]
+            schema.append((spec.timestamp_column, [escape(spec.timestamp_column), "datetime", "timestamp", ""]))
+            schema += [(f.name, [escape(f.name), escape(f.type.value), "feature", escape(f.description or "")])
+                       for f in spec.features]
+            body += "<h2>Schema</h2>" + _table(["column", "type", "role", "description"], [r for _, r in schema],
+                                               ids=[f"feature-{n}" for n, _ in schema])
+            body += "<h2>Transformation</h2>" + _transformation(spec, record.code_files)
+            body += "<h2>Source</h2>" + _source_facts(spec)
+            body += "<h2>Materialization</h2>" + _settings(shown.get("materialization_settings") or {})
+            intervals = store.data_intervals(name, version)
+            if may(who, Action.READ_JOBS, resource):
+                few = sum(len(items) for items in intervals.values()) <= SHOWN_INTERVALS
+                body += "<h2>Data intervals</h2>" + (timeline(intervals, label=f"data intervals of {fs.ref}") + (
+                    f"<details{' open' if few else ''}><summary>intervals as text</summary>" + "".join(
+                        f"<h3 class='muted'>{kind}</h3>" + _table(
+                            ["start", "end", "status"],
+                            [[_when(i.start), _when(i.end), i.status.value] for i in items],
+                            ids=[interval_id(kind, n) for n in range(len(items))])
+                        for kind, items in intervals.items() if items) + "</details>")
+                    if any(intervals.values()) else "<p class='muted'>nothing materialized</p>")
+            if may(who, Action.MATERIALIZE, resource):
+                body += _backfill_form(fs)
+            if may(who, Action.READ_OFFLINE, resource):              # the preview shows data: a data reader only
+                body += preview_section(fs, intervals, preview_start, preview_end)
+            if may(who, Action.READ_JOBS, resource):
+                jobs = store.list_jobs(feature_set=name, version=version, limit=20)
+                body += (f"<h2>Recent jobs</h2><p>{_link(f'/ui/jobs?feature_set={fs.ref}', 'all jobs of ' + fs.ref)}"
+                         "</p>" + _jobs_table(jobs))
+            body += lineage_section(who, fs)
+            if len(all_versions) > 1:
+                body += _compare_section(who, fs, all_versions, compare)
+            return page(fs.ref, who, body)
+
+        def _compare_section(who: str, fs: FeatureSet, all_versions: list[FeatureSet], compare: str) -> str:
+            others = [v.version for v in all_versions if v.version != fs.version]
+            chosen = compare if compare in others else ""
+            options = "".join(f"<option{' selected' if v == chosen else ''}>{escape(v)}</option>" for v in others)
+            section = (f"<h2>Compare versions</h2><form class='stack' action='/ui/feature-sets/{_path(fs.name)}/"
+                       f"{_path(fs.version)}#compare'><label>with version<select name='compare'>{options}</select>"
+                       "</label><button>Compare</button></form>")
+            if chosen:
+                other = store.get_feature_set(fs.name, chosen)
+                old, new = (other, fs) if _version_order(chosen) < _version_order(fs.version) else (fs, other)
+                section += "<div id='compare'>" + side_by_side(
+                    _spec_text(visible.shown(who, old, old.to_dict()), store.registry.get_feature_set(old.name,
+                                                                                                      old.version)),
+                    _spec_text(visible.shown(who, new, new.to_dict()), store.registry.get_feature_set(new.name,
+                                                                                                      new.version)),
+                    old_label=old.ref, new_label=new.ref) + "</div>"
+            return section
+
+        def preview_section(fs: FeatureSet, intervals: dict[str, list[Any]], start_text: str, end_text: str) -> str:
+            end_default = store.now().replace(minute=0, second=0, microsecond=0)
+            complete = [i.end for items in intervals.values() for i in items if i.status.value == "Complete"]
+            if complete:
+                end_default = max(complete)
+            start_default = end_default - timedelta(days=1)
+            section = ("<h2 id='preview'>Data preview</h2><form class='stack' action="
+                       f"'/ui/feature-sets/{_path(fs.name)}/{_path(fs.version)}#preview'>"
+                       f"<label>from<input type='datetime-local' name='preview_start' required "
+                       f"value='{escape(start_text or _input_time(start_default), quote=True)}'></label>"
+                       f"<label>to<input type='datetime-local' name='preview_end' required "
+                       f"value='{escape(end_text or _input_time(end_default), quote=True)}'></label>"
+                       f"<button>Preview</button></form><p class='muted'>computes the feature set over the window "
+                       f"(nothing is stored) and shows its first {PREVIEW_ROWS} rows</p>")
+            if not (start_text and end_text):
+                return section
+            try:                          # a window or a computation that fails is told in the section
+                start, end = _parse_time(start_text, "preview_start"), _parse_time(end_text, "preview_end")
+                if end <= start:
+                    raise GristmillError("preview_end: must be after preview_start; pick a later 'to'")
+                if end - start > PREVIEW_LONGEST:
+                    raise GristmillError(f"preview window: at most {PREVIEW_LONGEST.days} days; pick a shorter "
+                                         "window")
+                reader = store.preview(fs.name, fs.version, start, end).to_batches(batch_rows=PREVIEW_ROWS)
+                batch = next(iter(reader), None)
+            except GristmillError as exc:
+                return section + f"<p class='error' role='alert'>{escape(str(exc))}</p>"
+            if batch is None or batch.num_rows == 0:
+                return section + "<p class='muted'>no rows in this window</p>"
+            rows = batch.slice(0, PREVIEW_ROWS).to_pylist()
+            header = list(batch.schema.names)
+            return section + (f"<p>{len(rows)} row(s) of [{_when(start)}, {_when(end)})</p><div class='tall'>" + _table(
+                header, [[escape(_cell(row[c])) for c in header] for row in rows],
+                numeric=[i for i, f in enumerate(batch.schema) if _is_number(f.type)]) + "</div>")
+
+        return signed_in(request, render)
+
+    def lineage_section(who: str, fs: FeatureSet) -> str:
+        parent = fs.spec.parent_ref
+        children = [r.asset for r in store.registry.list_feature_sets()
+                    if (_parent_of(r.spec) == (fs.name, fs.version))
+                    and may(who, Action.READ_CATALOG, resource_of(r.asset.name, r.asset.version))]
+        models = [m for m in store.models_using(fs.name, fs.version) if visible.model_readable(who, m)]
+        parts = []
+        if parent:
+            parts.append(f"derived from {_link(f'/ui/feature-sets/{parent.name}/{parent.version}', str(parent))}")
+        if children:
+            parts.append("derived feature sets: " + ", ".join(
+                _link(f"/ui/feature-sets/{c.name}/{c.version}", c.ref) for c in children))
+        used = (", ".join(_link(f"/ui/models#model-{m.name}-{m.version}", m.ref) for m in models) if models
+                else "<span class='muted'>no registered model uses it</span>")
+        parts.append(f"Used by: {used}")
+        return ("<h2>Lineage</h2>" + "".join(f"<p>{p}</p>" for p in parts)
+                + "<p><a href='/ui/lineage'>the whole lineage graph</a></p>")
+
+    @app.post("/ui/feature-sets/{name}/{version}/backfill", include_in_schema=False)
+    async def backfill(request: Request, name: str, version: str) -> Response:
+        """Queue a backfill from the feature set page's form (Materializer), as ``POST .../backfill`` does."""
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+
+        def render(who: str) -> Response:
+            if not _same_origin(request):
+                raise AccessDeniedError("act from this server's own pages")
+            resource = visible.feature_set(who, name, version)
+            if auth:
+                access.check(who, Action.MATERIALIZE, resource)
+            start = _parse_time(form["start"][0], "start") if form.get("start", [""])[0] else None
+            end = _parse_time(form["end"][0], "end") if form.get("end", [""])[0] else None
+            stores = form.get("stores") or None
+            access.audit(who, Action.MATERIALIZE.value, str(resource), allowed=True,
+                         detail=f"backfill [{start}, {end}) (web UI)")
+            feature_set = store._cached_feature_set(name, version)
+            jobs = request.app.state.limits.backfills.submit(feature_set, start=start, end=end, data_status=None,
+                                                             stores=stores, allow_future=False)
+            message = (f"backfill of {feature_set.ref} queued as job(s) {', '.join(j.id for j in jobs)}" if jobs
+                       else f"nothing to backfill: {feature_set.ref} already holds that window")
+            return RedirectResponse(f"/ui/jobs?feature_set={quote(feature_set.ref)}&done={quote(message)}",
+                                    status_code=303)
+
+        return await run_in_threadpool(signed_in, request, render)
+
+    # -- jobs -------------------------------------------------------------------------------------------
+    @app.get("/ui/jobs", response_class=HTMLResponse, include_in_schema=False)
+    def jobs_page(request: Request, status: str | None = None, feature_set: str = "", page_number: str = "1",
+                  done: str = "") -> Response:
+        def render(who: str) -> Response:
+            name, version = (parse_name_and_version(feature_set, what="feature_set", example="transactions:1")
+                             if feature_set else (None, None))
+            number = min(max(1, int(page_number) if page_number.isdigit() else 1), MOST_JOB_PAGES)
+            found = visible.jobs(who, feature_set=name, version=version, status=status or None,
+                                 limit=number * JOBS_PER_PAGE + 1)              # filtered, then cut
+            shown = found[(number - 1) * JOBS_PER_PAGE:number * JOBS_PER_PAGE]
+            sets = sorted(fs.ref for fs in readable_sets(who))
+            filters = ("<form class='filters' action='/ui/jobs'>"
+                       + _select("feature_set", "Feature set", feature_set, sets)
+                       + _select("status", "Status", status or "", list(JOB_STATUSES))
+                       + "<button>Filter</button> <a href='/ui/jobs'>clear</a></form>")
             actions = {job.id: _action(job) for job in shown if job_resource(job) is not None
                        and may(who, Action.MATERIALIZE, job_resource(job))}   # type: ignore[arg-type]
-            notice = f"<p class='muted'>{escape(done)}</p>" if done else ""
-            return page("Jobs", who, f"<h1>Jobs</h1>{notice}<p>{filters} <span class='muted'>(refreshes every 10 s)"
-                                     f"</span></p>{_jobs_table(shown, actions)}", refresh=10)
+            notice = f"<p class='notice' role='status'>{escape(done)}</p>" if done else ""
+            query = {k: v for k, v in (("feature_set", feature_set), ("status", status or "")) if v}
+            pages = []
+            if number > 1:
+                pages.append(_link("/ui/jobs?" + urlencode({**query, "page_number": number - 1}), "← newer"))
+            pages.append(f"<span>page {number}</span>")
+            if len(found) > number * JOBS_PER_PAGE:
+                pages.append(_link("/ui/jobs?" + urlencode({**query, "page_number": number + 1}), "older →"))
+            return page("Jobs", who, f"<h1>Jobs</h1>{notice}{filters}<p class='muted'>refreshes every 10 s</p>"
+                                     f"{jobs_chart(shown)}<nav class='pages' aria-label='job pages'>{''.join(pages)}"
+                                     f"</nav>{_jobs_table(shown, actions)}", refresh=10)
 
         return signed_in(request, render)
 
@@ -248,10 +511,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
 
         return signed_in(request, render)
 
+    # -- models and lineage ---------------------------------------------------------------------------------
     @app.get("/ui/models", response_class=HTMLResponse, include_in_schema=False)
     def models_page(request: Request) -> Response:
         def render(who: str) -> Response:
-            rows = []
+            rows, ids = [], []
             for model in store.list_models():
                 if visible.model_readable(who, model):
                     # another store's feature sets have no page here: their names only
@@ -260,10 +524,61 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     sets = [escape(f"{other}/{ref}") if other else _link(f"/ui/feature-sets/{ref.name}/{ref.version}",
                                                                          str(ref))
                             for other, ref in used]
+                    features = [escape(f.ref) if f.feature_ref.store else _link(
+                        f"/ui/feature-sets/{f.feature_ref.feature_set}/{f.feature_ref.version}"
+                        f"#feature-{f.feature_ref.feature}", f.ref) for f in model.retrieval_spec.features]
                     rows.append([escape(model.ref), escape(model.description or ""), ", ".join(sets),
-                                 escape(", ".join(model.features))])
+                                 "<br>".join(features)])
+                    ids.append(f"model-{model.name}-{model.version}")
             return page("Models", who, "<h1>Models</h1>" + _table(["model", "description", "feature sets",
-                                                                   "features"], rows))
+                                                                   "features"], rows, ids=ids))
+
+        return signed_in(request, render)
+
+    @app.get("/ui/lineage", response_class=HTMLResponse, include_in_schema=False)
+    def lineage_page(request: Request) -> Response:
+        def render(who: str) -> Response:
+            records = [r for r in store.registry.list_feature_sets()
+                       if may(who, Action.READ_CATALOG, resource_of(r.asset.name, r.asset.version))]
+            parents = {(r.asset.name, r.asset.version): _parent_of(r.spec) for r in records}
+
+            def depth(key: tuple[str, str], seen: int = 0) -> int:
+                parent = parents.get(key)
+                return 0 if parent is None or parent not in parents or seen > 20 else 1 + depth(parent, seen + 1)
+
+            entities = [e for e in store.list_entities() if may(who, Action.READ_CATALOG, Resource("entity", e.name))]
+            nodes = [Node(f"e:{e.ref}", e.ref, f"/ui/entities/{e.name}/{e.version}", "entity", 0) for e in entities]
+            edges: list[tuple[str, str]] = []
+            shown_entities = {e.ref for e in entities}
+            deepest = 0
+            for r in records:
+                key = (r.asset.name, r.asset.version)
+                level = depth(key)
+                deepest = max(deepest, level)
+                nodes.append(Node(f"f:{r.asset.ref}", r.asset.ref, f"/ui/feature-sets/{key[0]}/{key[1]}",
+                                  "derived" if level else "featureset", 1 + level))
+                parent = parents[key]
+                if parent is not None and parent in parents:
+                    edges.append((f"f:{parent[0]}:{parent[1]}", f"f:{r.asset.ref}"))
+                else:
+                    edges += [(f"e:{e}", f"f:{r.asset.ref}") for e in r.asset.entities if e in shown_entities]
+            models = [m for m in store.list_models() if visible.model_readable(who, m)]
+            for m in models:
+                nodes.append(Node(f"m:{m.ref}", m.ref, f"/ui/models#model-{m.name}-{m.version}", "model", 2 + deepest))
+                for f in m.retrieval_spec.features:
+                    if not f.feature_ref.store:
+                        edges.append((f"f:{f.feature_ref.feature_set_ref}", f"m:{m.ref}"))
+            edges = list(dict.fromkeys(edges))
+            labels = {n.key: n for n in nodes}
+            text = "".join(f"<li>{_link(labels[a].href, labels[a].label)} → {_link(labels[b].href, labels[b].label)}"
+                           "</li>" for a, b in edges if a in labels and b in labels)
+            legend = "".join(f"<span><i class='n-{k}' style='border:1px solid'></i>{label}</span>" for k, label in
+                             (("entity", "entity"), ("featureset", "feature set"), ("derived", "derived feature set"),
+                              ("model", "model")))
+            body = ("<h1>Lineage</h1><p class='muted'>entities → feature sets → derived feature sets → models; "
+                    "each box is a link</p>" + (lineage_graph(nodes, edges) or "<p class='muted'>nothing yet</p>")
+                    + f"<p class='legend'>{legend}</p><h2>Edges</h2><ul>{text or '<li class=muted>none</li>'}</ul>")
+            return page("Lineage", who, body)
 
         return signed_in(request, render)
 
@@ -273,6 +588,30 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                                             "<p><a href='/ui'>Back to the catalog</a></p>", status=status)
 
     return error_page
+
+
+#: rows a data preview shows at most, and its longest window
+PREVIEW_ROWS = 100
+PREVIEW_LONGEST = timedelta(days=31)
+JOBS_PER_PAGE = 50
+SHOWN_INTERVALS = 8                   # up to this many, the intervals' text table is open under the timeline
+MOST_JOB_PAGES = 200                  # the newest 10,000 jobs the caller may read
+JOB_STATUSES = ("Queued", "Running", "Completed", "Failed", "Cancelled")
+#: no script runs on a page (nothing a user wrote can execute, even if escaping were missed); styles inline
+_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+                                       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+
+
+def _statistics_section(feature_set: FeatureSet) -> str:
+    """PLACE FOR FEATURE STATISTICS AND FRESHNESS (issue 12): ``store.feature_statistics`` and
+    ``store.freshness`` come from another branch; their section of the feature set page goes here."""
+    return ""
+
+
+def _freshness_cell(feature_set: FeatureSet) -> str:
+    """PLACE FOR FRESHNESS IN THE CATALOG (issue 12): ``store.freshness`` per feature set, once merged."""
+    return "<span class='muted'>–</span>"
 
 
 def _scheme(request: Request) -> str:
@@ -295,26 +634,193 @@ def _link(href: str, text: str) -> str:
     return f"<a href='{escape(href, quote=True)}'>{escape(text)}</a>"
 
 
+def _path(part: str) -> str:
+    return escape(quote(part, safe=""), quote=True)
+
+
 def _tags(tags: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in tags.items())
+
+
+def _tag_list(tags: dict[str, str]) -> str:
+    return "".join(f"<span class='tag'>{escape(k)}={escape(v)}</span>" for k, v in tags.items())
+
+
+def _searchable(feature_set: FeatureSet) -> str:
+    return " ".join([feature_set.name, feature_set.description or "", _tags(feature_set.tags)]).lower()
+
+
+def _materialized(feature_set: FeatureSet) -> str:
+    """Where the feature set is materialized (``offline + online``), empty when nowhere."""
+    settings = feature_set.materialization_settings
+    if settings is None:
+        return ""
+    return " + ".join(k for k, on in (("offline", settings.offline_enabled), ("online", settings.online_enabled))
+                      if on)
+
+
+def _parent_of(spec: dict[str, Any]) -> tuple[str, str] | None:
+    """``(name, version)`` of the feature set a registered spec (as stored) derives from, if any."""
+    source = spec.get("source") or {}
+    if str(source.get("type", "")).lower() != "featureset":
+        return None
+    name, _, version = str(source.get("path") or "").strip().removeprefix("azureml:").partition(":")
+    return (name, version) if name and version else None
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    """A key ordering versions as numbers when they are numbers (``2`` before ``10``)."""
+    return (int(version), version) if version.isdigit() else (1 << 62, version)
 
 
 def _when(value: datetime | None) -> str:
     return "" if value is None else escape(value.strftime("%Y-%m-%d %H:%M"))
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    return f"<table><tr>{head}</tr>{body or f'<tr><td colspan={len(header)} class=muted>none</td></tr>'}</table>"
+def _at(value: datetime | None) -> str:
+    """A time in a table cell, kept on one line."""
+    return "" if value is None else f"<span class='nowrap'>{_when(value)}</span>"
 
 
-def _timeline(items: list[Any]) -> str:
-    """The intervals as one bar, each segment as wide as its share of the covered time."""
-    total = sum((i.end - i.start).total_seconds() for i in items) or 1.0
-    spans = "".join(f"<span class='{i.status.value}' title='{_when(i.start)} – {_when(i.end)}: {i.status.value}' "
-                    f"style='width:{100 * (i.end - i.start).total_seconds() / total:.3f}%'></span>" for i in items)
-    return f"<div class='timeline'>{spans}</div>"
+def _input_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M")
+
+
+def _parse_time(text: str, field: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise GristmillError(f"{field}: '{text}' is not a date and time; write it as 2024-01-31T00:00") from None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _is_number(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
+
+
+def _select(name: str, label: str, chosen: str, options: Iterable[str]) -> str:
+    items = "".join(f"<option{' selected' if o == chosen else ''}>{escape(o)}</option>" for o in options)
+    return (f"<span class='field'><label for='f-{name}'>{escape(label)}</label><select id='f-{name}' name='{name}'>"
+            f"<option value=''>any</option>{items}</select></span>")
+
+
+def _table(header: list[str], rows: Iterable[list[str]], *, ids: list[str] | None = None,
+           numeric: Iterable[int] = (), css: str = "") -> str:
+    right = set(numeric)
+    body = "".join(
+        f"<tr{f' id={chr(39)}{escape(ids[n], quote=True)}{chr(39)}' if ids else ''}>"
+        + "".join(f"<td class=num>{cell}</td>" if i in right else f"<td>{cell}</td>" for i, cell in enumerate(row))
+        + "</tr>" for n, row in enumerate(rows))
+    head = "".join(f"<th scope='col'{' class=num' if i in right else ''}>{escape(h)}</th>"
+                   for i, h in enumerate(header))
+    empty = f"<tr><td colspan={len(header)} class=muted>none</td></tr>"
+    table = f"<table class='{css}'>" if css else "<table>"
+    return f"<div class='scroll'>{table}<thead><tr>{head}</tr></thead><tbody>{body or empty}</tbody></table></div>"
+
+
+def _facts(pairs: Iterable[tuple[str, str]]) -> str:
+    return "<dl class='facts'>" + "".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _source_facts(spec: FeatureSetSpec) -> str:
+    source = spec.source
+    pairs = [("type", escape(source.type.value))]
+    if source.path:
+        pairs.append(("path", f"<code>{escape(source.path)}</code>"))
+    pairs.append(("timestamp column", escape(spec.timestamp_column) + (
+        f" (format <code>{escape(source.timestamp_column.format)}</code>)"
+        if source.timestamp_column and source.timestamp_column.format else "")))
+    pairs += [("source delay", escape(str(spec.source_delay))),
+              ("source lookback", escape(str(spec.source_lookback)) if spec.source_lookback else "–"),
+              ("temporal join lookback", escape(str(spec.temporal_join_lookback)) if spec.temporal_join_lookback
+               else "–")]
+    if source.source_process_code:
+        pairs.append(("source code", f"<code>{escape(source.source_process_code.process_class)}</code> in "
+                                     f"<code>{escape(source.source_process_code.path)}</code>"))
+    if source.kwargs:
+        pairs.append(("arguments", _tag_list(source.kwargs)))
+    return _facts(pairs)
+
+
+def _transformation(spec: FeatureSetSpec, code_files: dict[str, str]) -> str:
+    """The transformation itself: DSL windows as a table, SQL and Python highlighted (the registry's copy)."""
+    transformation = spec.feature_transformation
+    parts = []
+    if transformation is None:
+        parts.append("<p class='muted'>none: the source's columns are the features</p>")
+    elif transformation.transformation_expressions:
+        parts.append("<p>rolling windows (DSL)</p>" + _table(
+            ["feature", "aggregation", "source column", "window"],
+            [[escape(w.feature_name), escape(w.aggregation.value), escape(w.source_column or "–"),
+              escape(str(w.window))] for w in transformation.transformation_expressions]))
+    elif transformation.transformation_sql:
+        parts.append("<p>SQL</p>" + code_block(transformation.transformation_sql, language="sql"))
+    elif transformation.transformation_code:
+        parts.append(f"<p>Python: <code>{escape(transformation.transformation_code.transformer_class)}</code></p>")
+    for path, text in sorted(code_files.items()):
+        parts.append(f"<h3><code>{escape(path)}</code></h3>"
+                     + code_block(text, language="python" if path.endswith(".py") else "sql"))
+    return "".join(parts)
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    """Materialization settings as the caller may see them (secrets already redacted)."""
+    schedule = settings.get("schedule")
+    when = "–"
+    if schedule:
+        when = escape(f"every {schedule.get('interval', 1)} {schedule.get('frequency')}(s)"
+                      + (f" from {schedule['start_time']}" if schedule.get("start_time") else "")
+                      + f" ({schedule.get('time_zone', 'UTC')})")
+    pairs = [("offline store", "yes" if settings.get("offline_enabled") else "no"),
+             ("online store", "yes" if settings.get("online_enabled") else "no"), ("schedule", when)]
+    for key in ("notification", "resource", "spark_configuration"):
+        if settings.get(key):
+            pairs.append((key.replace("_", " "), f"<code>{escape(json.dumps(settings[key], sort_keys=True))}</code>"))
+    return _facts(pairs)
+
+
+def _spec_text(asset: dict[str, Any], record: Any) -> str:
+    """A version as text for the side-by-side diff: its asset fields, its spec and its code (as registered)."""
+    parts = [yaml.safe_dump({k: v for k, v in asset.items() if k not in ("name", "version")}, sort_keys=False),
+             yaml.safe_dump({"spec": record.spec}, sort_keys=False)]
+    parts += [f"# {path}\n{text}" for path, text in sorted(record.code_files.items())]
+    return "\n".join(parts)
+
+
+def _backfill_form(feature_set: FeatureSet) -> str:
+    settings = feature_set.materialization_settings
+    stores = [k for k, on in (("offline", settings and settings.offline_enabled),
+                              ("online", settings and settings.online_enabled)) if on]
+    boxes = "".join(f"<label><span><input type='checkbox' name='stores' value='{k}' checked> {k}</span></label>"
+                    for k in stores)
+    return (f"<h2 id='backfill'>Backfill</h2><form class='stack' method='post' action='/ui/feature-sets/"
+            f"{_path(feature_set.name)}/{_path(feature_set.version)}/backfill'>"
+            "<label>from<input type='datetime-local' name='start' required></label>"
+            "<label>to<input type='datetime-local' name='end' required></label>"
+            f"<fieldset><legend>stores</legend>{boxes or '<span class=muted>none enabled</span>'}</fieldset>"
+            "<button>Queue backfill</button></form><p class='muted'>the server's backfill workers run the "
+            "jobs; they appear on the jobs page</p>")
 
 
 def _action(job: Any) -> str:
@@ -323,17 +829,19 @@ def _action(job: Any) -> str:
     if verb is None:
         return ""
     return (f"<form method='post' action='/ui/jobs/{escape(job.id, quote=True)}/{verb}' style='margin:0'>"
-            f"<button>{verb.capitalize()}</button></form>")
+            f"<button aria-label='{verb} job {escape(job.id, quote=True)}'>{verb.capitalize()}</button></form>")
 
 
 def _jobs_table(jobs: list[Any], actions: dict[str, str] | None = None) -> str:
-    header = ["job", "feature set", "window", "stores", "status", "rows read", "rows written", "CPU s", "error"]
+    header = ["job", "feature set", "window", "stores", "status", "started", "finished", "duration", "rows read",
+              "rows written", "cost (CPU s)", "error"]
     rows = [[escape(j.id), _link(f"/ui/feature-sets/{j.feature_set}/{j.version}", j.ref),
-             f"{_when(j.start)} – {_when(j.end)}", escape("+".join(j.stores)),
-             f"<span class='{j.status.value}'>{j.status.value}</span>", str(j.rows_read), str(j.rows_written),
+             f"{_at(j.start)} – {_at(j.end)}", escape("+".join(j.stores)),
+             f"<span class='{j.status.value}'>{j.status.value}</span>", _at(j.started_at), _at(j.finished_at),
+             _duration(j.wall_seconds), f"{j.rows_read:,}", f"{j.rows_written:,}",
              f"{j.cpu_seconds:.2f}", escape(j.error or "")] for j in jobs]
     if actions:
-        header.append("")
+        header.append("action")
         for row, job in zip(rows, jobs, strict=True):
             row.append(actions.get(job.id, ""))
-    return _table(header, rows)
+    return _table(header, rows, numeric=[7, 8, 9, 10], css="jobs")

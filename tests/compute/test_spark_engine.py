@@ -344,3 +344,18 @@ def test_ordered_join_matches_the_range_join_on_the_scenarios(build_store: Any, 
     spark = spark_engine().retrieve(requests, observations, "ts").to_pandas()
     pd.testing.assert_frame_equal(spark, duck)
     assert spark.iloc[:, 3].tolist()[:1] == [2.0]
+
+
+@pytest.mark.parametrize("literal_files", [256, 0], ids=["file-map", "broadcast-join"])
+def test_source_order_across_files(build_store: Any, monkeypatch: pytest.MonkeyPatch, literal_files: int) -> None:
+    """A source of several files: each row's file index (from a literal map up to FILE_INDEX_LITERAL_FILES files,
+    a broadcast join above) gives the same source order, and so the same tie winners, as the DuckDB engine."""
+    from gristmill.compute.spark import sources
+
+    monkeypatch.setattr(sources, "FILE_INDEX_LITERAL_FILES", literal_files)
+    parts = [table("acct ts f1", ("A", "2024-01-01 00:00", values[0]), ("B", f"2024-01-0{index + 1} 12:00", values[1]))
+             for index, values in enumerate(([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]))]   # (A, ts) in every file
+    repo = build_store(fs1(parts))                                                 # type: ignore[arg-type]
+    observations = table("acct ts", ("A", "2024-01-02 00:00"), ("B", "2024-01-04 00:00"))
+    duck, spark = _both(repo, ["fs1:1:f1"], observations)
+    assert spark.to_pandas()["f1"].tolist() == duck.to_pandas()["f1"].tolist() == [5.0, 6.0]   # the last file wins

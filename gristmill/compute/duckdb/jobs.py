@@ -11,7 +11,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from gristmill.compute.duckdb.featureframe import ComputedView, compute_view
-from gristmill.compute.duckdb.sqltext import cols, lit, q, tie_rule_sql, ts_lit, utc_switched_select
+from gristmill.compute.duckdb.sqltext import (
+    cols,
+    lit,
+    q,
+    repeated_times_sql,
+    tie_rule_sql,
+    ts_lit,
+    utc_switched_select,
+)
 from gristmill.compute.planning import declared_schema
 from gristmill.compute.sources import ORDER, is_uri, unique_name
 from gristmill.jobs.materialize import MaterializationResult
@@ -49,8 +57,7 @@ def deduplicated_rows(con: duckdb.DuckDBPyConnection, view: ComputedView, *, sta
     rows = unique_name("rows")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {rows} AS SELECT {keyed}, {create} AS {q(CREATE_TIMESTAMP)}, "
                 f"{given}{q(ORDER)}{''.join(', ' + q(f) for f in view.features)} FROM {view.name}")
-    duplicated = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {rows} GROUP BY {keyed} HAVING count(*) > 1)"
-                             ).fetchall()[0][0]
+    duplicated = con.execute(repeated_times_sql(rows, view.keys, view.timestamp)).fetchall()[0][0]
     name = unique_name("dedup")
     if not duplicated:
         for helper in helpers:

@@ -79,8 +79,8 @@ LATEST_BOUND = ("(CASE WHEN {t} IS NOT NULL THEN "
 
 def sort_key_sql(view: ComputedView, prefix: str = "") -> str:
     """The ASOF ordering key of a feature row: the tie-rule struct, or just the timestamp where rows at
-    equal (key, ts) carry equal features anyway (cheaper to sort)."""
-    if view.ties_are_equal:
+    equal (key, ts) carry equal features anyway or no two rows share a (key, ts) (cheaper to sort)."""
+    if not view.needs_tie_rule:
         return f"{prefix}{q(view.timestamp)}"
     return _tie_rule_struct(view, prefix)
 
@@ -146,7 +146,7 @@ def point_in_time_sql(observations: str, observation_columns: list[str], plans: 
                 target = f"o.{OBS_TIME}"
             else:
                 target = f"o.{OBS_TIME} - {interval(plan.delay)}" if plan.delay else f"o.{OBS_TIME}"
-            bound = target if view.ties_are_equal else LATEST_BOUND.format(t=target)
+            bound = LATEST_BOUND.format(t=target) if view.needs_tie_rule else target
             joins.append(f"ASOF LEFT JOIN ({right}) {alias} ON "
                          f"{' AND '.join([*key_match, f'{bound} >= {alias}.{SORT_KEY}'])}")
             if plan.exact_time or plan.lookback == timedelta(0):

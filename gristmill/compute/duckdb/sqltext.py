@@ -53,6 +53,15 @@ def tie_rule_sql(timestamp: str, *, has_create_timestamp: bool, prefix: str = ""
     return parts
 
 
+def repeated_times_sql(relation: str, keys: list[str], timestamp: str, *, non_null_keys: bool = False) -> str:
+    """SQL counting the (key, ts) pairs of ``relation`` held by more than one row: the pairs the tie rule has
+    to decide. One hash aggregate over the key and time columns (~4x cheaper than ordering every row by the
+    tie rule); ``non_null_keys`` leaves out rows with a null key part (they never match in a join)."""
+    keyed = f"{cols(keys)}, {q(timestamp)}" if keys else q(timestamp)
+    where = " WHERE " + " AND ".join(f"{q(k)} IS NOT NULL" for k in keys) if non_null_keys and keys else ""
+    return f"SELECT count(*) FROM (SELECT 1 FROM {relation}{where} GROUP BY {keyed} HAVING count(*) > 1)"
+
+
 def _literal(value: object) -> str:
     if isinstance(value, datetime):
         return ts_lit(value)

@@ -89,23 +89,23 @@ def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end
                 offline_store, offline_table = offline
                 relation = _stored_window(spark, spec, offline_store, offline_table, start, end)
                 has_order = False
-                expired_part = None
+                whole_window = None
             else:
                 # online only: rows already expired at `now` can never be written, so the computation starts
                 # where they end (as the DuckDB engine's jobs; DSL windows still read their history); the
-                # earlier part is read for its keys and times only, to count the keys that expired
+                # keys and times of the whole window are read to count the keys that expired
                 from gristmill.compute.spark.frames import feature_rows
 
                 ttl = online[1].ttl
                 alive_from = min(max(start, now - ttl), end) if ttl is not None else start
                 computed = feature_rows(spark, spec, alive_from, end, label=label)
                 relation, has_order = computed.df, True
-                expired_part = (feature_rows(spark, spec, start, alive_from, label=label).df
+                whole_window = (_window_keys_and_times(spark, spec, relation, start, alive_from, end, label=label)
                                 if alive_from > start else None)
             store, table = online
             read, keys_written, online_bytes, outcome = _write_online(relation, spec, store, table, now=now,
                                                                       has_order=has_order,
-                                                                      expired_part=expired_part)
+                                                                      whole_window=whole_window)
             if offline is None or online_from_offline:
                 rows_read = read
             rows_written += keys_written
@@ -229,11 +229,12 @@ def _stored_window(spark: SparkSession, spec: FeatureSetSpec, store: DeltaOfflin
 # -- online ---------------------------------------------------------------------------------------------------
 
 def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore, table: OnlineTable, *,
-                  now: datetime, has_order: bool, expired_part: DataFrame | None = None
+                  now: datetime, has_order: bool, whole_window: DataFrame | None = None
                   ) -> tuple[int, int, int, OnlineOutcome]:
     """Write the newest row per key of ``relation`` (rows already expired at ``now`` are skipped): (rows of
-    ``relation`` and ``expired_part``, keys written, bytes handed to the store, the outcome). ``expired_part``:
-    the window's rows before ``relation``'s, all expired, counted in the outcome but never written."""
+    the window, keys written, bytes handed to the store, the outcome). ``whole_window``: the keys and times of
+    the whole window when ``relation`` holds only its part that may be live; the outcome and the rows read are
+    counted over it."""
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -274,8 +275,8 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
         finally:
             newest.unpersist()
     rows_read = int(read.get.get("rows", 0))
-    if expired_part is not None:
-        rows_read, metrics = _outcome_with(relation, expired_part, keys, ts, cutoff)
+    if whole_window is not None:
+        rows_read, metrics = _outcome_of(whole_window, keys, ts, cutoff)
     newest_time = _from_micros(metrics.get("newest"))
     outcome = OnlineOutcome(keys_written=keys_written, keys_expired=int(metrics.get("expired") or 0),
                             newest_event_time=newest_time,
@@ -283,18 +284,34 @@ def _write_online(relation: DataFrame, spec: FeatureSetSpec, store: OnlineStore,
     return rows_read, keys_written, nbytes, outcome
 
 
-def _outcome_with(relation: DataFrame, expired_part: DataFrame, keys: list[str], ts: str,
-                  cutoff: Column | None) -> tuple[int, dict[str, Any]]:
-    """(rows of both parts, {"expired": keys whose newest row expired, "newest": the newest event time}) over
-    the keys and times of ``relation`` and ``expired_part``, in one job (keys with a null part not counted)."""
+def _window_keys_and_times(spark: SparkSession, spec: FeatureSetSpec, live_part: DataFrame, start: datetime,
+                           alive_from: datetime, end: datetime, *, label: str) -> DataFrame:
+    """The keys and times of the rows of ``[start, end)``, ``live_part`` being its rows from ``alive_from`` on.
+
+    A source without a transformation gives one output row per source row of the window, so one scan of the
+    whole window gives them (each part's scan reads every row group whose times overlap it: on a source not
+    sorted by time, the whole file twice). A transformation's rows may depend on where the computation starts,
+    so there the window is its two parts, computed as the DuckDB engine computes them."""
+    from gristmill.compute.spark.frames import feature_rows
+    from gristmill.spec.featureset_spec import SourceType
+
+    names = [f"`{c}`" for c in [*spec.index_column_names, spec.timestamp_column]]
+    if spec.feature_transformation is None and spec.source.type in (SourceType.PARQUET, SourceType.CSV,
+                                                                    SourceType.DELTA):
+        return feature_rows(spark, spec, start, end, label=label).df.select(*names)
+    expired_part = feature_rows(spark, spec, start, alive_from, label=label).df
+    return live_part.select(*names).unionByName(expired_part.select(*names))
+
+
+def _outcome_of(window: DataFrame, keys: list[str], ts: str, cutoff: Column | None) -> tuple[int, dict[str, Any]]:
+    """(rows of ``window``, {"expired": keys whose newest row expired, "newest": the newest event time}) over the
+    keys and times of ``window``, in one job (keys with a null part not counted)."""
     from functools import reduce
 
     from pyspark.sql import functions as F
 
-    names = [F.col(f"`{c}`") for c in [*keys, ts]]
-    both = relation.select(*names).unionByName(expired_part.select(*names))
-    per_key = both.groupBy(*[F.col(f"`{k}`") for k in keys]).agg(F.max(F.col(f"`{ts}`")).alias("__gm_newest"),
-                                                                F.count(F.lit(1)).alias("__gm_rows"))
+    per_key = window.groupBy(*[F.col(f"`{k}`") for k in keys]).agg(F.max(F.col(f"`{ts}`")).alias("__gm_newest"),
+                                                                  F.count(F.lit(1)).alias("__gm_rows"))
     keyed = reduce(lambda a, b: a & b, [F.col(f"`{k}`").isNotNull() for k in keys], F.lit(True))
     newest = F.col("__gm_newest")
     expired = F.count(F.when(keyed & (newest <= cutoff), 1)) if cutoff is not None else F.lit(0)
@@ -306,15 +323,19 @@ def _outcome_with(relation: DataFrame, expired_part: DataFrame, keys: list[str],
 def _write_from_executors(rows: DataFrame, store: OnlineStore, table: OnlineTable, *,
                           now: datetime) -> tuple[int, int]:
     """Each partition writes its rows with its own connection (the store pickles as its settings);
-    returns (keys written, bytes handed over)."""
+    returns (keys written, bytes handed over). The time the partitions spent in the store's writes and in
+    their Python tasks as a whole (rows arriving from Spark included) goes to the job's log."""
     from pyspark.sql import functions as F
 
     writer = _partition_writer(store, table, now)
-    counts = rows.mapInArrow(writer, "written long, nbytes long")
+    counts = rows.mapInArrow(writer, "written long, nbytes long, write_seconds double, task_seconds double")
     try:
-        total = counts.agg(F.sum("written").alias("written"), F.sum("nbytes").alias("nbytes")).collect()[0]
+        total = counts.agg(*[F.sum(c).alias(c) for c in ("written", "nbytes", "write_seconds", "task_seconds")],
+                           F.count(F.lit(1)).alias("partitions")).collect()[0]
     except Exception as exc:
         raise _executor_error(exc) from None
+    log.info("online store written by %d Spark partitions: %.2f s in the store's writes, %.2f s in their Python "
+             "tasks", total["partitions"], total["write_seconds"] or 0.0, total["task_seconds"] or 0.0)
     return int(total["written"] or 0), int(total["nbytes"] or 0)
 
 
@@ -341,18 +362,27 @@ def _executor_error(error: Exception) -> Exception:
 def _partition_writer(store: OnlineStore, table: OnlineTable, now: datetime
                       ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:    # runs on an executor
+        import time
+
         import pyarrow as pa
 
+        begun = time.perf_counter()
         written = nbytes = 0
+        writing = 0.0
         try:
             for batch in batches:
                 if batch.num_rows:
+                    started = time.perf_counter()
                     written += store.write(table, pa.Table.from_batches([batch]), now=now)
+                    writing += time.perf_counter() - started
                     nbytes += batch.nbytes
         finally:
             store.close()
-        yield pa.RecordBatch.from_pydict({"written": [written], "nbytes": [nbytes]},
-                                         schema=pa.schema([("written", pa.int64()), ("nbytes", pa.int64())]))
+        yield pa.RecordBatch.from_pydict(
+            {"written": [written], "nbytes": [nbytes], "write_seconds": [writing],
+             "task_seconds": [time.perf_counter() - begun]},
+            schema=pa.schema([("written", pa.int64()), ("nbytes", pa.int64()), ("write_seconds", pa.float64()),
+                              ("task_seconds", pa.float64())]))
     return write
 
 

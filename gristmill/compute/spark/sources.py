@@ -35,6 +35,7 @@ log = logging.getLogger("gristmill.compute")
 FILE_SHIFT = 40                    # __gm_order = (file index << 40) + row position, as the DuckDB engine
 _FILE_KEY = "__gm_file_key"
 _FILE_INDEX = "__gm_file_index"
+FILE_INDEX_LITERAL_FILES = 256   # sources with up to this many files find a row's file index without a join
 
 
 def read_source(spark: SparkSession, spec: FeatureSetSpec, start: datetime | None, end: datetime | None, *,
@@ -127,13 +128,20 @@ def _spark_path(path: str) -> str:
 
 
 def _with_file_index(spark: SparkSession, frame: DataFrame, files: list[str]) -> DataFrame:
-    """Add the index of each row's file in ``files`` (matched on the decoded path without scheme and host)."""
+    """Add the index of each row's file in ``files`` (matched on the decoded path without scheme and host).
+
+    Up to ``FILE_INDEX_LITERAL_FILES`` files the index is looked up in a literal map (an expression, no join:
+    a broadcast join costs a Spark job per scan, 0.1-0.9 s on 2 cores); more files take a broadcast join."""
     from pyspark.sql import functions as F
 
-    mapping = spark.createDataFrame([(_path_key(f), i) for i, f in enumerate(files)], [_FILE_KEY, _FILE_INDEX])
     decoded = F.url_decode(F.replace(F.col("_metadata.file_path"), F.lit("+"), F.lit("%2B")))
     keyed = frame.withColumn(_FILE_KEY, F.regexp_replace(decoded, r"^[A-Za-z][A-Za-z0-9+.-]*:(//[^/]*)?", ""))
-    joined = keyed.join(F.broadcast(mapping), _FILE_KEY, "left")
+    if len(files) <= FILE_INDEX_LITERAL_FILES:
+        mapping = F.create_map(*[part for i, f in enumerate(files) for part in (F.lit(_path_key(f)), F.lit(i))])
+        joined = keyed.withColumn(_FILE_INDEX, F.try_element_at(mapping, F.col(_FILE_KEY)))
+    else:
+        table = spark.createDataFrame([(_path_key(f), i) for i, f in enumerate(files)], [_FILE_KEY, _FILE_INDEX])
+        joined = keyed.join(F.broadcast(table), _FILE_KEY, "left")
     index = F.when(F.col(_FILE_INDEX).isNotNull(), F.col(_FILE_INDEX)).otherwise(
         F.raise_error(F.concat(F.lit("source file not in the listed files: "), F.col(_FILE_KEY))))
     return joined.withColumn(_FILE_INDEX, index.cast("long")).drop(_FILE_KEY)

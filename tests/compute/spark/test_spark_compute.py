@@ -371,7 +371,7 @@ def test_hot_key_is_near_linear(spark: SparkSession, tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     _same(_duckdb_rows(spec, None, None), actual)
     print(f"hot key: 30,000 rows of one key, 10 aggregations over 7 days: {elapsed:.1f} s on Spark")
-    assert elapsed < 60
+    assert elapsed < 150       # quadratic frames take many minutes; 150 s leaves room for a loaded machine
 
 
 def test_transformer_module_without_pyspark_is_refused_by_duckdb(tmp_path: Path) -> None:
