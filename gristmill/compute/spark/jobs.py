@@ -86,8 +86,6 @@ def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end
             offline_store, offline_table = offline
             rows_read, rows_written, bytes_written = _write_offline(spark, spec, start, end, now=now, label=label,
                                                                     store=offline_store, table=offline_table)
-            statistics = _written_statistics(spark, spec, start, end, label=label, store=offline_store,
-                                             table=offline_table)
         if online is not None:
             if offline is not None:       # the window as the offline store holds it now (just written, or Complete)
                 offline_store, offline_table = offline
@@ -115,6 +113,9 @@ def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end
             rows_written += keys_written
             bytes_written += online_bytes
     log.info("%s: Spark task metrics: %s", label, spent.describe())
+    if offline is not None and not online_from_offline:
+        # after the metrics: they describe the materialization (the statistics re-read the written files)
+        statistics = _written_statistics(spark, spec, start, end, label=label, store=offline[0], table=offline[1])
     # the job's CPU: the executors' (Spark's task metrics) plus this process's own
     cpu_seconds = time.process_time() - cpu_started + spent.executor_cpu_seconds
     return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
