@@ -53,6 +53,13 @@ _EXPORTS: dict[str, str] = {
     "RemoteFeatureStore": "gristmill.client",
     "AccessDeniedError": "gristmill.auth.roles",
     "Model": "gristmill.spec.model",
+    "FeatureSetStatistics": "gristmill.compute.statistics",
+    "WindowStatistics": "gristmill.compute.statistics",
+    "FeatureStatistics": "gristmill.compute.statistics",
+    "HistogramBin": "gristmill.compute.statistics",
+    "TopValue": "gristmill.compute.statistics",
+    "Freshness": "gristmill.jobs.freshness",
+    "StoreFreshness": "gristmill.jobs.freshness",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -63,6 +70,13 @@ if TYPE_CHECKING:
     from gristmill.client import RemoteFeatureStore
     from gristmill.compute.duckdb.engine import DuckDBEngine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
+    from gristmill.compute.statistics import (
+        FeatureSetStatistics,
+        FeatureStatistics,
+        HistogramBin,
+        TopValue,
+        WindowStatistics,
+    )
     from gristmill.errors import (
         ConfigError,
         DataLossError,
@@ -77,6 +91,7 @@ if TYPE_CHECKING:
         TransformationError,
     )
     from gristmill.jobs.backfill import BackfillError
+    from gristmill.jobs.freshness import Freshness, StoreFreshness
     from gristmill.jobs.intervals import DataInterval, DataStatus
     from gristmill.registry.materialization import JobRecord, JobStatus
     from gristmill.scheduler import Scheduler

@@ -662,18 +662,27 @@ def scheduler(once: Annotated[bool, typer.Option("--once", help="Run what is due
 
 
 @app.command()
-def status(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
+def status(ref: Annotated[str | None, typer.Argument(
+               help="NAME:VERSION of a registered feature set [default: every feature set's freshness].")] = None,
            store: StoreOption = Path("."),
            as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """The data interval timeline of a feature set version, per store."""
+    """Freshness per store (fresh, stale, never materialized, not scheduled, disabled); with NAME:VERSION also
+    its data interval timeline and schedule (``--json`` then prints the timeline rows)."""
     with _user_errors():
         s = _open(store)
+        if ref is None:
+            rows = [row for fs in s.list_feature_sets() for row in _freshness_rows(s.freshness(fs.name, fs.version))]
+            _print_rows(rows, as_json)
+            return
         name, version = _require_version(ref)
         rows = [{"store": kind, "start": str(i.start), "end": str(i.end), "status": i.status.value}
                 for kind, intervals in s.data_intervals(name, version).items() for i in intervals]
         _print_rows(rows, as_json)
+        if as_json:
+            return
+        _print_rows(_freshness_rows(s.freshness(name, version)), False)
         settings = s.get_feature_set(name, version).materialization_settings
-        if settings is not None and settings.schedule is not None and not as_json:
+        if settings is not None and settings.schedule is not None:
             from gristmill.jobs.schedule import next_run
             from gristmill.registry.schedules import ScheduleRecords
 
@@ -682,6 +691,80 @@ def status(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered
             console.print(f"schedule: every {plan.interval} {plan.frequency.value}(s) from "
                           f"{plan.start_time or 'the default alignment'} ({plan.time_zone}); last run "
                           f"{last or 'never'} (UTC); next run {next_run(plan, after=s.now())} (UTC)", highlight=False)
+
+
+def _freshness_rows(found: Any) -> list[dict[str, Any]]:
+    def when(value: Any) -> str:
+        return f"{value:%Y-%m-%d %H:%M:%S}" if value is not None else ""
+
+    return [{"feature_set": found.ref, "store": f.store, "state": f.state, "newest_event": when(f.newest_event_time),
+             "stale_after": when(f.stale_after), "last_job": f.last_job_id or "",
+             "finished": when(f.last_job_finished_at), "next_run": when(f.next_run)} for f in found.stores]
+
+
+@app.command()
+def stats(ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered feature set.")],
+          start: Annotated[str | None, typer.Option(
+              help="Window start (inclusive), ISO time, UTC: materialized windows from it on, or the window to "
+                   "compute from the source.")] = None,
+          end: Annotated[str | None, typer.Option(help="Window end (exclusive), ISO time, UTC.")] = None,
+          sample_rows: Annotated[int | None, typer.Option(
+              "--sample-rows", help="Compute from the source over [START, END), from at most this many rows "
+                                    "[default when nothing is materialized: 100000].")] = None,
+          online: Annotated[bool, typer.Option("--online", help="The online store's statistics (newest row per "
+                                                                "key) instead of the offline store's.")] = False,
+          store: StoreOption = Path("."),
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON: every window and the summary.")] = False
+          ) -> None:
+    """Feature statistics: per feature count, nulls, min, max, mean, stddev, distinct values, and the most
+    frequent values or a histogram; merged over the materialized windows, or computed from the source."""
+    with _user_errors():
+        s = _open(store)
+        name, version = _require_version(ref)
+        found = _with_progress(f"statistics of {ref}", lambda: s.feature_statistics(
+            name, version, store="online" if online else "offline", start=start, end=end, sample_rows=sample_rows))
+        if as_json:
+            console.print_json(json.dumps(found.to_dict(), default=str))
+            return
+        summary = found.summary
+        window = found.windows[0]
+        if window.sampled:
+            what = (f"computed from the source over [{window.start}, {window.end}): {window.rows:,} rows "
+                    f"(sampled: at most {window.sample_rows:,}, --sample-rows)")
+        else:
+            what = (f"{found.store} store: {len(found.windows)} materialized window(s) [{summary.start}, "
+                    f"{summary.end}), {summary.rows:,} rows, newest event {summary.newest_event_time}; last job "
+                    f"{found.windows[-1].job_id}")
+        console.print(f"{found.ref}: {what}", highlight=False, soft_wrap=True)
+        single = len(found.windows) == 1
+        _print_rows([_statistics_row(f, single=single) for f in (window if single else summary).features], False)
+        if single:
+            for f in window.features:
+                if f.top_values or f.histogram:
+                    console.print(f"{f.name}: {_distribution(f)}", highlight=False, soft_wrap=True)
+        else:
+            console.print("distinct values, histograms and most frequent values do not merge: they are per window "
+                          "(--json)", highlight=False)
+
+
+def _statistics_row(f: Any, *, single: bool) -> dict[str, Any]:
+    def number(value: Any) -> str:
+        if value is None:
+            return ""
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    row = {"feature": f.name, "type": f.type.value, "count": f.count, "nulls": f.nulls,
+           "null_%": f"{f.null_percent:.1f}", "min": number(f.min), "max": number(f.max), "mean": number(f.mean),
+           "stddev": number(f.stddev)}
+    if single:
+        row["distinct~"] = number(f.distinct)
+    return row
+
+
+def _distribution(f: Any) -> str:
+    if f.top_values:
+        return "most frequent " + ", ".join(f"{t.value}: {t.count:,}" for t in f.top_values)
+    return "histogram " + " ".join(f"[{b.low:.4g}, {b.high:.4g}): {b.count:,}" for b in f.histogram)
 
 
 @app.command()

@@ -204,6 +204,22 @@ class RemoteFeatureStore:
         return {kind: [DataInterval(datetime.fromisoformat(i["start"]), datetime.fromisoformat(i["end"]),
                                     i["status"]) for i in items] for kind, items in answer.items()}
 
+    def feature_statistics(self, name: str, version: str | int, *, store: str = "offline", start: Any = None,
+                           end: Any = None, sample_rows: int | None = None) -> Any:
+        """``FeatureStore.feature_statistics`` on the server (the same ``FeatureSetStatistics``)."""
+        from gristmill.compute.statistics import FeatureSetStatistics
+
+        params = {k: _param(v) for k, v in {"store": store, "start": start, "end": end,
+                                            "sample_rows": sample_rows}.items() if v is not None}
+        answer = self._call("GET", f"/v1/feature-sets/{_q(name)}/{_q(version)}/statistics", params=params)
+        return FeatureSetStatistics.from_dict(answer)
+
+    def freshness(self, name: str, version: str | int) -> Any:
+        """``FeatureStore.freshness`` on the server (the same ``Freshness``)."""
+        from gristmill.jobs.freshness import Freshness
+
+        return Freshness.from_dict(self._call("GET", f"/v1/feature-sets/{_q(name)}/{_q(version)}/freshness"))
+
     def backfill(self, name: str, version: str | int, *, start: Any = None, end: Any = None,
                  data_status: list[str] | None = None, stores: list[str] | None = None,
                  allow_future: bool = False, wait: bool = True, timeout: float | None = 3600.0,
@@ -354,8 +370,9 @@ def _q(part: Any) -> str:
 
 
 def _asset(item: dict[str, Any]) -> dict[str, Any]:
-    """The asset fields of a feature set as the server lists it (without its ``ref`` and ``spec``)."""
-    return {k: v for k, v in item.items() if k not in ("ref", "spec", "used_by_models")}
+    """The asset fields of a feature set as the server lists it (without its ``ref``, ``spec`` and what the
+    server adds: models using it, its freshness state)."""
+    return {k: v for k, v in item.items() if k not in ("ref", "spec", "used_by_models", "freshness")}
 
 
 def _decoded(values: list[Any], kind: Any) -> list[Any]:
@@ -407,3 +424,7 @@ def _job(item: dict[str, Any]) -> Any:
                          keys_written=online["keys_written"], keys_expired=online["keys_expired"],
                          newest_event_time=when(online["newest_event_time"]), expires_at=when(online["expires_at"])))
 
+
+def _param(value: Any) -> Any:
+    """A query parameter's text (datetimes as ISO)."""
+    return value.isoformat() if isinstance(value, datetime) else value

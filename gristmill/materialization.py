@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,8 @@ from gristmill.stores.offline.delta import OfflineTable
 from gristmill.stores.online.base import OnlineTable
 
 if TYPE_CHECKING:
+    from gristmill.compute.statistics import FeatureSetStatistics
+    from gristmill.jobs.freshness import Freshness
     from gristmill.registry.materialization import JobRecord, MaterializationRecords
     from gristmill.store import FeatureStore
 
@@ -75,10 +77,12 @@ class Materializer:
     def __init__(self, store: FeatureStore) -> None:
         from gristmill.registry.materialization import MaterializationRecords
         from gristmill.registry.schedules import ScheduleRecords
+        from gristmill.registry.statistics import StatisticsRecords
 
         self.store = store
         self.records: MaterializationRecords = MaterializationRecords(store.registry)
         self.schedules = ScheduleRecords(self.records)
+        self.statistics_records = StatisticsRecords(self.records)
         self.notifier = Notifier(store.name, store.config.notifications)
         #: the owner of the jobs this process creates (their heartbeats say it is alive: ``jobs/liveness.py``)
         self.worker = worker_name()
@@ -142,6 +146,94 @@ class Materializer:
     def intervals(self, feature_set: FeatureSet) -> dict[str, list[DataInterval]]:
         return {kind: self.records.timeline(feature_set.name, feature_set.version, kind).intervals()
                 for kind in STORES}
+
+    # -- statistics and freshness -------------------------------------------------------------------------
+    def statistics(self, feature_set: FeatureSet, *, store: str = "offline", start: Any = None, end: Any = None,
+                   sample_rows: int | None = None) -> FeatureSetStatistics:
+        """The statistics of the store's materialized windows overlapping ``[start, end)``; computed from the
+        source instead (bounded by ``sample_rows``, default ``DEFAULT_SAMPLE_ROWS``) when ``sample_rows`` is
+        given or the store holds no window with statistics — then ``start`` and ``end`` are needed."""
+        from gristmill.compute.statistics import DEFAULT_SAMPLE_ROWS, FeatureSetStatistics, merge_windows
+        from gristmill.registry.materialization import _store_kind
+
+        try:
+            kind = _store_kind(store)
+        except GristmillError:
+            raise SpecError(f"store: {store!r} is not a store; use offline or online (CLI: --online)") from None
+        lo, hi = parse_window_time(start, "start"), parse_window_time(end, "end")
+        if lo is not None and hi is not None and lo >= hi:
+            raise SpecError(f"start ({lo}) must be before end ({hi}); the window is [start, end)")
+        if sample_rows is not None and (isinstance(sample_rows, bool) or not isinstance(sample_rows, int)
+                                        or sample_rows < 1):
+            raise SpecError(f"sample_rows (--sample-rows): {sample_rows!r} is not a positive whole number; "
+                            "pass e.g. 100000")
+        windows: list[Any] = []
+        if sample_rows is None:
+            state = self.records.state(feature_set.name, feature_set.version, kind)
+            windows = self.statistics_records.windows(feature_set.name, feature_set.version, kind,
+                                                      materialization_version=state.materialization_version,
+                                                      start=lo, end=hi)
+        if not windows:
+            if lo is None or hi is None:
+                raise SpecError(f"start/end (--start/--end): {feature_set.ref} has no materialized statistics in the "
+                                f"{kind} store; "
+                                "pass a window (start and end) to compute them from the source, bounded by "
+                                f"sample_rows (default {DEFAULT_SAMPLE_ROWS:,})")
+            engine = self.store.engine
+            if not hasattr(engine, "statistics"):
+                raise SpecError(f"the {engine.name} engine does not compute statistics from the source yet; "
+                                "materialize the feature set (its jobs record them) or use the duckdb engine")
+            computed = engine.statistics(feature_set.spec, lo, hi, sample_rows=sample_rows or DEFAULT_SAMPLE_ROWS,
+                                         label=feature_set.ref)
+            windows = [computed]
+            kind_shown: str | None = None
+        else:
+            kind_shown = kind
+        return FeatureSetStatistics(feature_set=feature_set.name, version=feature_set.version, store=kind_shown,
+                                    windows=tuple(windows), summary=merge_windows(windows))
+
+    def freshness(self, feature_set: FeatureSet, *, grace: timedelta | None = None) -> Freshness:
+        """How current each store's data is against the schedule (``jobs/freshness.py``)."""
+        from gristmill.jobs.freshness import Freshness, StoreFreshness, store_state
+        from gristmill.jobs.schedule import cadence, next_run
+
+        now = to_utc_naive(self.store.now(), name="now")
+        settings = feature_set.materialization_settings
+        schedule = settings.schedule if settings is not None else None
+        allowed_age = None
+        if schedule is not None:
+            step = cadence(schedule)
+            allowed_age = step + feature_set.spec.source_delay + (grace if grace is not None else step / 2)
+        completed = self.records.list_jobs(feature_set=feature_set.name, version=feature_set.version,
+                                           status="Completed", limit=200)
+        found = []
+        for kind in STORES:
+            state = self.records.state(feature_set.name, feature_set.version, kind)
+            mine = [j for j in completed if kind in j.stores
+                    and j.materialization_versions.get(kind) == state.materialization_version]
+            complete = [i for i in state.timeline.intervals(include_none=False)
+                        if i.status == DataStatus.COMPLETE]
+            newest = self.statistics_records.newest_event_time(
+                feature_set.name, feature_set.version, kind, materialization_version=state.materialization_version)
+            if newest is None:      # an engine without statistics: the online outcome's newest event time
+                times = [j.online.newest_event_time for j in mine
+                         if j.online is not None and j.online.newest_event_time is not None]
+                newest = max(times) if times else None
+            label, stale_after = store_state(enabled=state.enabled, newest_event_time=newest,
+                                             materialized=bool(mine or complete), now=now, allowed_age=allowed_age)
+            upcoming = None
+            if state.enabled and schedule is not None:
+                try:
+                    upcoming = next_run(schedule, after=now)
+                except GristmillError as exc:           # e.g. an unknown time zone
+                    log.warning("%s: next run unknown: %s", feature_set.ref, exc)
+            found.append(StoreFreshness(
+                store=kind, state=label, newest_event_time=newest,
+                materialized_until=complete[-1].end if complete else None,
+                last_job_id=mine[0].id if mine else None, last_job_finished_at=mine[0].finished_at if mine else None,
+                next_run=upcoming, stale_after=stale_after))
+        return Freshness(feature_set=feature_set.name, version=feature_set.version, checked_at=now,
+                         stores=tuple(found))
 
     # -- backfill ---------------------------------------------------------------------------------------
     def backfill(self, feature_set: FeatureSet, *, start: Any = None, end: Any = None,
@@ -314,7 +406,18 @@ class Materializer:
             log.warning("%s: job %s finished its work but was already %s (%s); its status stands", feature_set.ref,
                         job.id, current.status.value, current.error)
             return current
+        self._save_statistics(feature_set, finished, result.statistics)
         return self.ended(finished, feature_set)
+
+    def _save_statistics(self, feature_set: FeatureSet, job: JobRecord, statistics: Mapping[str, Any]) -> None:
+        """Record the statistics of what the job wrote (a failure to is logged: the job's data stands)."""
+        if not statistics:
+            return
+        try:
+            self.statistics_records.save(feature_set.name, feature_set.version, job_id=job.id, statistics=statistics,
+                                 materialization_versions=job.materialization_versions)
+        except GristmillError as exc:
+            log.warning("%s: job %s: statistics not recorded: %s", feature_set.ref, job.id, exc)
 
 
 def _spark_configuration(feature_set: FeatureSet) -> dict[str, Any] | None:

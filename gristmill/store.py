@@ -8,7 +8,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from gristmill.client import RemoteFeatureStore
     from gristmill.compute.engine import Engine
     from gristmill.compute.result import FeatureFrame, RetrievalResult
+    from gristmill.compute.statistics import FeatureSetStatistics
+    from gristmill.jobs.freshness import Freshness
     from gristmill.registry.registry import Registry
     from gristmill.serving import OnlineResult
 
@@ -609,6 +611,32 @@ class FeatureStore:
     def cancel_job(self, job_id: str, reason: str = "cancelled by user") -> Any:
         """Cancel a queued or running job (e.g. one whose process was killed); its window turns Incomplete."""
         return self.materializer.cancel(job_id, reason)
+
+    def feature_statistics(self, name: str, version: str | int, *, store: str = "offline",
+                           start: datetime | str | None = None, end: datetime | str | None = None,
+                           sample_rows: int | None = None) -> FeatureSetStatistics:
+        """Feature statistics per window and merged (``FeatureSetStatistics``): those each materialization job
+        recorded for ``store`` (windows overlapping ``[start, end)``), or, with ``sample_rows`` or when nothing
+        is recorded, computed from the source over ``[start, end)`` from at most ``sample_rows`` rows
+        (default 100,000).
+
+        >>> stats = store.feature_statistics("transactions", 1)                          # doctest: +SKIP
+        >>> stats.summary.feature("amount").mean                                         # doctest: +SKIP
+        >>> store.feature_statistics("draft", 1, start="2024-01-01", end="2024-01-08")   # doctest: +SKIP
+        """
+        return self.materializer.statistics(self._cached_feature_set(name, str(version)), store=store, start=start,
+                                            end=end, sample_rows=sample_rows)
+
+    def freshness(self, name: str, version: str | int, *, grace: timedelta | None = None) -> Freshness:
+        """How current a feature set version's materialized data is, per store: ``"fresh"``, ``"stale"``,
+        ``"never materialized"``, ``"not scheduled"`` or ``"disabled"``, with the newest event time, the last
+        successful job and the next scheduled run (``jobs/freshness.py``; ``grace`` defaults to half the
+        schedule's cadence).
+
+        >>> store.freshness("transactions", 1).state      # doctest: +SKIP
+        'fresh'
+        """
+        return self.materializer.freshness(self.get_feature_set(name, version), grace=grace)
 
     def cost(self, *, by: str = "feature_set", feature_set: str | None = None) -> list[Any]:
         """Compute seconds, rows and bytes per job, feature set or store."""

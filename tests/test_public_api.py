@@ -49,6 +49,13 @@ EXPECTED_PUBLIC_NAMES = [
     "RemoteFeatureStore",
     "AccessDeniedError",
     "Model",
+    "FeatureSetStatistics",
+    "WindowStatistics",
+    "FeatureStatistics",
+    "HistogramBin",
+    "TopValue",
+    "Freshness",
+    "StoreFreshness",
 ]
 
 HEAVY_MODULES = ["duckdb", "pandas", "sqlalchemy", "deltalake", "pyarrow"]

@@ -115,6 +115,12 @@ def test_online_lookup_matches_the_sdk(server: Server) -> None:
     ("nobody", "/v1/feature-sets/fs1/1", 404),
     ("owner", "/v1/feature-sets/fs9/1", 404),
     ("reader", "/v1/feature-sets/fs1/1/intervals", 200),
+    ("reader", "/v1/feature-sets/fs1/1/statistics", 200),
+    ("reader", "/v1/feature-sets/fs2/1/statistics", 404),     # Reader scoped to fs1: fs2's statistics are hidden
+    ("reader", "/v1/feature-sets/fs1/1/freshness", 200),
+    ("reader", "/v1/feature-sets/fs2/1/freshness", 404),
+    ("by_entity", "/v1/feature-sets/fs2/1/statistics", 200),
+    ("nobody", "/v1/feature-sets/fs1/1/statistics", 404),
     ("reader", "/v1/audit", 403),
     ("owner", "/v1/audit", 200),
 ])
@@ -137,8 +143,8 @@ def test_online_lookup_needs_online_read_on_every_feature_set(server: Server) ->
 
 
 def test_lists_show_only_what_the_caller_may_read(server: Server) -> None:
-    refs = [fs["ref"] for fs in server.client("reader").get("/v1/feature-sets").json()]
-    assert refs == ["fs1:1"]
+    items = server.client("reader").get("/v1/feature-sets").json()
+    assert [(fs["ref"], fs["freshness"]) for fs in items] == [("fs1:1", "not scheduled")]   # materialized, no schedule
     assert [fs["ref"] for fs in server.client("owner").get("/v1/feature-sets").json()] == ["fs1:1", "fs2:1"]
     assert server.client("nobody").get("/v1/feature-sets").json() == []
     found = server.client("reader").get("/v1/features/search", params={"q": "f1"}).json()
@@ -191,7 +197,8 @@ def test_bad_requests_are_400_with_the_reason(server: Server) -> None:
 
 def test_openapi_document_lists_the_routes(server: Server) -> None:
     paths = server.client(None).get("/openapi.json").json()["paths"]
-    assert {"/v1/online/features", "/v1/feature-sets", "/v1/jobs", "/v1/features/search", "/v1/audit"} <= set(paths)
+    assert {"/v1/online/features", "/v1/feature-sets", "/v1/jobs", "/v1/features/search", "/v1/audit",
+            "/v1/feature-sets/{name}/{version}/statistics", "/v1/feature-sets/{name}/{version}/freshness"} <= set(paths)
 
 
 def test_without_auth_everyone_may_do_everything(tmp_path: Path) -> None:
@@ -229,6 +236,12 @@ def test_remote_store_answers_like_the_local_one(server: Server) -> None:
     remote_jobs = remote.list_jobs(feature_set="fs1", version=1)
     assert [j.id for j in remote_jobs] == [j.id for j in local.list_jobs(feature_set="fs1", version="1")]
     assert remote.get_job(remote_jobs[0].id).status == local.get_job(remote_jobs[0].id).status
+    assert remote.feature_statistics("fs1", 1) == local.feature_statistics("fs1", 1)
+    assert remote.feature_statistics("fs1", 1, store="online") == local.feature_statistics("fs1", 1, store="online")
+    sampled = remote.feature_statistics("fs1", 1, start=datetime(2024, 1, 1), end="2024-01-10", sample_rows=2)
+    assert sampled == local.feature_statistics("fs1", 1, start="2024-01-01", end="2024-01-10", sample_rows=2)
+    assert (sampled.windows[0].rows, sampled.windows[0].sampled, sampled.store) == (2, True, None)
+    assert remote.freshness("fs1", 1) == local.freshness("fs1", 1)
     [job] = remote.backfill("fs2", 1, start=datetime(2024, 1, 1), end=datetime(2024, 1, 10))
     assert job.status.value == "Completed" and job.feature_set == "fs2" and job.rows_read == 3
     remote.close()

@@ -35,6 +35,8 @@ def _requests(name: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
     return {
         "catalog": ("GET", f"/v1/feature-sets/{name}/1", {}),
         "intervals": ("GET", f"/v1/feature-sets/{name}/1/intervals", {}),
+        "statistics": ("GET", f"/v1/feature-sets/{name}/1/statistics", {}),
+        "freshness": ("GET", f"/v1/feature-sets/{name}/1/freshness", {}),
         "backfill": ("POST", f"/v1/feature-sets/{name}/1/backfill", {"json": WINDOW}),
         "online": ("POST", "/v1/online/features",
                    {"json": {"features": [f"{name}:1:f1"], "entities": {"acct": ["A"]}}}),

@@ -15,6 +15,7 @@ __all__ = ["AggregationMode", "Engine", "FeatureSetRequest", "MaterializedData",
 
 if TYPE_CHECKING:
     from gristmill.compute.result import FeatureFrame, RetrievalResult
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.spec.featureset_spec import FeatureSetSpec
 
 
@@ -62,6 +63,9 @@ class Engine(Protocol):
 
     def check(self, spec: FeatureSetSpec, *, sample_rows: int, window: tuple[datetime, datetime] | None,
               label: str = ..., memory_limit: str | None = None, started: Any = None) -> int: ...
+
+    def statistics(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, sample_rows: int,
+                   label: str = ...) -> WindowStatistics: ...
 
 
 def default_engine() -> Engine:

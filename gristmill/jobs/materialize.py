@@ -4,13 +4,15 @@ de-duplicates (key, ts) by the tie rule, stamps ``create_timestamp`` when absent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gristmill.compute.planning import declared_schema
 
 if TYPE_CHECKING:
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.registry.materialization import OnlineOutcome
     from gristmill.spec.featureset_spec import FeatureSetSpec
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable
@@ -26,6 +28,9 @@ class MaterializationResult:
     bytes_written: int
     cpu_seconds: float
     online: OnlineOutcome | None = None         # what reached the online store (None: not written)
+    #: per store written ("offline", "online"): the statistics of the rows it got (``compute/statistics.py``);
+    #: an engine that computes none leaves it empty
+    statistics: Mapping[str, WindowStatistics] = field(default_factory=dict)
 
 
 def materialize_window(engine: Any, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime,

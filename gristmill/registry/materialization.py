@@ -7,6 +7,7 @@ are created on first use, so a registry that never materializes carries none of 
     data_intervals           (feature set, version, store, start) -> end, status: the store's Timeline
     jobs                     one row per materialization job: window, stores, status, times, costs
     schedule_runs, job_heartbeats   the scheduler's claims and liveness (``registry/schedules.py``)
+    feature_statistics      the statistics of each materialized window (``registry/statistics.py``)
     principals, tokens, grants, audit_log   access control (``auth/records.py``)
 
 Every read-modify-write runs in one transaction that first locks the store's state row (SELECT … FOR
@@ -497,7 +498,8 @@ class MaterializationRecords:
         """Create the tables once per instance; the advisory lock keeps concurrent first uses apart."""
         # the scheduler's and access control's tables share this MetaData: importing them registers them
         import gristmill.auth.records
-        import gristmill.registry.schedules  # noqa: F401
+        import gristmill.registry.schedules
+        import gristmill.registry.statistics  # noqa: F401
 
         with self._ready_lock:
             if self._ready:

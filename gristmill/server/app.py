@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from gristmill.auth import AccessDeniedError, AccessRecords, Action, Resource
 from gristmill.auth.roles import STORE
 from gristmill.errors import ConfigError, GristmillError, NotFoundError, StoreUnavailableError, install_hint
-from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, harden
+from gristmill.server.inputs import FEATURE_REFERENCE, MAX_FEATURES, ListLimit, SampleRows, harden
 from gristmill.server.limits import add_limits
 from gristmill.server.online import ONLINE_PATH, OnlineLane, OnlineQuery, encode_answer, json_safe_floats
 from gristmill.server.visibility import Visibility
@@ -205,8 +205,19 @@ def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = Tr
 
     @app.get("/v1/feature-sets", tags=["catalog"])
     def feature_sets(principal: str = Caller) -> list[dict[str, Any]]:
-        return [visible.shown(principal, fs, _summary(fs)) for fs in store.list_feature_sets()
-                if may(principal, Action.READ_CATALOG, _resource(fs))]
+        """The feature sets the caller may read; ``freshness`` is their freshness state (``/freshness``) for
+        callers who may read their jobs, else null."""
+        return [visible.shown(principal, fs, _summary(fs)) | {"freshness": freshness_state(principal, fs)}
+                for fs in store.list_feature_sets() if may(principal, Action.READ_CATALOG, _resource(fs))]
+
+    def freshness_state(principal: str, fs: FeatureSet) -> str | None:
+        if not may(principal, Action.READ_JOBS, _resource(fs)):
+            return None
+        try:
+            return store.freshness(fs.name, fs.version).state
+        except GristmillError as exc:          # e.g. its spec folder gone: the list still answers
+            log.warning("%s: freshness unknown: %s", fs.ref, exc)
+            return None
 
     @app.get("/v1/feature-sets/{name}/{version}", tags=["catalog"])
     def feature_set(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
@@ -308,6 +319,31 @@ def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = Tr
         check(principal, Action.READ_JOBS, visible.feature_set(principal, name, version))
         return {kind: [{"start": i.start, "end": i.end, "status": i.status.value} for i in items]
                 for kind, items in store.data_intervals(name, version).items()}
+
+    @app.get("/v1/feature-sets/{name}/{version}/statistics", tags=["materialization"])
+    async def statistics(name: str, version: str, store_kind: str = Query("offline", alias="store"),
+                         start: str | None = None, end: str | None = None, sample_rows: SampleRows = None,
+                         principal: str = Caller) -> dict[str, Any]:
+        """Feature statistics: those materialization jobs recorded per window (``store``: offline or online)
+        and their merged summary; computed from the source over ``[start, end)`` from at most
+        ``sample_rows`` rows when given, or when nothing is recorded (that computation takes a retrieval
+        slot, as training-data requests do)."""
+        resource = await run_in_threadpool(visible.feature_set, principal, name, version)
+        check(principal, Action.READ_JOBS, resource)
+
+        def compute() -> dict[str, Any]:
+            found = store.feature_statistics(name, version, store=store_kind, start=start, end=end,
+                                             sample_rows=sample_rows)
+            return jsonable_encoder(found.to_dict())
+
+        async with contextlib.asynccontextmanager(limits.retrieval_slot)():
+            return await run_in_threadpool(compute)
+
+    @app.get("/v1/feature-sets/{name}/{version}/freshness", tags=["materialization"])
+    def freshness(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
+        """How current each store's data is: fresh, stale, never materialized, not scheduled or disabled."""
+        check(principal, Action.READ_JOBS, visible.feature_set(principal, name, version))
+        return store.freshness(name, version).to_dict()
 
     @app.post("/v1/feature-sets/{name}/{version}/backfill", tags=["materialization"], status_code=202)
     def backfill(name: str, version: str, body: BackfillRequest, principal: str = Caller) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ from starlette.requests import ClientDisconnect
 
 from gristmill.spec.common import MAX_NAME_LENGTH, MAX_VERSION_LENGTH
 
-__all__ = ["FEATURE_REFERENCE", "MAX_FEATURES", "MAX_LIST_LIMIT", "MAX_URL_LENGTH", "ListLimit", "harden"]
+__all__ = ["FEATURE_REFERENCE", "MAX_FEATURES", "MAX_LIST_LIMIT", "MAX_SAMPLE_ROWS", "MAX_URL_LENGTH", "ListLimit",
+           "SampleRows", "harden"]
 
 #: the longest request URL (path and query) the server reads; longer ones are answered 414
 MAX_URL_LENGTH = 8_192
@@ -27,6 +28,11 @@ MAX_FEATURES = 1_000
 MAX_REFERENCE_LENGTH = 3 * MAX_NAME_LENGTH + MAX_VERSION_LENGTH + 3
 
 ListLimit = Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description=f"at most {MAX_LIST_LIMIT:,} items")]
+#: the most source rows one on-demand statistics request may read
+MAX_SAMPLE_ROWS = 1_000_000
+SampleRows = Annotated[int | None, Query(ge=1, le=MAX_SAMPLE_ROWS,
+                                         description=f"compute from the source, from at most this many rows "
+                                                     f"(at most {MAX_SAMPLE_ROWS:,})")]
 FEATURE_REFERENCE = Annotated[str, Field(min_length=1, max_length=MAX_REFERENCE_LENGTH)]
 
 PARQUET = "application/vnd.apache.parquet"

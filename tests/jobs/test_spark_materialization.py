@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,23 @@ def test_online_outcome_times_do_not_follow_the_drivers_time_zone(tmp_path: Path
     assert outcome is not None and outcome.newest_event_time == datetime(2024, 1, 3, 8)
     assert outcome.expires_at == datetime(2024, 1, 5, 8)
     store.close()
+
+
+def test_spark_jobs_record_the_offline_statistics_duckdb_jobs_record(tmp_path: Path) -> None:
+    """A Spark job computes the statistics of the offline window it wrote (from its files), equal to a DuckDB
+    job's; the online store's are DuckDB-only for now."""
+    stores = {engine: _store(tmp_path / engine, engine=engine, online="sqlite") for engine in ("duckdb", "spark")}
+    for store in stores.values():
+        [job] = store.backfill("fs1", 1, start="2024-01-01", end="2024-01-04")
+        assert job.status.value == "Completed", job.error
+    found = {engine: store.feature_statistics("fs1", 1).windows for engine, store in stores.items()}
+    [spark], [duckdb] = found["spark"], found["duckdb"]
+    assert (spark.rows, spark.newest_event_time, spark.store) == (5, datetime(2024, 1, 3, 8), "offline")
+    for mine, theirs in zip(spark.features, duckdb.features, strict=True):     # equal up to float rounding
+        close = {k: pytest.approx(getattr(theirs, k)) for k in ("mean", "stddev") if getattr(theirs, k) is not None}
+        assert mine == replace(theirs, **close), mine.name
+    assert spark.feature("label").top_values[0].count == 1 and spark.feature("f1").histogram[0].count == 1
+    assert stores["spark"].materializer.statistics_records.windows(
+        "fs1", "1", "online", materialization_version=1) == []
+    for store in stores.values():
+        store.close()

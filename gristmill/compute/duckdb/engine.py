@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.config import EngineConfig
 
 log = logging.getLogger("gristmill.compute")
@@ -120,6 +122,31 @@ class DuckDBEngine:
         view = compute_view(con, spec, start, end, label=label, sample_rows=sample_rows)
         check_declared_outputs(spec, view.extra_columns, label=label)
         return len(con.execute(f"SELECT * FROM {view.name}").fetchall())
+
+    def statistics(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, sample_rows: int,
+                   label: str = "feature set") -> WindowStatistics:
+        """The feature statistics of ``spec`` over ``[start, end)`` from at most ``sample_rows`` of its rows
+        (``compute/statistics.py``): a bounded look at a feature set not materialized.
+
+        A feature set whose rows need no history (no DSL windows, no ``source_lookback``) reads only the
+        first ``sample_rows`` source rows of the window. One that needs history is computed over the window
+        as ``preview`` does (its values must see their whole lookback to be right), and a uniform sample of
+        ``sample_rows`` of its rows is kept (reservoir sampling, a fixed seed)."""
+        from gristmill.compute.duckdb.statistics import window_statistics
+
+        needs_history = spec.window_expressions is not None or spec.source_lookback is not None
+        con = self.connect()
+        try:
+            view = compute_view(con, spec, start, end, label=label,
+                                sample_rows=None if needs_history else sample_rows)
+            table = unique_name("sampled")
+            sample = (f" USING SAMPLE reservoir({int(sample_rows)} ROWS) REPEATABLE (42)" if needs_history
+                      else f" LIMIT {int(sample_rows)}")
+            con.execute(f"CREATE TEMP TABLE {table} AS SELECT * FROM {view.name}{sample}")  # computed once
+            found = window_statistics(con, table, spec, start=start, end=end)
+        finally:
+            con.close()
+        return replace(found, sampled=True, sample_rows=sample_rows)
 
     # -- materialization -----------------------------------------------------------------------------
     def materialize(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, now: datetime, label: str,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from gristmill.compute.duckdb.engine import DuckDBEngine
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.registry.materialization import OnlineOutcome
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable, WindowWrite, WriteStats
     from gristmill.stores.online.base import OnlineStore, OnlineTable
@@ -148,11 +149,39 @@ def materialize_window(engine: DuckDBEngine, spec: FeatureSetSpec, start: dateti
             outcome = online_outcome(con, [relation, *([expired_part] if expired_part else [])],
                                      spec.index_column_names, spec.timestamp_column, ttl=ttl, now=now,
                                      keys_written=keys_written)
+            written_online = unique_name("online_rows")
+            con.register(written_online, rows)
+        statistics = written_statistics(con, spec, start, end, label=label,
+                                        offline=relation if offline is not None and not online_from_offline
+                                        else None,
+                                        online=written_online if online is not None else None)
         return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
                                      cpu_seconds=time.process_time() - cpu_started,
-                                     online=outcome if online is not None else None)
+                                     online=outcome if online is not None else None, statistics=statistics)
     finally:
         con.close()
+
+
+def written_statistics(con: duckdb.DuckDBPyConnection, spec: FeatureSetSpec, start: datetime, end: datetime, *,
+                       label: str, offline: str | None, online: str | None) -> dict[str, WindowStatistics]:
+    """The statistics of what each store just got: the window's rows (offline), the newest row per key
+    (online). Two aggregate queries per store over relations the job already holds; statistics that fail
+    are logged and left out, never failing the job whose data is written."""
+    from gristmill.compute.duckdb.statistics import window_statistics
+
+    found: dict[str, WindowStatistics] = {}
+    for kind, relation, timestamp in (("offline", offline, spec.timestamp_column),
+                                      ("online", online, EVENT_TIMESTAMP)):
+        if relation is None:
+            continue
+        started = time.perf_counter()
+        try:
+            found[kind] = window_statistics(con, relation, spec, start=start, end=end, timestamp=timestamp)
+            log.debug("%s: statistics of the %s rows of [%s, %s) in %.3f s", label, kind, start, end,
+                      time.perf_counter() - started)
+        except Exception as exc:
+            log.warning("%s: statistics of the %s rows of [%s, %s) not computed: %s", label, kind, start, end, exc)
+    return found
 
 
 def online_outcome(con: duckdb.DuckDBPyConnection, relations: list[str], keys: list[str], timestamp: str, *,

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from gristmill.compute.engine import MaterializedData
     from gristmill.compute.spark.frames import SparkFeatureRows
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.config import EngineConfig
 
 log = logging.getLogger("gristmill.compute")
@@ -194,6 +195,28 @@ class SparkEngine:
         rows = feature_rows(self.spark, spec, start, end, label=label, sample_rows=sample_rows)
         check_declared_outputs(spec, rows.extra_columns, label=label)
         return int(rows.df.count())
+
+    @reports_spark_failures("feature statistics", RetrievalError)
+    def statistics(self, spec: FeatureSetSpec, start: datetime, end: datetime, *, sample_rows: int,
+                   label: str = "feature set") -> WindowStatistics:
+        """The feature statistics of ``spec`` over ``[start, end)`` from at most ``sample_rows`` of its rows
+        (``compute/statistics.py``). As on DuckDB, a feature set whose rows need no history reads only the
+        first ``sample_rows`` source rows of the window; one that needs history (DSL windows,
+        ``source_lookback``) is computed over the window with it, and its first ``sample_rows`` rows are kept
+        (cached: the statistics read them twice)."""
+        from dataclasses import replace
+
+        from gristmill.compute.spark.frames import feature_rows
+        from gristmill.compute.spark.statistics import frame_statistics
+
+        needs_history = spec.window_expressions is not None or spec.source_lookback is not None
+        rows = feature_rows(self.spark, spec, start, end, label=label,
+                            sample_rows=None if needs_history else sample_rows).df.limit(sample_rows).cache()
+        try:
+            found = frame_statistics(rows, spec, start=start, end=end)
+        finally:
+            rows.unpersist()
+        return replace(found, sampled=True, sample_rows=sample_rows)
 
     # -- retrieval -----------------------------------------------------------------------------------
     @reports_spark_failures("point-in-time retrieval", RetrievalError)

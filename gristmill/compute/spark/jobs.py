@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import Column, DataFrame, SparkSession
 
+    from gristmill.compute.statistics import WindowStatistics
     from gristmill.registry.materialization import OnlineOutcome
     from gristmill.stores.offline.delta import DeltaOfflineStore, OfflineTable, WindowWrite
     from gristmill.stores.online.base import OnlineStore, OnlineTable
@@ -80,6 +81,7 @@ def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end
             task_metrics(spark, label=label) as spent:
         rows_read = rows_written = bytes_written = 0
         outcome = None
+        statistics: dict[str, WindowStatistics] = {}
         if offline is not None and not online_from_offline:
             offline_store, offline_table = offline
             rows_read, rows_written, bytes_written = _write_offline(spark, spec, start, end, now=now, label=label,
@@ -111,10 +113,29 @@ def _materialize(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end
             rows_written += keys_written
             bytes_written += online_bytes
     log.info("%s: Spark task metrics: %s", label, spent.describe())
+    if offline is not None and not online_from_offline:
+        # after the metrics: they describe the materialization (the statistics re-read the written files)
+        statistics = _written_statistics(spark, spec, start, end, label=label, store=offline[0], table=offline[1])
     # the job's CPU: the executors' (Spark's task metrics) plus this process's own
     cpu_seconds = time.process_time() - cpu_started + spent.executor_cpu_seconds
     return MaterializationResult(rows_read=rows_read, rows_written=rows_written, bytes_written=bytes_written,
-                                 cpu_seconds=cpu_seconds, online=outcome)
+                                 cpu_seconds=cpu_seconds, online=outcome, statistics=statistics)
+
+
+def _written_statistics(spark: SparkSession, spec: FeatureSetSpec, start: datetime, end: datetime, *, label: str,
+                        store: DeltaOfflineStore, table: OfflineTable) -> dict[str, WindowStatistics]:
+    """The statistics of the offline window just written (``compute/statistics.py``): the shared aggregate
+    queries over the window's files (two scans of the written Parquet, never the source). The online store's
+    statistics are not computed on Spark yet (its rows are chosen and written on the executors). A failure is
+    logged and left out: the job's data is written."""
+    from gristmill.compute.spark.statistics import frame_statistics
+
+    try:
+        window = _stored_window(spark, spec, store, table, start, end)
+        return {"offline": frame_statistics(window, spec, start=start, end=end)}
+    except Exception as exc:                # statistics are a by-product of the written data
+        log.warning("%s: statistics of the offline rows of [%s, %s) not computed: %s", label, start, end, exc)
+        return {}
 
 
 # -- offline --------------------------------------------------------------------------------------------------
