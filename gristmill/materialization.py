@@ -149,10 +149,11 @@ class Materializer:
 
     # -- statistics and freshness -------------------------------------------------------------------------
     def statistics(self, feature_set: FeatureSet, *, store: str = "offline", start: Any = None, end: Any = None,
-                   sample_rows: int | None = None) -> FeatureSetStatistics:
+                   sample_rows: int | None = None, recorded_only: bool = False) -> FeatureSetStatistics:
         """The statistics of the store's materialized windows overlapping ``[start, end)``; computed from the
         source instead (bounded by ``sample_rows``, default ``DEFAULT_SAMPLE_ROWS``) when ``sample_rows`` is
-        given or the store holds no window with statistics — then ``start`` and ``end`` are needed."""
+        given or the store holds no window with statistics — then ``start`` and ``end`` are needed.
+        ``recorded_only``: never compute; no windows (and no summary) when none are recorded."""
         from gristmill.compute.statistics import DEFAULT_SAMPLE_ROWS, FeatureSetStatistics, merge_windows
         from gristmill.registry.materialization import _store_kind
 
@@ -173,6 +174,9 @@ class Materializer:
             windows = self.statistics_records.windows(feature_set.name, feature_set.version, kind,
                                                       materialization_version=state.materialization_version,
                                                       start=lo, end=hi)
+        if not windows and recorded_only:
+            return FeatureSetStatistics(feature_set=feature_set.name, version=feature_set.version, store=kind,
+                                        windows=(), summary=None)
         if not windows:
             if lo is None or hi is None:
                 raise SpecError(f"start/end (--start/--end): {feature_set.ref} has no materialized statistics in the "

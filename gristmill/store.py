@@ -614,18 +614,18 @@ class FeatureStore:
 
     def feature_statistics(self, name: str, version: str | int, *, store: str = "offline",
                            start: datetime | str | None = None, end: datetime | str | None = None,
-                           sample_rows: int | None = None) -> FeatureSetStatistics:
+                           sample_rows: int | None = None, recorded_only: bool = False) -> FeatureSetStatistics:
         """Feature statistics per window and merged (``FeatureSetStatistics``): those each materialization job
         recorded for ``store`` (windows overlapping ``[start, end)``), or, with ``sample_rows`` or when nothing
         is recorded, computed from the source over ``[start, end)`` from at most ``sample_rows`` rows
-        (default 100,000).
+        (default 100,000). ``recorded_only=True`` never computes: no windows when none are recorded.
 
         >>> stats = store.feature_statistics("transactions", 1)                          # doctest: +SKIP
         >>> stats.summary.feature("amount").mean                                         # doctest: +SKIP
         >>> store.feature_statistics("draft", 1, start="2024-01-01", end="2024-01-08")   # doctest: +SKIP
         """
         return self.materializer.statistics(self._cached_feature_set(name, str(version)), store=store, start=start,
-                                            end=end, sample_rows=sample_rows)
+                                            end=end, sample_rows=sample_rows, recorded_only=recorded_only)
 
     def freshness(self, name: str, version: str | int, *, grace: timedelta | None = None) -> Freshness:
         """How current a feature set version's materialized data is, per store: ``"fresh"``, ``"stale"``,

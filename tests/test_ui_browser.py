@@ -395,3 +395,23 @@ def test_nothing_a_user_wrote_runs(site: Site) -> None:
     site.shot(page, "feature-set-hostile-text")
     assert dialogs == []
     page.context.close()
+
+
+def test_statistics_and_freshness_show_the_numbers(site: Site) -> None:
+    """fs1:1's backfill recorded statistics of its 3 rows (f1: 3, 5, 9); freshness per store, and in the
+    catalog; a Reader scoped to fs1 sees them, the hostile feature set's page shows none recorded."""
+    page = site.page("reader")
+    page.goto(f"{site.url}/ui/feature-sets/fs1/1")
+    row = page.locator("#statistics ~ div table tbody tr", has_text="f1").first
+    cells = row.locator("td").all_inner_texts()
+    assert cells[:8] == ["f1", "double", "3", "0.0 %", "3", "9", "5.66667", "3.05505"], cells
+    assert cells[8] == "≈3"
+    bars = row.locator("svg.histogram rect.bin")
+    counts = [int((t or "").rsplit(": ", 1)[1]) for t in bars.locator("title").all_text_contents()]
+    assert sum(counts) == 3 and bars.count() >= 2
+    freshness = page.locator("#freshness ~ div table").first
+    expect(freshness.locator("tbody tr", has_text="online")).to_contain_text("not scheduled")
+    expect(freshness.locator("tbody tr", has_text="online")).to_contain_text("2024-01-09 12:00")  # newest event
+    page.goto(f"{site.url}/ui")
+    expect(page.locator("main table tbody tr", has_text="fs1:1").first).to_contain_text("not scheduled")
+    page.context.close()

@@ -32,6 +32,7 @@ from gristmill.server.ui_draw import (
     CODE_STYLE,
     Node,
     code_block,
+    histogram_svg,
     interval_id,
     jobs_chart,
     lineage_graph,
@@ -208,6 +209,36 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
         response.delete_cookie(COOKIE)
         return response
 
+    def freshness_of(who: str, fs: FeatureSet) -> Any:
+        """The feature set's freshness for a caller who may read its jobs (None otherwise, or unknown)."""
+        if not may(who, Action.READ_JOBS, resource_of(fs.name, fs.version)):
+            return None
+        try:
+            return store.freshness(fs.name, fs.version)
+        except GristmillError as exc:
+            log.warning("%s: freshness unknown: %s", fs.ref, exc)
+            return None
+
+    def statistics_section(fs: FeatureSet) -> str:
+        """Freshness per store, then the feature statistics the materialization jobs recorded (offline store,
+        else online); never computed from the source here: the page stays fast."""
+        body = "<h2 id='freshness'>Freshness</h2>"
+        try:
+            body += _freshness_table(store.freshness(fs.name, fs.version))
+        except GristmillError as exc:
+            body += f"<p class='muted'>unknown: {escape(str(exc))}</p>"
+        body += "<h2 id='statistics'>Feature statistics</h2>"
+        for kind in ("offline", "online"):
+            try:
+                found = store.feature_statistics(fs.name, fs.version, store=kind, recorded_only=True)
+            except GristmillError as exc:
+                return body + f"<p class='muted'>{escape(str(exc))}</p>"
+            if found.windows:
+                return body + f"<p class='muted'>{kind} store</p>" + _statistics_table(found)
+        return body + ("<p class='muted'>none recorded yet: materialization jobs record them per window; for a "
+                       f"feature set not materialized run <code>gristmill stats {escape(fs.ref)} --start ... "
+                       "--end ...</code></p>")
+
     # -- catalog ------------------------------------------------------------------------------------------
     @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     def catalog(request: Request, q: str = "", entity: str = "", tag: str = "", stage: str = "",
@@ -245,7 +276,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     + "<button>Filter</button> <a href='/ui'>clear</a></form>")
             rows = [[_link(f"/ui/feature-sets/{fs.name}/{fs.version}", fs.ref), escape(fs.stage.value),
                      escape(fs.description or ""), ", ".join(entity_link(who, e) for e in fs.entities),
-                     _tag_list(fs.tags), escape(_materialized(fs) or "no"), _freshness_cell(fs)]
+                     _tag_list(fs.tags), escape(_materialized(fs) or "no"), _freshness_cell(freshness_of(who, fs))]
                     for fs in shown]
             body += (f"<h2>Feature sets <span class='muted'>({len(shown)} of {len(sets)})</span></h2>"
                      + _table(["feature set", "stage", "description", "entities", "tags", "materialized",
@@ -313,7 +344,8 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     f"<dt>entities</dt><dd>{', '.join(entity_link(who, e) for e in fs.entities) or '–'}</dd>"
                     f"<dt>tags</dt><dd>{_tag_list(fs.tags) or '–'}</dd><dt>source</dt><dd>{source_text}</dd>"
                     f"<dt>versions</dt><dd>{versions}</dd></dl>")
-            body += _statistics_section(fs)          # feature statistics and freshness: wired in after merging
+            if may(who, Action.READ_JOBS, resource):                 # as the statistics and freshness routes
+                body += statistics_section(fs)
             schema = [(c.name, [escape(c.name), escape(c.type.value), "index column", ""]) for c in spec.index_columns]
             schema.append((spec.timestamp_column, [escape(spec.timestamp_column), "datetime", "timestamp", ""]))
             schema += [(f.name, [escape(f.name), escape(f.type.value), "feature", escape(f.description or "")])
@@ -605,15 +637,70 @@ _HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-in
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
 
-def _statistics_section(feature_set: FeatureSet) -> str:
-    """PLACE FOR FEATURE STATISTICS AND FRESHNESS (issue 12): ``store.feature_statistics`` and
-    ``store.freshness`` come from another branch; their section of the feature set page goes here."""
-    return ""
+def _freshness_cell(freshness: Any) -> str:
+    """A catalog cell: the feature set's freshness state (worst of its enabled stores), coloured."""
+    if freshness is None:
+        return "<span class='muted'>–</span>"
+    state = freshness.state
+    return f"<span class='fresh-{_css_word(state)}'>{escape(state)}</span>"
 
 
-def _freshness_cell(feature_set: FeatureSet) -> str:
-    """PLACE FOR FRESHNESS IN THE CATALOG (issue 12): ``store.freshness`` per feature set, once merged."""
-    return "<span class='muted'>–</span>"
+def _css_word(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)
+
+
+def _freshness_table(freshness: Any) -> str:
+    rows = [[escape(f.store), _freshness_cell_state(f.state), _when(f.newest_event_time), _when(f.materialized_until),
+             "–" if f.last_job_id is None else escape(f.last_job_id),
+             _when(f.last_job_finished_at), _when(f.next_run), _when(f.stale_after)] for f in freshness.stores]
+    return _table(["store", "state", "newest event time", "materialized until", "last successful job", "finished",
+                   "next run", "stale after"], rows)
+
+
+def _freshness_cell_state(state: str) -> str:
+    return f"<span class='fresh-{_css_word(state)}'>{escape(state)}</span>"
+
+
+def _statistics_table(statistics: Any) -> str:
+    """Per feature: count, null %, min, max, mean and stddev over every window (merged exactly), and the
+    approximate distinct count and a small histogram or the top values of the newest window (those do not
+    merge across windows)."""
+    summary, windows = statistics.summary, statistics.windows
+    if summary is None or not windows:
+        return ""
+    newest = windows[-1]
+    rows = []
+    for f in summary.features:
+        own = next((w for w in newest.features if w.name == f.name), None)
+        shape = ("–" if own is None else histogram_svg(own.histogram) if own.histogram
+                 else _top_values(own.top_values))
+        distinct = "–" if own is None or own.distinct is None else f"≈{own.distinct:,}"
+        rows.append([escape(f.name), escape(f.type.value), f"{f.count:,}", f"{f.null_percent:.1f} %",
+                     _stat(f.min), _stat(f.max), _stat(f.mean), _stat(f.stddev), distinct, shape])
+    span = f"{len(windows)} window(s), {summary.rows:,} rows, newest event {_when(summary.newest_event_time)}"
+    if newest.sampled and newest.sample_rows:
+        span += f"; sampled: {newest.sample_rows:,} rows"
+    note = "" if len(windows) == 1 else (f"; distinct and distribution: the newest window "
+                                         f"[{_when(newest.start)}, {_when(newest.end)})")
+    return (f"<p class='muted'>{escape(span + note)}</p>"
+            + _table(["feature", "type", "count", "null", "min", "max", "mean", "stddev", "distinct",
+                      "distribution"], rows))
+
+
+def _stat(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return escape(f"{value:.6g}")
+    if isinstance(value, datetime):
+        return _when(value)
+    return escape(str(value))
+
+
+def _top_values(values: Any) -> str:
+    if not values:
+        return "<span class='muted'>–</span>"
+    return "<br>".join(f"{escape(str(v.value))} <span class='muted'>({v.count:,})</span>" for v in values[:5])
 
 
 def _scheme(request: Request) -> str:
