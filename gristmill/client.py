@@ -97,8 +97,9 @@ class RemoteFeatureStore:
         if self._lookups.usable:
             try:
                 status, reply, retry_after = self._lookups.post("/v1/online/features", content)
-            except OSError as exc:
-                raise StoreUnavailableError(f"cannot reach the feature store server at {self.url}: {exc}; is "
+            except (OSError, http.client.HTTPException) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise StoreUnavailableError(f"cannot reach the feature store server at {self.url}: {reason}; is "
                                             "`gristmill serve` running there?") from exc
             if status >= 400:
                 self._refused(status, reply, retry_after)
@@ -302,9 +303,9 @@ class _KeepAlive:
         self.prefix = parts.path.rstrip("/")
         self.headers = {**headers, "Content-Type": "application/json", "Accept": "application/json"}
         self.timeout = timeout
-        proxies = urllib.request.getproxies()
-        self.usable = parts.scheme in ("http", "https") and not (
-            parts.scheme in proxies and not urllib.request.proxy_bypass(parts.netloc))
+        proxies = urllib.request.getproxies()                     # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY
+        proxied = (parts.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(parts.netloc)
+        self.usable = parts.scheme in ("http", "https") and not proxied
         self._local = threading.local()
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes, str]:
@@ -344,11 +345,22 @@ class _KeepAlive:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.https:
-            import ssl
-
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                               context=ssl.create_default_context())
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=_tls_context())
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+
+def _tls_context() -> Any:
+    """The certificates httpx trusts (``SSL_CERT_FILE``/``SSL_CERT_DIR``, else certifi's), so online lookups
+    and the other calls accept the same servers."""
+    import os
+    import ssl
+
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if not cafile and not capath:
+        import certifi
+
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 def _json_default(value: Any) -> Any:

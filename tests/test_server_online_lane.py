@@ -228,3 +228,54 @@ def _comparable(values: list[Any]) -> list[Any]:
         return value
 
     return [one(v) for v in values]
+
+
+def test_headers_query_strings_and_streamed_bodies_are_the_framework_routes(lane: Lane) -> None:
+    body = b'{"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}'
+    for url in (lane.fast, lane.slow):
+        assert url
+    pairs = []
+    for url in (lane.fast, lane.slow):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            # repeated headers: the first counts, on both paths
+            twice = [("Authorization", f"Bearer {lane.tokens['reader']}"), ("Authorization", "Bearer gm_x_y"),
+                     ("Content-Type", "application/json")]
+            first = client.post("/v1/online/features", content=body, headers=twice)
+            swapped = client.post("/v1/online/features", content=body, headers=[twice[1], twice[0], twice[2]])
+            typed = client.post("/v1/online/features", content=body, headers=[
+                ("Authorization", f"Bearer {lane.tokens['reader']}"), ("Content-Type", "text/plain"),
+                ("Content-Type", "application/json")])
+            long_url = client.post("/v1/online/features?" + "q" * 9_000, content=body, headers=twice)
+            query = client.post("/v1/online/features?pretty=1", content=body, headers=twice)
+
+            def chunks() -> Iterator[bytes]:                  # no Content-Length: streamed, over the limit
+                yield b'{"features": ["fs1:1:x"], "entities": {"acct": ["K0"], "pad": ["'
+                for _ in range(30):
+                    yield b"x" * 1_000
+                yield b'"]}}'
+
+            streamed = client.post("/v1/online/features", content=chunks(), headers=twice)
+            pairs.append((first, swapped, typed, long_url, query, streamed))
+    for fast, slow in zip(pairs[0], pairs[1], strict=True):
+        assert fast.status_code == slow.status_code and fast.json() == slow.json(), (fast.text, slow.text)
+    first, swapped, typed, long_url, query, streamed = pairs[0]
+    assert first.status_code == 200 and swapped.status_code == 401 and typed.status_code == 422
+    assert long_url.status_code == 414 and query.status_code == 200
+    assert streamed.status_code == 413 and "limits.request_max_bytes" in streamed.json()["error"], streamed.text
+
+
+def test_statistics_show_values_to_readers_of_the_data_only(lane: Lane) -> None:
+    access = AccessRecords(lane.store.materializer.records)
+    access.add_principal("operator")
+    access.grant("operator", "Materializer", by="test")
+    operator = access.create_token("operator")
+    for who, token in (("operator", operator), ("reader", lane.tokens["reader"])):
+        answer = httpx.get(f"{lane.fast}/v1/feature-sets/fs1/1/statistics", timeout=30,
+                           headers={"Authorization": f"Bearer {token}"})
+        if who == "operator":
+            assert answer.status_code == 403 and "offline.read" in answer.json()["error"], answer.text
+        else:
+            assert answer.status_code in (200, 400), answer.text      # recorded (online only here) or none
+        fresh = httpx.get(f"{lane.fast}/v1/feature-sets/fs1/1/freshness", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"})
+        assert fresh.status_code == 200, fresh.text                   # freshness shows no values: jobs readers

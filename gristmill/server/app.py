@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import io
 import logging
 import os
@@ -58,8 +57,10 @@ DOCS_ASSETS = "/docs-assets"
 CACHE_SECONDS = 5.0
 #: the ``Retry-After`` of a 503 (a store that cannot be reached): seconds a client should wait before retrying
 RETRY_AFTER_SECONDS = 5
-#: feature lists of up to this many references are parsed once and remembered (the 1,024 most recent)
+#: feature lists of up to this many references, once a caller was allowed to read them, are parsed once and
+#: remembered (up to CACHED_FEATURE_LISTS lists; then the memory starts over)
 CACHED_FEATURE_LISTS_UP_TO = 100
+CACHED_FEATURE_LISTS = 1_024
 
 
 class OnlineRequest(BaseModel):
@@ -251,16 +252,23 @@ def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = Tr
                               "tags": info.tags})
         return found
 
+    parsed_lists: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+
     def may_read_features(principal: str, action: Action, features: list[str]) -> None:
         """Refuse references to another feature store's features, and features the caller may not read."""
         named = tuple(features)
-        other, feature_sets = (_feature_sets_named(named, store.name) if len(named) <= CACHED_FEATURE_LISTS_UP_TO
-                               else _feature_sets_named.__wrapped__(named, store.name))
-        if other is not None:
-            raise GristmillError(f"features: '{other}' belongs to another feature store; this server serves "
-                                 f"{store.name} only: ask that store's server")
+        feature_sets = parsed_lists.get(named)
+        if feature_sets is None:
+            other, feature_sets = _feature_sets_named(named, store.name)
+            if other is not None:
+                raise GristmillError(f"features: '{other}' belongs to another feature store; this server serves "
+                                     f"{store.name} only: ask that store's server")
         for name, version in feature_sets:
             check(principal, action, visible.feature_set(principal, name, version))
+        if len(named) <= CACHED_FEATURE_LISTS_UP_TO and named not in parsed_lists:   # remembered once allowed
+            if len(parsed_lists) >= CACHED_FEATURE_LISTS:
+                parsed_lists.clear()
+            parsed_lists[named] = feature_sets
 
     def online_answer(principal: str, query: OnlineQuery, *, now: datetime | None = None) -> bytes:
         """The online route's work, shared by its fast lane and the framework's route: the answer's JSON."""
@@ -329,15 +337,20 @@ def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = Tr
         ``sample_rows`` rows when given, or when nothing is recorded (that computation takes a retrieval
         slot, as training-data requests do)."""
         resource = await run_in_threadpool(visible.feature_set, principal, name, version)
-        check(principal, Action.READ_JOBS, resource)
+        # min, max, top values and histograms show the data: readers of the store's data only
+        check(principal, Action.READ_ONLINE if store_kind == "online" else Action.READ_OFFLINE, resource)
 
-        def compute() -> dict[str, Any]:
+        def compute(recorded_only: bool) -> dict[str, Any] | None:
             found = store.feature_statistics(name, version, store=store_kind, start=start, end=end,
-                                             sample_rows=sample_rows)
-            return jsonable_encoder(found.to_dict())
+                                             sample_rows=sample_rows, recorded_only=recorded_only)
+            return jsonable_encoder(found.to_dict()) if found.windows or not recorded_only else None
 
+        if sample_rows is None:                 # recorded statistics are a registry read: no retrieval slot
+            recorded = await run_in_threadpool(compute, True)
+            if recorded is not None:
+                return recorded
         async with contextlib.asynccontextmanager(limits.retrieval_slot)():
-            return await run_in_threadpool(compute)
+            return await run_in_threadpool(compute, False) or {}
 
     @app.get("/v1/feature-sets/{name}/{version}/freshness", tags=["materialization"])
     def freshness(name: str, version: str, principal: str = Caller) -> dict[str, Any]:
@@ -446,11 +459,9 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(problems) or "the request does not match the API (see /docs)"
 
 
-@functools.lru_cache(maxsize=1_024)
 def _feature_sets_named(features: tuple[str, ...], home: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """(the first reference to a store other than ``home``, the feature sets named) of a feature list; parsed
-    once per list (a model sends the same list with every lookup); invalid references raise as
-    ``FeatureRef.parse`` does."""
+    """(the first reference to a store other than ``home``, the feature sets named) of a feature list; invalid
+    references raise as ``FeatureRef.parse`` does."""
     refs = [FeatureRef.parse(f) for f in features]
     other = next((ref.text for ref in refs if ref.store not in (None, home)), None)
     return other, tuple(dict.fromkeys((ref.feature_set, ref.version) for ref in refs))

@@ -216,7 +216,8 @@ async def _acquire_now(slots: asyncio.Semaphore) -> None:
 
 class BodyLimit:
     """ASGI middleware: request bodies (but the offline route's, which has its own limit) larger than
-    ``most`` bytes are refused with 413, by ``Content-Length`` before reading or as they stream in."""
+    ``most`` bytes are refused with 413, by ``Content-Length`` before reading or as they stream in. Bodies
+    under the limit are read here in full and handed on (they are small: ``limits.request_max_bytes``)."""
 
     def __init__(self, app: Any, *, most: int, skip: tuple[str, ...]) -> None:
         self.app = app
@@ -231,18 +232,26 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.most:
             await JSONResponse({"error": _body_too_large(self.most)}, status_code=413)(scope, receive, send)
             return
-        size = 0
-
-        async def limited() -> Any:
-            nonlocal size
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
             message = await receive()
-            if message.get("type") == "http.request":
-                size += len(message.get("body", b""))
-                if size > self.most:
-                    raise LimitExceeded(413, _body_too_large(self.most))
-            return message
+            if message.get("type") != "http.request":            # the client left: the app sees it
+                pending = [message]
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.most:                                  # refused as it streams in, not buffered further
+                await JSONResponse({"error": _body_too_large(self.most)}, status_code=413)(scope, receive, send)
+                return
+        else:
+            pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        await self.app(scope, limited, send)
+        async def replayed() -> Any:
+            return pending.pop(0) if pending else await receive()
+
+        await self.app(scope, replayed, send)
 
 
 def _body_too_large(most: int) -> str:

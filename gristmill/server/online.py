@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from gristmill.server.inputs import MAX_FEATURES, MAX_REFERENCE_LENGTH
+from gristmill.server.limits import LimitExceeded
 
 __all__ = ["ONLINE_PATH", "OnlineLane", "OnlineQuery", "encode_answer", "json_safe_floats"]
 
@@ -36,6 +37,9 @@ log = logging.getLogger("gristmill.server")
 ONLINE_PATH = "/v1/online/features"
 #: threads reading the online store for the lane (a lookup holds one for a store round trip)
 LANE_THREADS = 16
+#: lookups the lane holds at once (running or queued for its threads); past it lookups are answered 503 with
+#: Retry-After (a store that stopped answering fills the lane; the queue does not grow without bound)
+LANE_MOST_WAITING = 256
 _BIG = float(2**63)
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
@@ -136,17 +140,32 @@ class OnlineLane:
         self.most_bytes = most_bytes
         self.handlers = handlers
         self._pool = ThreadPoolExecutor(LANE_THREADS, thread_name_prefix="online")
+        self._waiting = 0                   # lookups handed to the pool and not answered yet (event loop only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != ONLINE_PATH or scope["method"] != "POST":
+        if (scope["type"] != "http" or scope["path"] != ONLINE_PATH or scope["method"] != "POST"
+                or scope.get("query_string")):                    # a query string: the framework bounds the URL
             await self.app(scope, receive, send)
             return
-        authorization, json_body = "", False
-        for name, value in scope["headers"]:
-            if name == b"authorization":
+        authorization: str | None = None
+        content_type: bytes | None = None
+        declared = b""
+        for name, value in scope["headers"]:                      # the first of repeated headers, as the framework
+            if name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
+            elif name == b"content-type" and content_type is None:
+                content_type = value
+            elif name == b"content-length" and not declared:
+                declared = value
+        json_body = content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+        if declared.isdigit() and int(declared) > self.most_bytes:
+            await self.app(scope, receive, send)                  # refused there (413) before any byte is read
+            return
+        if self._waiting >= LANE_MOST_WAITING:
+            busy = LimitExceeded(503, f"the server is busy: {self._waiting} online lookups are waiting for the online "
+                                      "store; retry shortly", retry_after=1.0)
+            await self.handlers[LimitExceeded](None, busy)(scope, receive, send)
+            return
         chunks: list[bytes] = []
         size, more = 0, True
         while more and size <= self.most_bytes:
@@ -164,8 +183,9 @@ class OnlineLane:
             await self.app(scope, _replay(chunks, receive, more=more), send)
             return
         loop = asyncio.get_running_loop()
+        self._waiting += 1
         try:
-            body = await loop.run_in_executor(self._pool, self._work, authorization, query)
+            body = await loop.run_in_executor(self._pool, self._work, authorization or "", query)
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:
@@ -173,6 +193,8 @@ class OnlineLane:
             response = handler(None, exc)
             await response(scope, receive, send)
             return
+        finally:
+            self._waiting -= 1
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -219,16 +219,21 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             log.warning("%s: freshness unknown: %s", fs.ref, exc)
             return None
 
-    def statistics_section(fs: FeatureSet) -> str:
+    def statistics_section(fs: FeatureSet, who: str, resource: Resource) -> str:
         """Freshness per store, then the feature statistics the materialization jobs recorded (offline store,
-        else online); never computed from the source here: the page stays fast."""
+        else online) for a caller who may read that store's data (they show values); never computed from the
+        source here: the page stays fast."""
         body = "<h2 id='freshness'>Freshness</h2>"
         try:
             body += _freshness_table(store.freshness(fs.name, fs.version))
         except GristmillError as exc:
             body += f"<p class='muted'>unknown: {escape(str(exc))}</p>"
         body += "<h2 id='statistics'>Feature statistics</h2>"
-        for kind in ("offline", "online"):
+        readable = [kind for kind, action in (("offline", Action.READ_OFFLINE), ("online", Action.READ_ONLINE))
+                    if may(who, action, resource)]
+        if not readable:
+            return body + "<p class='muted'>they show the data's values: shown to readers of the data</p>"
+        for kind in readable:
             try:
                 found = store.feature_statistics(fs.name, fs.version, store=kind, recorded_only=True)
             except GristmillError as exc:
@@ -345,7 +350,7 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
                     f"<dt>tags</dt><dd>{_tag_list(fs.tags) or '–'}</dd><dt>source</dt><dd>{source_text}</dd>"
                     f"<dt>versions</dt><dd>{versions}</dd></dl>")
             if may(who, Action.READ_JOBS, resource):                 # as the statistics and freshness routes
-                body += statistics_section(fs)
+                body += statistics_section(fs, who, resource)
             schema = [(c.name, [escape(c.name), escape(c.type.value), "index column", ""]) for c in spec.index_columns]
             schema.append((spec.timestamp_column, [escape(spec.timestamp_column), "datetime", "timestamp", ""]))
             schema += [(f.name, [escape(f.name), escape(f.type.value), "feature", escape(f.description or "")])
