@@ -6,8 +6,6 @@ server itself)."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,8 +13,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-import uvicorn
-from redis_servers import free_port
+from app_server import served
 from repo_support import write_fs1_repo
 
 import gristmill as gm
@@ -39,17 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     access.add_principal("owner")
     access.grant("owner", "Owner", "store", by="test")
     token = access.create_token("owner")
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(store, auth=True), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", token
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(store, auth=True)) as url:
+        yield url, token
 
 
 def _client(server: tuple[str, str], *, signed_in: bool = True) -> httpx.Client:
