@@ -509,9 +509,11 @@ def add_ui(app: FastAPI, store: FeatureStore, access: AccessRecords, *, auth: bo
             pages.append(f"<span>page {number}</span>")
             if len(found) > number * JOBS_PER_PAGE:
                 pages.append(_link("/ui/jobs?" + urlencode({**query, "page_number": number + 1}), "older →"))
-            return page("Jobs", who, f"<h1>Jobs</h1>{notice}{filters}<p class='muted'>refreshes every 10 s</p>"
+            going = any(not job.status.finished for job in shown)    # refresh only while something can change
+            refreshing = "<p class='muted'>refreshes every 10 s while jobs are queued or running</p>" if going else ""
+            return page("Jobs", who, f"<h1>Jobs</h1>{notice}{filters}{refreshing}"
                                      f"{jobs_chart(shown)}<nav class='pages' aria-label='job pages'>{''.join(pages)}"
-                                     f"</nav>{_jobs_table(shown, actions)}", refresh=10)
+                                     f"</nav>{_jobs_table(shown, actions)}", refresh=10 if going else None)
 
         return signed_in(request, render)
 
