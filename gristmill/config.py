@@ -35,6 +35,8 @@ class OnlineStoreConfig(_Config):
     path: str = "online.db"              # SQLite file, relative to the store folder
     url: str | None = None               # Redis URL, e.g. redis://127.0.0.1:6379/0
     prefix: str = "gristmill"            # Redis key prefix (one per store sharing a server)
+    # Redis: how long a lookup or a write waits for Redis's reply before it fails (a served lookup: 503)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
 
 
 class EngineConfig(_Config):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gristmill import loop_bridge
 from gristmill.errors import RetrievalError, install_hint
 from gristmill.spec.types import FeatureType
 
@@ -182,6 +183,8 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
             keys = [tuple(_coerce_key(v, kind, name, request.label)
                           for v, kind, name in zip(values, key_types, key_names, strict=True))
                     for values in zip(*key_columns, strict=True)]
+        if not getattr(store, "loop_reads", False):
+            loop_bridge.blocking_io()              # a store that blocks its caller: not on an event loop
         found = _as_of(request.label, keys, store.read_stored(table, keys), now) if as_of \
             else store.read(table, keys, now=now)
         if explain is not None:

@@ -173,7 +173,8 @@ class FeatureStore:
             if cfg.type == "redis":
                 from gristmill.stores.online.redis import RedisOnlineStore
 
-                self._online_store = RedisOnlineStore(cfg.url or "redis://127.0.0.1:6379/0", prefix=cfg.prefix)
+                self._online_store = RedisOnlineStore(cfg.url or "redis://127.0.0.1:6379/0", prefix=cfg.prefix,
+                                                      socket_timeout=cfg.timeout_seconds)
             else:
                 from gristmill.stores.online.sqlite import SQLiteOnlineStore
 

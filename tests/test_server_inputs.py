@@ -228,6 +228,57 @@ def test_redis_down_is_503_with_retry_after_and_a_distinct_sdk_error(
     assert issubclass(gm.OnlineStoreError, gm.StoreUnavailableError)
 
 
+def test_a_redis_that_stops_answering_is_503_after_its_timeout_and_the_server_stays_up(tmp_path: Path) -> None:
+    """Lookups wait for Redis on the server's event loop: while Redis is frozen (alive, answering nothing)
+    each waiting lookup gets 503 after ``timeout_seconds``, and every other route answers meanwhile."""
+    import signal
+    import threading
+    import time
+
+    import httpx
+    import yaml
+
+    redis_server = RedisServer(tmp_path / "redis", persistent=False)
+    redis_server.start()
+    assert redis_server.process is not None
+    try:
+        store_path, tokens = make_store(tmp_path / "root", online_store=redis_server.url)
+        config_file = store_path / "featurestore.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["online_store"]["timeout_seconds"] = 1.5
+        config_file.write_text(yaml.safe_dump(config))
+        with serving(store_path, tokens) as running, running.client("reader") as http:
+            for _ in range(3):          # the first fills the caches (on a thread), the next ones use the loop's
+                assert http.post("/v1/online/features", json=ONLINE).json()["columns"]["f1"] == [5.0]
+            redis_server.process.send_signal(signal.SIGSTOP)
+            answers: list[httpx.Response] = []
+
+            def lookup() -> None:
+                with running.client("reader") as own:
+                    answers.append(own.post("/v1/online/features", json=ONLINE))
+
+            started = time.monotonic()
+            waiting = [threading.Thread(target=lookup) for _ in range(8)]
+            for thread in waiting:
+                thread.start()
+            time.sleep(0.3)
+            health = http.get("/health")                      # answered while the lookups wait
+            assert health.status_code == 200 and time.monotonic() - started < 1.4
+            for thread in waiting:
+                thread.join(30)
+            assert [a.status_code for a in answers] == [503] * 8, [a.text for a in answers]
+            assert all("cannot reach Redis" in a.json()["error"] and "1.5 s" in a.json()["error"] for a in answers), \
+                [a.json()["error"] for a in answers]
+            assert int(answers[0].headers["retry-after"]) > 0
+            assert time.monotonic() - started < 6
+            redis_server.process.send_signal(signal.SIGCONT)
+            assert http.post("/v1/online/features", json=ONLINE).json()["columns"]["f1"] == [5.0]
+    finally:
+        if redis_server.process.poll() is None:
+            redis_server.process.send_signal(signal.SIGCONT)
+        redis_server.kill()
+
+
 def test_a_server_that_cannot_be_reached_is_store_unavailable() -> None:
     from redis_servers import free_port
 

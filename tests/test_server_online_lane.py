@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,13 +20,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 from app_server import served
-from redis_servers import free_port
+from redis_servers import REDIS_URL, free_port
 from repo_support import set_limits, write_fs1_repo
 
 import gristmill as gm
 from gristmill.auth import AccessRecords
 from gristmill.server.app import create_app
+from gristmill.server.online import OnlineLane
 
 NOW = datetime(2024, 1, 10)
 FEATURES = [{"name": "x", "type": "double"}, {"name": "n", "type": "long"}, {"name": "at", "type": "datetime"},
@@ -41,6 +44,16 @@ class Lane:
     slow: str
     store: gm.FeatureStore
     tokens: dict[str, str]
+    app: Any
+    online_store: str
+
+    def answered(self) -> dict[str, int]:
+        """How many lookups the fast app's lane answered on its event loop and on its threads."""
+        layer = self.app.middleware_stack
+        while layer is not None and not isinstance(layer, OnlineLane):
+            layer = getattr(layer, "app", None)
+        assert layer is not None, "the app has no online lane"
+        return dict(layer.answered)
 
     def both(self, who: str | None, body: Any = None, *, content: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[httpx.Response, httpx.Response]:
@@ -72,14 +85,18 @@ def _rows() -> pa.Table:
     return table.append_column("small", pa.array([0.5, None, math.nan, 1.0, 2.0], type=pa.float32()))
 
 
-@pytest.fixture(scope="module")
-def lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def lane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
+    """The same store served twice, on SQLite (lookups on the lane's threads) and on Redis (lookups on the
+    event loop)."""
     root = tmp_path_factory.mktemp("lane")
     (root / "data").mkdir()
     pq.write_table(_rows(), root / "data" / "rows.parquet")
     repo = write_fs1_repo(root, source=root / "data" / "rows.parquet", features=FEATURES,
                           settings={"offline_enabled": False, "online_enabled": True})
-    gm.FeatureStore.init(root / "store", clock=lambda: NOW).close()
+    prefix = f"lane-{uuid.uuid4().hex[:12]}"
+    gm.FeatureStore.init(root / "store", clock=lambda: NOW, online_prefix=prefix,
+                         online_store=REDIS_URL if request.param == "redis" else None).close()
     set_limits(root / "store", {"online_request_max_keys": 50, "request_max_bytes": 20_000})
     store = gm.FeatureStore(root / "store", clock=lambda: NOW)
     assert store.apply(repo).ok
@@ -91,8 +108,14 @@ def lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lane]:
         if grant:
             access.grant(name, grant, by="test")
         tokens[name] = access.create_token(name)
-    with served(create_app(store)) as fast, served(create_app(store, fast_online=False)) as slow:
-        yield Lane(fast, slow, store, tokens)
+    fast_app = create_app(store)
+    with served(fast_app) as fast, served(create_app(store, fast_online=False)) as slow:
+        yield Lane(fast, slow, store, tokens, fast_app, request.param)
+    if request.param == "redis":
+        client = redis.Redis.from_url(REDIS_URL)
+        for name in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.unlink(name)
+        client.close()
 
 
 def _same(fast: httpx.Response, slow: httpx.Response, status: int) -> dict[str, Any]:
@@ -210,12 +233,19 @@ def test_many_threads_share_the_lane(lane: Lane) -> None:
             if got != [expected[k] for k in keys]:
                 problems.append(f"{keys}: {got}")
 
+    before = lane.answered()
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
     assert not problems, problems[:3]
+    after = lane.answered()
+    assert after["loop"] + after["threads"] - before["loop"] - before["threads"] == 16 * 40
+    if lane.online_store == "redis":               # waited for on the event loop, but for cache refreshes
+        assert after["loop"] - before["loop"] >= 16 * 40 // 2, (before, after)
+    else:                                          # SQLite blocks its caller: read on the lane's threads
+        assert after["loop"] == before["loop"] == 0
 
 
 def _comparable(values: list[Any]) -> list[Any]:

@@ -38,6 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
+from gristmill import loop_bridge
 from gristmill.errors import NotFoundError, RegistryError
 from gristmill.jobs.intervals import DataInterval, DataStatus, Timeline, naive_utc
 from gristmill.registry.registry import _WRITE_OPTION, Registry, version_key
@@ -514,6 +515,7 @@ class MaterializationRecords:
 
     @contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        loop_bridge.blocking_io()                  # a database round trip: never on the server's event loop
         try:
             self._ensure_tables()
             with self._registry.engine.connect() as conn:

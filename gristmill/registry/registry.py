@@ -24,6 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
 from sqlalchemy.pool import StaticPool
 
+from gristmill import loop_bridge
 from gristmill.errors import ConfigError, ImmutableError, NotFoundError, RegistryError, install_hint
 from gristmill.registry import models
 from gristmill.registry.search import query_terms, rank_feature, searchable_text
@@ -376,6 +377,7 @@ class Registry:
 
     @contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        loop_bridge.blocking_io()                  # a database round trip: never on the server's event loop
         try:
             with self._engine.connect() as conn:
                 if write:

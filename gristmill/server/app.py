@@ -403,8 +403,14 @@ def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = Tr
 
     ui_error = add_ui(app, store, access, auth=auth, may=may, anonymous=ANONYMOUS, visible=visible)
     if fast_online:
+        # lookups run on the event loop when the online store can wait for its replies there (Redis)
+        online_store = store.online_store
+        on_loop = getattr(online_store, "loop_reads", False)
         app.add_middleware(OnlineLane, principal=principal_of, answer=online_answer,   # outermost: added last
-                           most_bytes=store.config.limits.request_max_bytes, handlers=app.exception_handlers)
+                           most_bytes=store.config.limits.request_max_bytes, handlers=app.exception_handlers,
+                           on_loop=on_loop)
+        if on_loop:
+            app.router.on_shutdown.append(online_store.close_loop_channels)
     return app
 
 

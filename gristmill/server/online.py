@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gristmill import loop_bridge
 from gristmill.server.inputs import MAX_FEATURES, MAX_REFERENCE_LENGTH
 from gristmill.server.limits import LimitExceeded
 
@@ -133,14 +134,18 @@ class OnlineLane:
     ``answer(principal, query)`` is the route's own work and returns the response body."""
 
     def __init__(self, app: Any, *, principal: Callable[[str], str], answer: Callable[[str, OnlineQuery], bytes],
-                 most_bytes: int, handlers: dict[Any, Callable[..., Any]]) -> None:
+                 most_bytes: int, handlers: dict[Any, Callable[..., Any]], on_loop: bool = False) -> None:
         self.app = app
+        self.on_loop = on_loop and loop_bridge.available()
         self.principal = principal
         self.answer = answer
         self.most_bytes = most_bytes
         self.handlers = handlers
         self._pool = ThreadPoolExecutor(LANE_THREADS, thread_name_prefix="online")
-        self._waiting = 0                   # lookups handed to the pool and not answered yet (event loop only)
+        self._waiting = 0                   # lookups being answered (event loop only)
+        #: lookups answered on the event loop and on the lane's threads (the first of a token, a feature list
+        #: or every few seconds a cache refresh reads the registry: those go to a thread)
+        self.answered = {"loop": 0, "threads": 0}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["path"] != ONLINE_PATH or scope["method"] != "POST"
@@ -182,10 +187,19 @@ class OnlineLane:
         if query is None:
             await self.app(scope, _replay(chunks, receive, more=more), send)
             return
-        loop = asyncio.get_running_loop()
         self._waiting += 1
         try:
-            body = await loop.run_in_executor(self._pool, self._work, authorization or "", query)
+            body = None
+            if self.on_loop and not query.explain:
+                try:
+                    body = await loop_bridge.run_on_loop(self._work, authorization or "", query)
+                    self.answered["loop"] += 1
+                except loop_bridge.WouldBlock:        # a cache to fill from the registry, a store that blocks
+                    pass
+            if body is None:
+                body = await asyncio.get_running_loop().run_in_executor(self._pool, self._work, authorization or "",
+                                                                        query)
+                self.answered["threads"] += 1
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:

@@ -2,13 +2,17 @@
 
 Each test runs against the in-memory reference, SQLite (a file in ``tmp_path``) and Redis (the server at
 ``GRISTMILL_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/0``, under a fresh key prefix that is
-deleted afterwards). A store that cannot meet a test gets an explicit marker here, not a silent skip.
+deleted afterwards), a private Redis Cluster, and both Redis stores again with their reads run on an event
+loop as the server's online route runs them. A store that cannot meet a test gets an explicit marker here,
+not a silent skip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +26,7 @@ import pyarrow as pa
 import pytest
 from redis_servers import REDIS_URL
 
+from gristmill import loop_bridge
 from gristmill.errors import GristmillError, RetrievalError
 from gristmill.spec.types import FeatureType
 from gristmill.stores.online.base import CREATE_TIMESTAMP, EVENT_TIMESTAMP, OnlineStore, OnlineTable
@@ -98,12 +103,76 @@ def _redis_store(url: str = REDIS_URL) -> Iterator[OnlineStore]:
         store.close()
 
 
+class OnLoop:
+    """A store whose lookups run on an event loop, as the server's online route runs them
+    (``gristmill.loop_bridge``): reads wait for Redis on the loop's pipelined connection, and a read that
+    would block (the first, which asks the server whether it is a cluster) runs directly, as the route
+    then runs it on a thread."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.loops: list[asyncio.AbstractEventLoop] = []      # one per thread that reads
+        self._local = threading.local()
+        self.on_loop = self.off_loop = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+            self.loops.append(loop)
+        return loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def _run(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            answer = self.loop.run_until_complete(loop_bridge.run_on_loop(lambda: method(*args, **kwargs)))
+        except loop_bridge.WouldBlock:
+            self.off_loop += 1
+            return method(*args, **kwargs)
+        self.on_loop += 1
+        return answer
+
+    def read(self, table: OnlineTable, keys: Any, *, now: datetime) -> Any:
+        return self._run(self.store.read, table, keys, now=now)
+
+    def read_stored(self, table: OnlineTable, keys: Any) -> Any:
+        return self._run(self.store.read_stored, table, keys)
+
+    def close(self) -> None:
+        async def closed() -> None:
+            self.store.close_loop_channels()
+
+        for loop in self.loops:
+            loop.run_until_complete(closed())
+            loop.close()
+        self.loops.clear()
+        assert self.off_loop <= 1, f"{self.off_loop} reads could not run on a loop"
+
+
+def _on_loop(stores: Iterator[OnlineStore]) -> Iterator[OnlineStore]:
+    store = next(stores)
+    wrapped = OnLoop(store)
+    try:
+        yield wrapped                                            # type: ignore[misc]
+    finally:
+        if wrapped.loops:
+            wrapped.close()
+        next(stores, None)
+
+
 STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[OnlineStore]]] = {
     "memory": lambda request, tmp_path: iter([InMemoryOnlineStore()]),
     "sqlite": lambda request, tmp_path: iter([SQLiteOnlineStore(tmp_path / "online.db")]),
     "redis": lambda request, tmp_path: _redis_store(),
     # a private three-primary cluster (tests/redis_servers.py): keys spread over nodes by hash slot
     "redis-cluster": lambda request, tmp_path: _redis_store(request.getfixturevalue("redis_cluster").url),
+    # the same stores read as the server reads them: on its event loop
+    "redis-on-loop": lambda request, tmp_path: _on_loop(_redis_store()),
+    "redis-cluster-on-loop": lambda request, tmp_path: _on_loop(
+        _redis_store(request.getfixturevalue("redis_cluster").url)),
 }
 
 

@@ -36,6 +36,7 @@ off the socket, this module routes keys to nodes and holds the write script.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -51,10 +52,19 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import pyarrow as pa
 
+from gristmill import loop_bridge
 from gristmill.errors import install_hint
 from gristmill.stores.online.encoding import OnlineStoreError, prepare_rows, to_micros
 from gristmill.stores.online.redis_records import RecordLayout
-from gristmill.stores.online.redis_wire import Batch, Channel, bulk, replies_of, script_calls
+from gristmill.stores.online.redis_wire import (
+    Batch,
+    Channel,
+    LoopChannel,
+    bulk,
+    hiredis_reader,
+    replies_of,
+    script_calls,
+)
 
 if TYPE_CHECKING:
     from gristmill.stores.online.base import OnlineTable, StoredRow
@@ -384,6 +394,8 @@ class RedisOnlineStore:
     keeps_expired_rows = False
     #: Spark executors write to it in parallel, each with its own connection (the store pickles as its settings)
     executor_writes = True
+    #: lookups may run on an event loop (``loop_bridge``): they wait for Redis without blocking it
+    loop_reads = True
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "gristmill",
                  socket_timeout: float = 30.0) -> None:
@@ -400,6 +412,9 @@ class RedisOnlineStore:
         self._local = threading.local()           # per thread: a connection per node for lookups (_request)
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()   # a thread's go when the thread goes
         self._channels_lock = threading.Lock()
+        # per event loop: a pipelined connection per node for lookups run on that loop (_request)
+        self._loop_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopChannel]] = \
+            weakref.WeakKeyDictionary()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its settings (for Spark executors): the copy opens its own connections."""
@@ -522,6 +537,7 @@ class RedisOnlineStore:
         """The routing of keys to nodes; on first use asks the server whether it is part of a cluster."""
         route = self._route_
         if route is None:
+            loop_bridge.blocking_io()              # asks the server: not on an event loop
             with self._route_lock:
                 route = self._route_
                 if route is None:
@@ -533,6 +549,48 @@ class RedisOnlineStore:
                                                         socket_connect_timeout=5.0)
                     route = self._route_ = _Route(self._client, cluster)
         return route
+
+    def _loop_channel(self, node: _Node) -> LoopChannel:
+        """The running event loop's connection to ``node`` (``WouldBlock`` where hiredis, which parses the
+        replies, is missing)."""
+        loop = asyncio.get_running_loop()
+        channels = self._loop_channels.get(loop)
+        if channels is None:
+            if hiredis_reader() is None:
+                raise loop_bridge.WouldBlock
+            channels = self._loop_channels[loop] = {}
+        channel = channels.get(node.name)
+        if channel is None:
+            import redis
+
+            channel = channels[node.name] = LoopChannel(lambda: self._open_stream(node), timeout=self._socket_timeout,
+                                                        errors=(redis.ConnectionError, redis.TimeoutError))
+        return channel
+
+    async def _open_stream(self, node: _Node) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to ``node`` (authenticated, database selected, TLS as the URL says), as streams."""
+        from redis.asyncio import ConnectionPool
+
+        pool = ConnectionPool.from_url(self.url, socket_connect_timeout=5.0)
+        if node.name != "server":                  # a cluster primary: the URL's settings, the node's address
+            host, _, port = node.name.rpartition(":")
+            pool.connection_kwargs.update(host=host, port=int(port))
+        connection = pool.make_connection()
+        await connection.connect()
+        reader, writer = connection._reader, connection._writer
+        connection._reader = connection._writer = None    # the streams are the channel's now
+        if reader is None or writer is None:
+            raise ConnectionError("no stream after connecting")
+        return reader, writer
+
+    def close_loop_channels(self) -> None:
+        """Close the running event loop's lookup connections (at server shutdown)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for channel in self._loop_channels.pop(loop, {}).values():
+            channel.close()
 
     def _where(self, node: _Node) -> str:
         return _redacted(self.url) if node.name == "server" else f"{node.name} (cluster of {_redacted(self.url)})"
@@ -663,6 +721,7 @@ class RedisOnlineStore:
             if not moved:
                 return out
             if attempt < self.read_redirect_attempts:
+                loop_bridge.blocking_io()          # pauses and re-reads the slot map: not on an event loop
                 time.sleep(0.02 * 2 ** attempt)
                 route.refresh(seen=seen)
                 todo = moved
@@ -687,7 +746,9 @@ class RedisOnlineStore:
     def _request(self, node: _Node, commands: list[bytes], replies: int) -> list[Any]:
         """Send ``commands`` (idempotent reads) on this thread's connection to ``node`` and read ``replies``
         replies (error replies returned as exceptions). A connection found dead (e.g. after a server restart)
-        is replaced once."""
+        is replaced once. On an event loop (``loop_bridge``) the request goes out on the loop's connection."""
+        if loop_bridge.on_loop():
+            return loop_bridge.await_io(self._loop_channel(node).request(commands, replies))
         channels: dict[str, Channel] | None = getattr(self._local, "channels", None)
         if channels is None:
             channels = self._local.channels = {}

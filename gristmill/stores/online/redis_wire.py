@@ -3,7 +3,9 @@ replies parsed by hiredis straight off a connection's socket."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ from gristmill.stores.online.redis_records import Framed, RecordLayout
 if TYPE_CHECKING:
     from gristmill.stores.online.base import OnlineTable
 
-__all__ = ["Batch", "Channel", "bulk", "replies_of", "script_calls"]
+__all__ = ["Batch", "Channel", "LoopChannel", "bulk", "replies_of", "script_calls"]
 
 
 def bulk(value: bytes) -> bytes:
@@ -75,7 +77,7 @@ class Batch:
         return Framed(pc.binary_join_element_wise(*parts, b"")).slice(0, len(self))
 
 
-def _hiredis_reader() -> Any | None:
+def hiredis_reader() -> Any | None:
     try:
         import hiredis
     except ImportError:
@@ -90,7 +92,7 @@ def replies_of(connection: Any) -> Callable[[int], list[Any]]:
     ``read_response``, which matters for one reply per row); the connection must not be read otherwise
     meanwhile."""
     sock = getattr(connection, "_sock", None)
-    reader = _hiredis_reader()
+    reader = hiredis_reader()
     if reader is None or sock is None:
         from redis import exceptions
 
@@ -147,6 +149,127 @@ class Channel:
         self.connection.disconnect()
 
 
+
+
+class LoopChannel:
+    """A connection for lookups made on an event loop (``loop_bridge``): requests from concurrent lookups are
+    pipelined on it, the commands of one loop iteration sent in one write, and the replies, parsed by hiredis
+    as they arrive, handed back in order. A lookup waits at most ``timeout`` seconds for its replies; past
+    that the connection is closed (every lookup behind the late reply would wait too) and each waiting lookup
+    gets a ``TimeoutError``; the next lookup connects again.
+
+    ``connect()`` opens the stream (authenticated, database selected) and returns its reader, writer and a
+    close function."""
+
+    def __init__(self, connect: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+                 *, timeout: float, errors: tuple[type[BaseException], type[BaseException]]) -> None:
+        self._connect = connect
+        self.timeout = timeout
+        self._closed_error, self._timeout_error = errors      # redis-py's ConnectionError and TimeoutError
+        self._writer: asyncio.StreamWriter | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        self._out: list[bytes] = []
+        self._flush_at: asyncio.Handle | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Lookups waiting for replies on this connection."""
+        return len(self._waiting)
+
+    async def request(self, commands: list[bytes], replies: int) -> list[Any]:
+        """Send ``commands`` and return their ``replies`` replies (error replies as exceptions, not raised)."""
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            await self._open(loop)
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((done, replies, []))
+        self._out.extend(commands)
+        if self._flush_at is None:
+            self._flush_at = loop.call_soon(self._flush)
+        timer = loop.call_later(self.timeout, self._late, done)
+        try:
+            return await done
+        finally:
+            timer.cancel()
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._opening is None:                      # one connect for the lookups that arrive meanwhile
+            self._opening = loop.create_future()
+            try:
+                reader, writer = await asyncio.wait_for(self._connect(), self.timeout)
+            except BaseException as exc:
+                opening, self._opening = self._opening, None
+                failure = (self._timeout_error(f"Redis did not answer within {self.timeout:g} s of connecting")
+                           if isinstance(exc, TimeoutError) else self._closed_error(f"cannot connect: {exc}"))
+                opening.set_exception(failure)
+                opening.exception()                     # retrieved: whoever waits on it raises it
+                if isinstance(exc, Exception):
+                    raise failure from exc
+                raise
+            self._writer = writer
+            self._reading = loop.create_task(self._read(reader, hiredis_reader()))
+            opening, self._opening = self._opening, None
+            opening.set_result(None)
+        else:
+            await asyncio.shield(self._opening)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        if self._writer is not None and self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._writer.write(data)
+
+    async def _read(self, stream: asyncio.StreamReader, parser: Any) -> None:
+        waiting = self._waiting
+        gets = parser.gets
+        try:
+            while True:
+                data = await stream.read(1 << 20)
+                if not data:
+                    self.close(self._closed_error("Redis closed the connection"))
+                    return
+                parser.feed(data)
+                reply = gets()
+                while reply is not False:
+                    if not waiting:
+                        self.close(self._closed_error("Redis sent a reply nobody asked for"))
+                        return
+                    done, count, got = waiting[0]
+                    got.append(reply)
+                    if len(got) == count:
+                        waiting.popleft()
+                        if not done.done():
+                            done.set_result(got)
+                    reply = gets()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.close(self._closed_error(f"reading from Redis failed: {exc}"))
+
+    def _late(self, done: asyncio.Future[list[Any]]) -> None:
+        if not done.done():
+            self.close(self._timeout_error(f"Redis did not answer within {self.timeout:g} s"))
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the connection; lookups waiting on it get ``error`` (a ``ConnectionError`` by default)."""
+        writer, self._writer = self._writer, None
+        reading, self._reading = self._reading, None
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        self._out.clear()
+        if reading is not None and reading is not asyncio.current_task():
+            reading.cancel()
+        if writer is not None:
+            writer.close()
+        failure = error or self._closed_error("the connection was closed")
+        while self._waiting:
+            done, _, _ = self._waiting.popleft()
+            if not done.done():
+                done.set_exception(failure)
 
 
 def script_calls(batch: Batch, *, sha: str, offset_ms: int, rows_per_call: int) -> list[tuple[bytes, np.ndarray]]:
