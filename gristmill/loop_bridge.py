@@ -15,12 +15,20 @@ their threads.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
-__all__ = ["WouldBlock", "available", "await_io", "blocking_io", "on_loop", "run_on_loop"]
+__all__ = ["TimedCache", "WouldBlock", "available", "await_io", "blocking_io", "on_loop", "run_on_loop"]
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+log = logging.getLogger("gristmill.server")
 
 try:
     from greenlet import getcurrent, greenlet
@@ -76,3 +84,91 @@ async def run_on_loop(function: Callable[..., T], *args: Any) -> T:
         else:
             step = call.switch(result)
     return step                                     # type: ignore[no-any-return]
+
+
+class TimedCache(Generic[K, V]):
+    """Values remembered for ``seconds`` (``seconds`` <= 0: nothing is remembered).
+
+    On the event loop (inside ``run_on_loop``) a value up to ``seconds`` past its time is still served while
+    one background thread loads it again: the lookups that arrive meanwhile neither wait for the registry nor
+    pile onto threads together. A reload that fails drops the value (the next caller loads it and sees the
+    error). ``clear`` and ``discard`` also void the loads already under way, which could otherwise put back
+    what was just taken away (a revoked token)."""
+
+    def __init__(self, seconds: float, *, most: int = 10_000) -> None:
+        self.seconds = seconds
+        self.most = most
+        self._items: dict[K, tuple[float, V]] = {}
+        self._generation = 0
+        self._reloading: set[K] = set()
+        self._lock = threading.Lock()
+
+    def get(self, key: K, load: Callable[[], V]) -> V:
+        """The value of ``key``, from ``load()`` when it is not remembered (or too old)."""
+        if self.seconds <= 0:
+            return load()
+        hit = self._items.get(key)
+        if hit is not None:
+            now = time.monotonic()
+            if now < hit[0]:
+                return hit[1]
+            if now < hit[0] + self.seconds and on_loop():
+                self._reload(key, load)
+                return hit[1]
+        generation = self._generation
+        value = load()
+        self._keep(key, value, generation)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._items.clear()
+
+    def discard(self, key: K) -> None:
+        with self._lock:
+            self._generation += 1
+            self._items.pop(key, None)
+
+    def _keep(self, key: K, value: V, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:       # cleared since the load began: it may be outdated
+                return
+            if len(self._items) >= self.most and key not in self._items:
+                self._items.clear()
+            self._items[key] = (time.monotonic() + self.seconds, value)
+
+    def _reload(self, key: K, load: Callable[[], V]) -> None:
+        with self._lock:
+            if key in self._reloading:
+                return
+            self._reloading.add(key)
+            generation = self._generation
+
+        def reload() -> None:
+            try:
+                value = load()
+            except Exception as exc:
+                log.debug("reloading a cached value failed: %s", exc)
+                with self._lock:
+                    self._items.pop(key, None)
+            else:
+                self._keep(key, value, generation)
+            finally:
+                with self._lock:
+                    self._reloading.discard(key)
+
+        _reloader().submit(reload)
+
+
+_reloader_pool: ThreadPoolExecutor | None = None
+_reloader_lock = threading.Lock()
+
+
+def _reloader() -> ThreadPoolExecutor:
+    """The threads that reload cached values in the background (two: a slow registry holds few)."""
+    global _reloader_pool
+    with _reloader_lock:
+        if _reloader_pool is None:
+            _reloader_pool = ThreadPoolExecutor(2, thread_name_prefix="cache-reload")
+        return _reloader_pool

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from gristmill.compute.sources import is_uri, resolve_local
 from gristmill.config import CONFIG_FILE_NAME, EngineConfig, OnlineStoreConfig, RegistryConfig, StoreConfig
 from gristmill.errors import ConfigError, DataLossError, NotFoundError, RetrievalError, SpecError
 from gristmill.jobs.intervals import DataStatus
+from gristmill.loop_bridge import TimedCache
 from gristmill.materialization import Materializer
 from gristmill.retrieval import plan_requests, references
 from gristmill.spec.entity import Entity
@@ -79,8 +79,9 @@ class FeatureStore:
         self._materializer: Materializer | None = None
         self._clock = clock or _utc_now
         self._spec_cache: dict[tuple[str, str], FeatureSet] = {}
-        self._online_tables: dict[tuple[str, str], tuple[float, OnlineTable]] = {}
-        self._online_plans: dict[Any, tuple[float, list[FeatureSetRequest], list[OnlineTable]]] = {}
+        self._online_tables: TimedCache[tuple[str, str], OnlineTable] = TimedCache(_ONLINE_TABLE_TTL)
+        self._online_plans: TimedCache[Any, tuple[list[FeatureSetRequest], list[OnlineTable]]] = TimedCache(
+            _ONLINE_TABLE_TTL, most=1_000)
         self._peers: dict[str, FeatureStore] = {}
 
     @classmethod
@@ -431,7 +432,7 @@ class FeatureStore:
         updated = self.get_feature_set(name, version)
         self._refuse_data_loss(current, updated, allow=True)      # asked for explicitly: logs what it drops
         self.materializer.sync_settings(updated)
-        self._online_tables.pop((name, str(version)), None)
+        self._online_tables.discard((name, str(version)))
         self._online_plans.clear()
         return updated
 
@@ -666,20 +667,15 @@ class FeatureStore:
 
         # The plan for a feature list is cached for a few seconds: parsing and resolving it costs more than
         # the store round trip of a 1-key lookup.
-        cache_key = (tuple(features), full_feature_names) if isinstance(features, list | tuple) and all(
-            isinstance(f, str) for f in features) else None
-        cached = self._online_plans.get(cache_key) if cache_key is not None else None
-        if cached is not None and time.monotonic() - cached[0] < _ONLINE_TABLE_TTL:
-            requests, tables = cached[1], cached[2]
-        else:
+        def plan() -> tuple[list[FeatureSetRequest], list[OnlineTable]]:
             requests = plan_requests(references(features), self._resolve,
                                      full_feature_names=full_feature_names, store_name=self.name)
-            tables = [(self if r.store is None else self.peer(r.store))._online_table(*r.feature_set)
-                      for r in requests]
-            if cache_key is not None:
-                if len(self._online_plans) > 1_000:
-                    self._online_plans.clear()
-                self._online_plans[cache_key] = (time.monotonic(), requests, tables)
+            return requests, [(self if r.store is None else self.peer(r.store))._online_table(*r.feature_set)
+                              for r in requests]
+
+        cache_key = (tuple(features), full_feature_names) if isinstance(features, list | tuple) and all(
+            isinstance(f, str) for f in features) else None
+        requests, tables = plan() if cache_key is None else self._online_plans.get(cache_key, plan)
         stores = [self.online_store if r.store is None else self.peer(r.store).online_store for r in requests]
         at = self.now() if now is None else to_utc_naive(now, name="now")
         return lookup(requests, tables, stores, observations, now=at, as_of=now is not None,
@@ -742,17 +738,15 @@ class FeatureStore:
 
     def _online_table(self, name: str, version: str) -> OnlineTable:
         """The online table of a version; its materialization version is re-read every few seconds."""
-        cached = self._online_tables.get((name, version))
-        if cached is not None and time.monotonic() - cached[0] < _ONLINE_TABLE_TTL:
-            return cached[1]
-        feature_set = self._cached_feature_set(name, version)
-        state = self.materializer.records.state(name, version, "online")
-        if not state.enabled:
-            raise RetrievalError(f"{name}:{version} is not materialized online; set "
-                                 "materialization_settings.online_enabled: true and backfill it")
-        table = self.materializer.online_table(feature_set, state.materialization_version)
-        self._online_tables[(name, version)] = (time.monotonic(), table)
-        return table
+        def load() -> OnlineTable:
+            feature_set = self._cached_feature_set(name, version)
+            state = self.materializer.records.state(name, version, "online")
+            if not state.enabled:
+                raise RetrievalError(f"{name}:{version} is not materialized online; set "
+                                     "materialization_settings.online_enabled: true and backfill it")
+            return self.materializer.online_table(feature_set, state.materialization_version)
+
+        return self._online_tables.get((name, version), load)
 
 
 class MissingParentError(SpecError, NotFoundError):

@@ -249,3 +249,78 @@ def test_the_store_reads_on_the_loop_with_its_url_settings(tmp_path: Path) -> No
         store.close()
     finally:
         server.kill()
+
+
+def test_a_timed_cache_serves_a_stale_value_on_the_loop_while_one_thread_reloads_it() -> None:
+    import threading
+
+    cache: loop_bridge.TimedCache[str, int] = loop_bridge.TimedCache(0.2)
+    loads: list[str] = []
+    release = threading.Event()
+
+    def load(value: int, *, wait: bool = False) -> Any:
+        def run() -> int:
+            loads.append(threading.current_thread().name)
+            if wait:
+                assert release.wait(10)
+            return value
+        return run
+
+    assert cache.get("k", load(1)) == 1
+    assert cache.get("k", load(2)) == 1                       # fresh: remembered
+    time.sleep(0.25)
+    assert cache.get("k", load(3)) == 3                       # expired, off the loop: loaded here
+    time.sleep(0.25)
+
+    async def stale_reads() -> list[int]:
+        return [await loop_bridge.run_on_loop(cache.get, "k", load(4, wait=True)) for _ in range(5)]
+
+    assert asyncio.run(stale_reads()) == [3] * 5              # no waiting; one reload under way
+    deadline = time.monotonic() + 10
+    while len(loads) < 3 and time.monotonic() < deadline:     # the reload's thread starts
+        time.sleep(0.01)
+    assert len(loads) == 3 and loads[:2] == ["MainThread"] * 2 and loads[2].startswith("cache-reload")
+    release.set()
+    time.sleep(0.1)
+    assert cache.get("k", load(99)) == 4                      # the reload's value, fresh
+    assert len(loads) == 3
+
+
+def test_a_timed_cache_forgets_what_was_discarded_during_a_reload_and_what_failed_to_reload() -> None:
+    import threading
+
+    cache: loop_bridge.TimedCache[str, str] = loop_bridge.TimedCache(0.1)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        assert release.wait(10)
+        return "outdated"
+
+    def fails() -> str:
+        raise RuntimeError("registry down")
+
+    cache.get("token", lambda: "valid")
+    time.sleep(0.15)
+    assert asyncio.run(loop_bridge.run_on_loop(cache.get, "token", slow)) == "valid"
+    assert started.wait(10)
+    cache.discard("token")                                    # revoked while the reload runs
+    release.set()
+    time.sleep(0.1)
+    with pytest.raises(loop_bridge.WouldBlock):               # nothing remembered: the loop must not load it
+        asyncio.run(loop_bridge.run_on_loop(cache.get, "token", lambda: loop_bridge.blocking_io()))
+    assert cache.get("token", lambda: "fresh") == "fresh"
+
+    time.sleep(0.15)
+    assert asyncio.run(loop_bridge.run_on_loop(cache.get, "token", fails)) == "fresh"   # stale, reload fails
+    deadline = time.monotonic() + 10
+    while True:                                               # ... and the value is dropped
+        try:
+            asyncio.run(loop_bridge.run_on_loop(cache.get, "token", lambda: loop_bridge.blocking_io()))
+        except loop_bridge.WouldBlock:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    off: loop_bridge.TimedCache[str, int] = loop_bridge.TimedCache(0)
+    counter = iter(range(10))
+    assert [off.get("k", lambda: next(counter)) for _ in range(3)] == [0, 1, 2]   # 0 s: nothing remembered

@@ -49,11 +49,9 @@ class Lane:
 
     def answered(self) -> dict[str, int]:
         """How many lookups the fast app's lane answered on its event loop and on its threads."""
-        layer = self.app.middleware_stack
-        while layer is not None and not isinstance(layer, OnlineLane):
-            layer = getattr(layer, "app", None)
-        assert layer is not None, "the app has no online lane"
-        return dict(layer.answered)
+        lane = self.app.online_lane
+        assert isinstance(lane, OnlineLane), "the app has no online lane"
+        return dict(lane.answered)
 
     def both(self, who: str | None, body: Any = None, *, content: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[httpx.Response, httpx.Response]:

@@ -23,20 +23,19 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 
 from gristmill.auth.roles import PERMISSIONS, AccessDeniedError, Action, Resource, Role, Scope
 from gristmill.errors import GristmillError, NotFoundError
+from gristmill.loop_bridge import TimedCache
 from gristmill.registry.materialization import NAME, TIMESTAMP, MaterializationRecords, _aware_utc, metadata
 
 __all__ = ["AccessRecords", "AuditEntry", "Grant", "Principal", "TokenInfo"]
 
-T = TypeVar("T")
 
 principals = sa.Table(
     "principals", metadata,
@@ -158,7 +157,8 @@ class AccessRecords:
         registry round trips."""
         self.records = records
         self.cache_seconds = cache_seconds
-        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._tokens: TimedCache[str, str] = TimedCache(cache_seconds)
+        self._grants_of: TimedCache[str, list[Grant]] = TimedCache(cache_seconds)
         self._refusals: dict[str, float] = {}
         self._denials: dict[tuple[str, str, str], _Refusals] = {}
         self._denials_lock = threading.RLock()
@@ -203,7 +203,8 @@ class AccessRecords:
             conn.execute(sa.delete(principals).where(principals.c.name == name))
             _audit(conn, by, "access.principal.remove", f"{row[0]} {name}", allowed=True,
                    detail=f"{removed_tokens} token(s) and {removed_grants} grant(s) removed")
-        self._cache.clear()                 # its tokens and grants must stop working now, not in a few seconds
+        self._tokens.clear()                # its tokens and grants must stop working now, not in a few seconds
+        self._grants_of.clear()
         return removed_tokens, removed_grants
 
     def list_tokens(self, principal: str | None = None) -> list[TokenInfo]:
@@ -266,11 +267,11 @@ class AccessRecords:
             if not conn.execute(sa.update(tokens).where(tokens.c.id == token_id).values(revoked_at=_now())).rowcount:
                 raise NotFoundError(f"token {token_id} not found")
             _audit(conn, by, "access.token.revoke", f"token:{token_id}", allowed=True)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != "token"}
+        self._tokens.clear()
 
     def authenticate(self, token: str | None) -> str:
         """The principal a bearer token belongs to, or ``AccessDeniedError`` (unknown, expired, revoked)."""
-        return self._cached("token", token or "", lambda: self._authenticate(token))
+        return self._tokens.get(token or "", lambda: self._authenticate(token))   # errors are not remembered
 
     def _authenticate(self, token: str | None) -> str:
         parts = (token or "").split("_", 2)
@@ -328,7 +329,7 @@ class AccessRecords:
                 conn.execute(sa.insert(grants).values(principal=principal, role=role.value, scope=str(scope),
                                                       granted_at=_now(), granted_by=by))
             _audit(conn, by, "access.grant", f"{principal} {role.value} on {scope}", allowed=True)
-        self._cache.pop(("grants", principal), None)
+        self._grants_of.discard(principal)
         return next(g for g in self.grants(principal) if g.role == role and g.scope == scope)
 
     def revoke(self, principal: str, role: Role | str, scope: Scope | str = "store", *, by: str) -> None:
@@ -341,11 +342,11 @@ class AccessRecords:
             if not removed:
                 raise NotFoundError(f"{principal} has no {role.value} grant on {scope}")
             _audit(conn, by, "access.revoke", f"{principal} {role.value} on {scope}", allowed=True)
-        self._cache.pop(("grants", principal), None)
+        self._grants_of.discard(principal)
 
     def grants(self, principal: str | None = None) -> list[Grant]:
         if principal is not None:
-            return self._cached("grants", principal, lambda: self._grants(principal))
+            return self._grants_of.get(principal, lambda: self._grants(principal))
         return self._grants(None)
 
     def _grants(self, principal: str | None) -> list[Grant]:
@@ -428,20 +429,6 @@ class AccessRecords:
             rows = conn.execute(query).mappings().all()
         return [AuditEntry(_aware_utc(r["at"]), r["principal"], r["action"], r["resource"], bool(r["allowed"]),
                            r["detail"], r["count"] or 1) for r in rows]
-
-
-    def _cached(self, kind: str, key: str, load: Callable[[], T]) -> T:
-        if self.cache_seconds <= 0:
-            return load()
-        now = time.monotonic()
-        hit = self._cache.get((kind, key))
-        if hit is not None and hit[0] > now:
-            return hit[1]                                       # type: ignore[no-any-return]
-        value = load()                                          # errors (bad tokens) are not cached
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[(kind, key)] = (now + self.cache_seconds, value)
-        return value
 
 
 def _audit(conn: sa.Connection, principal: str, action: str, resource: str, *, allowed: bool,

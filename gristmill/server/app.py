@@ -113,13 +113,30 @@ def app_from_environment() -> FastAPI:
     return create_app(FeatureStore(os.environ[SERVE_STORE]), auth=os.environ.get(SERVE_AUTH, "1") != "0")
 
 
+class _App(FastAPI):
+    """The server's app: online lookups go to its fast lane (``server/online.py``) before any of the
+    framework's own layers; everything else, and what the lane hands back, to the framework."""
+
+    online_lane: OnlineLane | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.online_lane is not None and scope["type"] == "http":
+            await self.online_lane(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def framework(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The framework's handling of a request (routes, middleware, exception handlers)."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = True) -> FastAPI:
     """The HTTP app of ``store``. ``auth=False`` (local development only) lets every caller do everything
     as ``anonymous``. ``fast_online=False`` leaves online lookups to the framework's route (same answers,
     slower: for comparisons)."""
     access = AccessRecords(store.materializer.records, cache_seconds=CACHE_SECONDS)
     visible = Visibility(store, access, auth=auth)       # unreadable = missing; secrets to Owners only
-    app = FastAPI(title=f"Gristmill feature store {store.name}", version="1",
+    app = _App(title=f"Gristmill feature store {store.name}", version="1",
                   description="Online features, catalog, search and materialization jobs of one feature store.",
                   docs_url=None, redoc_url=None)
     _add_docs(app)
@@ -406,9 +423,9 @@ def create_app(store: FeatureStore, *, auth: bool = True, fast_online: bool = Tr
         # lookups run on the event loop when the online store can wait for its replies there (Redis)
         online_store = store.online_store
         on_loop = getattr(online_store, "loop_reads", False)
-        app.add_middleware(OnlineLane, principal=principal_of, answer=online_answer,   # outermost: added last
-                           most_bytes=store.config.limits.request_max_bytes, handlers=app.exception_handlers,
-                           on_loop=on_loop)
+        app.online_lane = OnlineLane(app.framework, principal=principal_of, answer=online_answer,
+                                     most_bytes=store.config.limits.request_max_bytes,
+                                     handlers=app.exception_handlers, on_loop=on_loop)
         if on_loop:
             app.router.on_shutdown.append(online_store.close_loop_channels)
     return app

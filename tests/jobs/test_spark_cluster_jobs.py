@@ -160,6 +160,14 @@ def test_backfill_retrieval_and_schedule_through_spark_connect_equal_duckdb(spar
     assert _online(stores["connect"]) == _online(stores["duckdb"])
 
 
+def _frames_equal(left: pd.DataFrame, right: pd.DataFrame) -> bool:
+    try:
+        pd.testing.assert_frame_equal(left, right)
+    except AssertionError:
+        return False
+    return True
+
+
 def test_connect_server_killed_mid_backfill_fails_the_job_and_the_retry_matches_duckdb(
         spark_cluster: SparkCluster, tmp_path: Path) -> None:
     stores = _stores(tmp_path, spark_cluster.remote)
@@ -187,13 +195,17 @@ def test_connect_server_killed_mid_backfill_fails_the_job_and_the_retry_matches_
     assert "Spark Connect server" in failed[0]["error"] and "Traceback" not in failed[0]["error"], failed[0]
     intervals = json.loads(gristmill("status", "fs1:1", "--json", "--store", stores["connect"]).stdout)
     assert any(i["status"] == "Incomplete" for i in intervals if i["store"] == "offline"), intervals
-    pd.testing.assert_frame_equal(_offline(stores["connect"]), before)    # the old window only, no half window
+    assert_ok(gristmill("backfill", "fs1:1", "--start", START.isoformat(), "--end", END.isoformat(),
+                        "--store", stores["duckdb"]))
+    # no half window: the old window only (killed before the offline commit) or the whole new window too
+    # (killed after it, e.g. while the job computed its statistics; the job still failed, the retry rewrites it)
+    left = _offline(stores["connect"])
+    whole = _offline(stores["duckdb"])
+    assert _frames_equal(left, before) or _frames_equal(left, whole), (len(left), len(before), len(whole))
     assert _stray_files(stores["connect"]) == []
     # the retry completes and matches DuckDB's materialization of the same window
     retried = gristmill("backfill", "fs1:1", "--job-id", failed[0]["id"], "--store", stores["connect"])
     assert_ok(retried)
-    assert_ok(gristmill("backfill", "fs1:1", "--start", START.isoformat(), "--end", END.isoformat(),
-                        "--store", stores["duckdb"]))
     pd.testing.assert_frame_equal(_offline(stores["connect"]), _offline(stores["duckdb"]))
     assert _online(stores["connect"]) == _online(stores["duckdb"])
     assert _stray_files(stores["connect"]) == []

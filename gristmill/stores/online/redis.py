@@ -415,6 +415,7 @@ class RedisOnlineStore:
         # per event loop: a pipelined connection per node for lookups run on that loop (_request)
         self._loop_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopChannel]] = \
             weakref.WeakKeyDictionary()
+        self._last_loop: tuple[asyncio.AbstractEventLoop, dict[str, LoopChannel]] | None = None
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its settings (for Spark executors): the copy opens its own connections."""
@@ -554,11 +555,16 @@ class RedisOnlineStore:
         """The running event loop's connection to ``node`` (``WouldBlock`` where hiredis, which parses the
         replies, is missing)."""
         loop = asyncio.get_running_loop()
-        channels = self._loop_channels.get(loop)
-        if channels is None:
-            if hiredis_reader() is None:
-                raise loop_bridge.WouldBlock
-            channels = self._loop_channels[loop] = {}
+        last = self._last_loop
+        if last is not None and last[0] is loop:          # the common case: one loop per server process
+            channels = last[1]
+        else:
+            channels = self._loop_channels.get(loop)
+            if channels is None:
+                if hiredis_reader() is None:
+                    raise loop_bridge.WouldBlock
+                channels = self._loop_channels[loop] = {}
+            self._last_loop = (loop, channels)
         channel = channels.get(node.name)
         if channel is None:
             import redis
@@ -589,6 +595,8 @@ class RedisOnlineStore:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        if self._last_loop is not None and self._last_loop[0] is loop:
+            self._last_loop = None
         for channel in self._loop_channels.pop(loop, {}).values():
             channel.close()
 
