@@ -905,7 +905,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
         try:
             import uvicorn
 
-            from gristmill.server.app import SERVE_AUTH, SERVE_STORE, create_app
+            from gristmill.server.app import SERVE_AUTH, SERVE_STORE, create_app, settle_heap
         except ImportError:
             from gristmill.errors import ConfigError, install_hint
 
@@ -918,7 +918,9 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
                           highlight=False)
         options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
         if workers == 1:
-            uvicorn.run(create_app(s, auth=not no_auth), **options)
+            served = create_app(s, auth=not no_auth)
+            settle_heap()
+            uvicorn.run(served, **options)
             return
         s.close()
         os.environ[SERVE_STORE], os.environ[SERVE_AUTH] = str(s.path), "0" if no_auth else "1"
