@@ -23,6 +23,7 @@ from redis_servers import REDIS_URL, RedisServer
 from gristmill import loop_bridge
 from gristmill.spec.types import FeatureType
 from gristmill.stores.online.base import EVENT_TIMESTAMP, OnlineTable
+from gristmill.stores.online.encoding import OnlineStoreError
 from gristmill.stores.online.redis import RedisOnlineStore
 from gristmill.stores.online.redis_wire import LoopChannel, bulk
 
@@ -324,3 +325,36 @@ def test_a_timed_cache_forgets_what_was_discarded_during_a_reload_and_what_faile
     off: loop_bridge.TimedCache[str, int] = loop_bridge.TimedCache(0)
     counter = iter(range(10))
     assert [off.get("k", lambda: next(counter)) for _ in range(3)] == [0, 1, 2]   # 0 s: nothing remembered
+
+
+def test_the_store_reads_on_the_loop_again_after_redis_restarts(tmp_path: Path) -> None:
+    """A loop connection found dead (Redis restarted since its last use) is replaced once, as the threads'
+    connections are: the lookup is answered, not failed."""
+    server = RedisServer(tmp_path / "redis")                   # persistent: the rows survive the restart
+    server.start()
+    try:
+        table = OnlineTable(store="s", feature_set="fs", version="1", materialization_version=1,
+                            keys=(("acct", FeatureType.STRING),), features=(("x", FeatureType.DOUBLE),), ttl=None)
+        now = datetime(2024, 1, 10, tzinfo=UTC)
+        rows = pa.table({"acct": ["A"], EVENT_TIMESTAMP: pa.array([now], pa.timestamp("us", tz="UTC")), "x": [1.5]})
+        store = RedisOnlineStore(server.url, prefix="p", socket_timeout=2.0)
+        assert store.write(table, rows, now=now) == 1
+        loop = asyncio.new_event_loop()
+
+        def read() -> Any:
+            return loop.run_until_complete(loop_bridge.run_on_loop(lambda: store.read(table, [("A",)], now=now)))
+
+        try:
+            assert read() == [{"x": 1.5}]
+            server.kill()
+            server.start()
+            assert read() == [{"x": 1.5}]
+            server.kill()
+            with pytest.raises(OnlineStoreError, match="cannot reach Redis"):
+                read()
+        finally:
+            loop.run_until_complete(loop_bridge.run_on_loop(store.close_loop_channels))
+            loop.close()
+            store.close()
+    finally:
+        server.kill()

@@ -126,6 +126,14 @@ def _reopened(url: str, prefix: str, socket_timeout: float) -> RedisOnlineStore:
     return RedisOnlineStore(url, prefix=prefix, socket_timeout=socket_timeout)
 
 
+def _streams_to_take() -> bool:
+    """Whether redis-py's asyncio connections keep their streams where ``_open_stream`` takes them from
+    (redis-py 4.2 and later); else lookups on the event loop are not used."""
+    from redis.asyncio.connection import AbstractConnection
+
+    return hasattr(AbstractConnection, "_reader") and hasattr(AbstractConnection, "_writer")
+
+
 def _redacted(url: str) -> str:
     """``url`` without its password."""
     parts = urlsplit(url)
@@ -404,6 +412,7 @@ class RedisOnlineStore:
         self.prefix = prefix
         self._socket_timeout = socket_timeout
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._closed = redis.ConnectionError
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0)
         self._write_sha = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
         self._layouts: dict[OnlineTable, RecordLayout] = {}
@@ -561,7 +570,7 @@ class RedisOnlineStore:
         else:
             channels = self._loop_channels.get(loop)
             if channels is None:
-                if hiredis_reader() is None:
+                if hiredis_reader() is None or not _streams_to_take():
                     raise loop_bridge.WouldBlock
                 channels = self._loop_channels[loop] = {}
             self._last_loop = (loop, channels)
@@ -756,7 +765,14 @@ class RedisOnlineStore:
         replies (error replies returned as exceptions). A connection found dead (e.g. after a server restart)
         is replaced once. On an event loop (``loop_bridge``) the request goes out on the loop's connection."""
         if loop_bridge.on_loop():
-            return loop_bridge.await_io(self._loop_channel(node).request(commands, replies))
+            channel = self._loop_channel(node)
+            reused = channel.connected
+            try:
+                return loop_bridge.await_io(channel.request(commands, replies))
+            except self._closed:                   # found dead (a Redis restart): one fresh connection
+                if not reused:
+                    raise
+                return loop_bridge.await_io(channel.request(commands, replies))
         channels: dict[str, Channel] | None = getattr(self._local, "channels", None)
         if channels is None:
             channels = self._local.channels = {}

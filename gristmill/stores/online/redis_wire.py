@@ -174,6 +174,11 @@ class LoopChannel:
         self._flush_at: asyncio.Handle | None = None
 
     @property
+    def connected(self) -> bool:
+        """Whether the connection is open (it may still turn out dead: Redis restarted meanwhile)."""
+        return self._writer is not None
+
+    @property
     def waiting(self) -> int:
         """Lookups waiting for replies on this connection."""
         return len(self._waiting)
