@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
-__all__ = ["TimedCache", "WouldBlock", "available", "await_io", "blocking_io", "on_loop", "run_on_loop"]
+__all__ = ["TimedCache", "Warmed", "WouldBlock", "available", "await_io", "blocking_io", "on_loop", "run_on_loop",
+           "stop_when_warming", "warming"]
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -39,6 +41,30 @@ except ImportError:                                     # pragma: no cover - gre
 
 class WouldBlock(Exception):
     """The call would block the event loop here (before doing anything): run it on a thread instead."""
+
+
+class Warmed(Exception):
+    """The call, run by ``warming``, reached the I/O the event loop waits for better: its caches are filled."""
+
+
+_warming = threading.local()
+
+
+@contextmanager
+def warming() -> Iterator[None]:
+    """Run a call on a thread up to the I/O the event loop can wait for (``stop_when_warming`` raises
+    ``Warmed`` there): what it needs from the registry is then remembered, and the call can run on the loop."""
+    _warming.on = True
+    try:
+        yield
+    finally:
+        _warming.on = False
+
+
+def stop_when_warming() -> None:
+    """Call before I/O the event loop waits for (an online-store read): raises ``Warmed`` inside ``warming``."""
+    if getattr(_warming, "on", False):
+        raise Warmed
 
 
 def available() -> bool:
@@ -87,18 +113,19 @@ async def run_on_loop(function: Callable[..., T], *args: Any) -> T:
 
 
 class TimedCache(Generic[K, V]):
-    """Values remembered for ``seconds`` (``seconds`` <= 0: nothing is remembered).
+    """Values remembered for at most ``seconds`` after they were loaded (``seconds`` <= 0: nothing is
+    remembered), so a change (a revoked token) shows within ``seconds``.
 
-    On the event loop (inside ``run_on_loop``) a value up to ``seconds`` past its time is still served while
-    one background thread loads it again: the lookups that arrive meanwhile neither wait for the registry nor
+    On the event loop (inside ``run_on_loop``) a value past half its time is still served while one
+    background thread loads it again: the lookups that arrive meanwhile neither wait for the registry nor
     pile onto threads together. A reload that fails drops the value (the next caller loads it and sees the
-    error). ``clear`` and ``discard`` also void the loads already under way, which could otherwise put back
-    what was just taken away (a revoked token)."""
+    error). ``clear`` and ``discard`` also void the loads under way, which could otherwise put back what was
+    just taken away (a revoked token)."""
 
     def __init__(self, seconds: float, *, most: int = 10_000) -> None:
         self.seconds = seconds
         self.most = most
-        self._items: dict[K, tuple[float, V]] = {}
+        self._items: dict[K, tuple[float, V]] = {}      # key -> (when loaded, value)
         self._generation = 0
         self._reloading: set[K] = set()
         self._lock = threading.Lock()
@@ -109,15 +136,15 @@ class TimedCache(Generic[K, V]):
             return load()
         hit = self._items.get(key)
         if hit is not None:
-            now = time.monotonic()
-            if now < hit[0]:
-                return hit[1]
-            if now < hit[0] + self.seconds and on_loop():
-                self._reload(key, load)
+            age = time.monotonic() - hit[0]
+            if age < self.seconds:
+                if age >= self.seconds / 2 and on_loop():
+                    self._reload(key, load)
                 return hit[1]
         generation = self._generation
+        loaded_at = time.monotonic()
         value = load()
-        self._keep(key, value, generation)
+        self._keep(key, value, generation, loaded_at)
         return value
 
     def clear(self) -> None:
@@ -130,13 +157,13 @@ class TimedCache(Generic[K, V]):
             self._generation += 1
             self._items.pop(key, None)
 
-    def _keep(self, key: K, value: V, generation: int) -> None:
+    def _keep(self, key: K, value: V, generation: int, loaded_at: float) -> None:
         with self._lock:
             if generation != self._generation:       # cleared since the load began: it may be outdated
                 return
             if len(self._items) >= self.most and key not in self._items:
                 self._items.clear()
-            self._items[key] = (time.monotonic() + self.seconds, value)
+            self._items[key] = (loaded_at, value)   # its age counts from before the load read anything
 
     def _reload(self, key: K, load: Callable[[], V]) -> None:
         with self._lock:
@@ -146,6 +173,7 @@ class TimedCache(Generic[K, V]):
             generation = self._generation
 
         def reload() -> None:
+            loaded_at = time.monotonic()
             try:
                 value = load()
             except Exception as exc:
@@ -153,7 +181,7 @@ class TimedCache(Generic[K, V]):
                 with self._lock:
                     self._items.pop(key, None)
             else:
-                self._keep(key, value, generation)
+                self._keep(key, value, generation, loaded_at)
             finally:
                 with self._lock:
                     self._reloading.discard(key)

@@ -183,7 +183,9 @@ def lookup(requests: list[FeatureSetRequest], tables: list[OnlineTable], stores:
             keys = [tuple(_coerce_key(v, kind, name, request.label)
                           for v, kind, name in zip(values, key_types, key_names, strict=True))
                     for values in zip(*key_columns, strict=True)]
-        if not getattr(store, "loop_reads", False):
+        if getattr(store, "loop_reads", False):
+            loop_bridge.stop_when_warming()        # filling caches on a thread: the read is the event loop's
+        else:
             loop_bridge.blocking_io()              # a store that blocks its caller: not on an event loop
         found = _as_of(request.label, keys, store.read_stored(table, keys), now) if as_of \
             else store.read(table, keys, now=now)

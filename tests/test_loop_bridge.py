@@ -252,10 +252,10 @@ def test_the_store_reads_on_the_loop_with_its_url_settings(tmp_path: Path) -> No
         server.kill()
 
 
-def test_a_timed_cache_serves_a_stale_value_on_the_loop_while_one_thread_reloads_it() -> None:
+def test_a_timed_cache_reloads_past_half_its_time_on_the_loop_and_never_serves_older_values() -> None:
     import threading
 
-    cache: loop_bridge.TimedCache[str, int] = loop_bridge.TimedCache(0.2)
+    cache: loop_bridge.TimedCache[str, int] = loop_bridge.TimedCache(1.0)
     loads: list[str] = []
     release = threading.Event()
 
@@ -267,30 +267,33 @@ def test_a_timed_cache_serves_a_stale_value_on_the_loop_while_one_thread_reloads
             return value
         return run
 
+    def on_loop(value: int, **options: bool) -> int:
+        return asyncio.run(loop_bridge.run_on_loop(cache.get, "k", load(value, **options)))
+
     assert cache.get("k", load(1)) == 1
     assert cache.get("k", load(2)) == 1                       # fresh: remembered
-    time.sleep(0.25)
-    assert cache.get("k", load(3)) == 3                       # expired, off the loop: loaded here
-    time.sleep(0.25)
-
-    async def stale_reads() -> list[int]:
-        return [await loop_bridge.run_on_loop(cache.get, "k", load(4, wait=True)) for _ in range(5)]
-
-    assert asyncio.run(stale_reads()) == [3] * 5              # no waiting; one reload under way
+    time.sleep(1.05)
+    assert cache.get("k", load(3)) == 3                       # too old, off the loop: loaded here
+    assert on_loop(99) == 3                                   # under half its time: no reload
+    time.sleep(0.55)
+    assert [on_loop(4, wait=True) for _ in range(5)] == [3] * 5   # past half: served, one reload under way
     deadline = time.monotonic() + 10
     while len(loads) < 3 and time.monotonic() < deadline:     # the reload's thread starts
         time.sleep(0.01)
     assert len(loads) == 3 and loads[:2] == ["MainThread"] * 2 and loads[2].startswith("cache-reload")
     release.set()
     time.sleep(0.1)
-    assert cache.get("k", load(99)) == 4                      # the reload's value, fresh
+    assert cache.get("k", load(99)) == 4                      # the reload's value
     assert len(loads) == 3
+    time.sleep(1.05)                                          # too old even on the loop: loaded by the caller
+    with pytest.raises(loop_bridge.WouldBlock):
+        asyncio.run(loop_bridge.run_on_loop(cache.get, "k", lambda: loop_bridge.blocking_io()))
 
 
 def test_a_timed_cache_forgets_what_was_discarded_during_a_reload_and_what_failed_to_reload() -> None:
     import threading
 
-    cache: loop_bridge.TimedCache[str, str] = loop_bridge.TimedCache(0.1)
+    cache: loop_bridge.TimedCache[str, str] = loop_bridge.TimedCache(1.0)
     started, release = threading.Event(), threading.Event()
 
     def slow() -> str:
@@ -301,23 +304,27 @@ def test_a_timed_cache_forgets_what_was_discarded_during_a_reload_and_what_faile
     def fails() -> str:
         raise RuntimeError("registry down")
 
+    def would_block() -> str:
+        loop_bridge.blocking_io()
+        return "loaded on the loop"
+
     cache.get("token", lambda: "valid")
-    time.sleep(0.15)
+    time.sleep(0.55)
     assert asyncio.run(loop_bridge.run_on_loop(cache.get, "token", slow)) == "valid"
     assert started.wait(10)
     cache.discard("token")                                    # revoked while the reload runs
     release.set()
     time.sleep(0.1)
     with pytest.raises(loop_bridge.WouldBlock):               # nothing remembered: the loop must not load it
-        asyncio.run(loop_bridge.run_on_loop(cache.get, "token", lambda: loop_bridge.blocking_io()))
+        asyncio.run(loop_bridge.run_on_loop(cache.get, "token", would_block))
     assert cache.get("token", lambda: "fresh") == "fresh"
 
-    time.sleep(0.15)
-    assert asyncio.run(loop_bridge.run_on_loop(cache.get, "token", fails)) == "fresh"   # stale, reload fails
+    time.sleep(0.55)
+    assert asyncio.run(loop_bridge.run_on_loop(cache.get, "token", fails)) == "fresh"   # reload fails...
     deadline = time.monotonic() + 10
     while True:                                               # ... and the value is dropped
         try:
-            asyncio.run(loop_bridge.run_on_loop(cache.get, "token", lambda: loop_bridge.blocking_io()))
+            asyncio.run(loop_bridge.run_on_loop(cache.get, "token", would_block))
         except loop_bridge.WouldBlock:
             break
         assert time.monotonic() < deadline
@@ -358,3 +365,34 @@ def test_the_store_reads_on_the_loop_again_after_redis_restarts(tmp_path: Path) 
             store.close()
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_reply_that_arrived_while_the_loop_was_busy_is_not_a_timeout(loop_kind: str) -> None:
+    """The loop blocked longer than the timeout while Redis answered: the reply is there, so the lookup gets
+    it (both loops; uvloop runs due timers before it reads the sockets)."""
+    prefix = f"loop-{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(f"{prefix}:k", b"v")
+
+    async def main() -> None:
+        channel = _channel(REDIS_URL, timeout=0.2)
+        try:
+            assert await channel.request([_get(f"{prefix}:k".encode())], 1) == [b"v"]
+            asking = asyncio.ensure_future(channel.request([_get(f"{prefix}:k".encode())], 1))
+            await asyncio.sleep(0)                           # the request is queued, its write scheduled
+            asyncio.get_running_loop().call_soon(time.sleep, 0.5)   # right after the write: holds the loop
+            assert await asking == [b"v"]
+        finally:
+            channel.close()
+
+    try:
+        if loop_kind == "uvloop":
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    finally:
+        client.delete(f"{prefix}:k")
+        client.close()

@@ -307,3 +307,56 @@ def test_statistics_show_values_to_readers_of_the_data_only(lane: Lane) -> None:
         fresh = httpx.get(f"{lane.fast}/v1/feature-sets/fs1/1/freshness", timeout=30,
                           headers={"Authorization": f"Bearer {token}"})
         assert fresh.status_code == 200, fresh.text                   # freshness shows no values: jobs readers
+
+
+def test_a_new_token_fills_the_caches_on_a_thread_and_is_answered_on_the_loop(lane: Lane) -> None:
+    """A token the server has not seen needs the registry: a thread reads it, stopping short of the store
+    read, whose wait stays on the event loop (on SQLite, whose reads block, the whole lookup is a thread's)."""
+    access = AccessRecords(lane.store.materializer.records)
+    token = access.create_token("reader")
+    body = {"features": NAMES, "entities": {"acct": KEYS}}
+    before = lane.answered()
+    fast = httpx.post(f"{lane.fast}/v1/online/features", json=body, headers={"Authorization": f"Bearer {token}"})
+    slow = httpx.post(f"{lane.slow}/v1/online/features", json=body, headers={"Authorization": f"Bearer {token}"})
+    _same(fast, slow, 200)
+    after = lane.answered()
+    if lane.online_store == "redis":
+        assert (after["loop"] - before["loop"], after["threads"] - before["threads"]) == (1, 0)
+    else:
+        assert (after["loop"] - before["loop"], after["threads"] - before["threads"]) == (0, 1)
+
+
+def test_large_lookups_are_worked_out_on_a_thread(lane: Lane, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding and encoding a large answer would hold the event loop (and every other request): past
+    ``LOOP_MOST_CELLS`` keys x features a lookup runs on the lane's threads, with the same answer."""
+    from gristmill.server import online
+
+    body = {"features": NAMES, "entities": {"acct": KEYS}}
+    warm = lane.both("reader", body)
+    _same(*warm, 200)
+    monkeypatch.setattr(online, "LOOP_MOST_CELLS", len(NAMES) * len(KEYS) - 1)
+    before = lane.answered()
+    fast, slow = lane.both("reader", body)
+    _same(fast, slow, 200)
+    assert fast.content == warm[0].content
+    after = lane.answered()
+    assert (after["loop"] - before["loop"], after["threads"] - before["threads"]) == (0, 1)
+
+
+def test_each_refused_lookup_is_counted_once_in_the_audit_log(lane: Lane) -> None:
+    """A refusal found on the event loop is handed to a thread before anything is counted (counted once,
+    and the count written)."""
+    body = {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}
+    owner = {"Authorization": f"Bearer {lane.tokens['owner']}"}
+    before = {(e["resource"], e["action"]): e["count"]
+              for e in httpx.get(f"{lane.fast}/v1/audit?denied_only=true&limit=1000", headers=owner).json()
+              if e["principal"] == "nobody"}
+    for _ in range(11):
+        refused = httpx.post(f"{lane.fast}/v1/online/features", json=body,
+                             headers={"Authorization": f"Bearer {lane.tokens['nobody']}"})
+        assert refused.status_code in (403, 404), refused.text
+    after = {(e["resource"], e["action"]): e["count"]
+             for e in httpx.get(f"{lane.fast}/v1/audit?denied_only=true&limit=1000", headers=owner).json()
+             if e["principal"] == "nobody"}
+    added = sum(after.values()) - sum(before.values())
+    assert added == 11, (before, after)

@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gristmill import loop_bridge
 from gristmill.auth.roles import PERMISSIONS, AccessDeniedError, Action, Resource, Role, Scope
 from gristmill.errors import GristmillError, NotFoundError
 from gristmill.loop_bridge import TimedCache
@@ -309,6 +310,7 @@ class AccessRecords:
     def _audit_refused_token(self, token_id: str, problem: str) -> None:
         """Record a refused token, at most once a minute per token id; made-up ids share one bucket, so a
         flood of them writes one row a minute."""
+        loop_bridge.blocking_io()          # on the event loop: before any change, the call runs again on a thread
         now = time.monotonic()
         last = self._refusals.get(token_id)
         if last is not None and now - last < 60:
@@ -378,6 +380,7 @@ class AccessRecords:
         """Record a refusal: a new row the first time in ``REFUSAL_WINDOW_SECONDS`` for this principal,
         action and resource, else one more in that row's ``count`` (written at most once a second, and
         whenever the audit log is read)."""
+        loop_bridge.blocking_io()          # on the event loop: before any change, the call runs again on a thread
         key = (principal, action, resource)
         now = time.monotonic()
         with self._denials_lock:

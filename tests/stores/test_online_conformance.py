@@ -641,7 +641,7 @@ def test_redis_writes_without_hiredis(redis_store: Any, monkeypatch: pytest.Monk
     """Without the hiredis parser the replies are read through redis-py, one by one: same results."""
     from gristmill.stores.online import redis_wire
 
-    monkeypatch.setattr(redis_wire, "_hiredis_reader", lambda: None)
+    monkeypatch.setattr(redis_wire, "hiredis_reader", lambda: None)
     store = redis_store
     assert store.write(FS1, rows(FS1, ("A", "2024-01-09", 4.0), ("B", "2024-01-09", 1.0)), now=NOW) == 2
     assert store.write(FS1, rows(FS1, ("A", "2024-01-09 06:00", 5.0), ("B", "2024-01-08", 2.0)), now=NOW) == 1
@@ -755,5 +755,5 @@ def test_redis_cluster_redirects_without_hiredis(redis_cluster: Any, monkeypatch
     """redis-py's own reply reader drops MOVED/ASK from error messages: redirects are still recognised."""
     from gristmill.stores.online import redis_wire
 
-    monkeypatch.setattr(redis_wire, "_hiredis_reader", lambda: None)
+    monkeypatch.setattr(redis_wire, "hiredis_reader", lambda: None)
     test_redis_cluster_follows_ask_while_a_slot_migrates(redis_cluster)

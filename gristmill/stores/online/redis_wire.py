@@ -151,24 +151,30 @@ class Channel:
 
 
 
+#: how long after its timeout a lookup's replies are looked for once more (a positive delay: the event loop
+#: polls its sockets in between, whichever loop it is)
+_RECHECK_SECONDS = 0.05
+
+
 class LoopChannel:
     """A connection for lookups made on an event loop (``loop_bridge``): requests from concurrent lookups are
     pipelined on it, the commands of one loop iteration sent in one write, and the replies, parsed by hiredis
-    as they arrive, handed back in order. A lookup waits at most ``timeout`` seconds for its replies; past
-    that the connection is closed (every lookup behind the late reply would wait too) and each waiting lookup
-    gets a ``TimeoutError``; the next lookup connects again.
+    as the bytes arrive (in the loop's I/O callback, so a reply that has arrived is never taken for a late
+    one), handed back in order. A lookup waits at most ``timeout`` seconds for its replies; past that the
+    connection is closed (every lookup behind the late reply would wait too) and each waiting lookup gets a
+    ``TimeoutError``; the next lookup connects again.
 
-    ``connect()`` opens the stream (authenticated, database selected) and returns its reader, writer and a
-    close function."""
+    ``connect()`` opens the stream (authenticated, database selected); the channel takes over its transport."""
 
     def __init__(self, connect: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
                  *, timeout: float, errors: tuple[type[BaseException], type[BaseException]]) -> None:
         self._connect = connect
         self.timeout = timeout
         self._closed_error, self._timeout_error = errors      # redis-py's ConnectionError and TimeoutError
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._parser: Any = None
         self._opening: asyncio.Future[None] | None = None
-        self._reading: asyncio.Task[None] | None = None
         self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
         self._out: list[bytes] = []
         self._flush_at: asyncio.Handle | None = None
@@ -176,7 +182,7 @@ class LoopChannel:
     @property
     def connected(self) -> bool:
         """Whether the connection is open (it may still turn out dead: Redis restarted meanwhile)."""
-        return self._writer is not None
+        return self._transport is not None
 
     @property
     def waiting(self) -> int:
@@ -186,7 +192,7 @@ class LoopChannel:
     async def request(self, commands: list[bytes], replies: int) -> list[Any]:
         """Send ``commands`` and return their ``replies`` replies (error replies as exceptions, not raised)."""
         loop = asyncio.get_running_loop()
-        if self._writer is None:
+        if self._transport is None:
             await self._open(loop)
         done: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((done, replies, []))
@@ -203,7 +209,7 @@ class LoopChannel:
         if self._opening is None:                      # one connect for the lookups that arrive meanwhile
             self._opening = loop.create_future()
             try:
-                reader, writer = await asyncio.wait_for(self._connect(), self.timeout)
+                streams = await asyncio.wait_for(self._connect(), self.timeout)
             except BaseException as exc:
                 opening, self._opening = self._opening, None
                 failure = (self._timeout_error(f"Redis did not answer within {self.timeout:g} s of connecting")
@@ -213,8 +219,11 @@ class LoopChannel:
                 if isinstance(exc, Exception):
                     raise failure from exc
                 raise
-            self._writer = writer
-            self._reading = loop.create_task(self._read(reader, hiredis_reader()))
+            transport = streams[1].transport
+            self._streams = streams                    # kept: a stream writer closes its transport when collected
+            self._parser = hiredis_reader()
+            transport.set_protocol(_Replies(self, transport))
+            self._transport = transport                 # type: ignore[assignment]
             opening, self._opening = self._opening, None
             opening.set_result(None)
         else:
@@ -222,59 +231,79 @@ class LoopChannel:
 
     def _flush(self) -> None:
         self._flush_at = None
-        if self._writer is not None and self._out:
+        if self._transport is not None and self._out:
             data = b"".join(self._out)
             self._out.clear()
-            self._writer.write(data)
+            self._transport.write(data)
 
-    async def _read(self, stream: asyncio.StreamReader, parser: Any) -> None:
+    def _received(self, data: bytes) -> None:
         waiting = self._waiting
-        gets = parser.gets
+        parser = self._parser
         try:
-            while True:
-                data = await stream.read(1 << 20)
-                if not data:
-                    self.close(self._closed_error("Redis closed the connection"))
+            parser.feed(data)
+            reply = parser.gets()
+            while reply is not False:
+                if not waiting:
+                    self.close(self._closed_error("Redis sent a reply nobody asked for"))
                     return
-                parser.feed(data)
-                reply = gets()
-                while reply is not False:
-                    if not waiting:
-                        self.close(self._closed_error("Redis sent a reply nobody asked for"))
-                        return
-                    done, count, got = waiting[0]
-                    got.append(reply)
-                    if len(got) == count:
-                        waiting.popleft()
-                        if not done.done():
-                            done.set_result(got)
-                    reply = gets()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+                done, count, got = waiting[0]
+                got.append(reply)
+                if len(got) == count:
+                    waiting.popleft()
+                    if not done.done():
+                        done.set_result(got)
+                reply = parser.gets()
+        except Exception as exc:                     # a reply hiredis cannot parse: the stream is lost
             self.close(self._closed_error(f"reading from Redis failed: {exc}"))
 
+    def _lost(self, transport: asyncio.BaseTransport, exc: BaseException | None) -> None:
+        if transport is self._transport:
+            self.close(self._closed_error("Redis closed the connection" + (f" ({exc})" if exc else "")))
+
     def _late(self, done: asyncio.Future[list[Any]]) -> None:
+        # The loop may have been too busy to read the reply yet (uvloop runs due timers before it polls the
+        # sockets): look again after one more poll before failing anyone.
+        if not done.done():
+            asyncio.get_running_loop().call_later(_RECHECK_SECONDS, self._still_late, done)
+
+    def _still_late(self, done: asyncio.Future[list[Any]]) -> None:
         if not done.done():
             self.close(self._timeout_error(f"Redis did not answer within {self.timeout:g} s"))
 
     def close(self, error: BaseException | None = None) -> None:
         """Close the connection; lookups waiting on it get ``error`` (a ``ConnectionError`` by default)."""
-        writer, self._writer = self._writer, None
-        reading, self._reading = self._reading, None
+        transport, self._transport = self._transport, None
+        self._streams = None
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
         self._out.clear()
-        if reading is not None and reading is not asyncio.current_task():
-            reading.cancel()
-        if writer is not None:
-            writer.close()
+        if transport is not None:
+            transport.close()
         failure = error or self._closed_error("the connection was closed")
         while self._waiting:
             done, _, _ = self._waiting.popleft()
             if not done.done():
                 done.set_exception(failure)
+
+
+class _Replies(asyncio.Protocol):
+    """The protocol of a ``LoopChannel``'s transport: bytes from Redis go straight to the channel's parser."""
+
+    def __init__(self, channel: LoopChannel, transport: asyncio.BaseTransport) -> None:
+        self.channel = channel
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is self.channel._transport:
+            self.channel._received(data)
+
+    def eof_received(self) -> bool:
+        self.channel._lost(self.transport, None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel._lost(self.transport, exc)
 
 
 def script_calls(batch: Batch, *, sha: str, offset_ms: int, rows_per_call: int) -> list[tuple[bytes, np.ndarray]]:
