@@ -10,8 +10,12 @@ and writes the answer with orjson, the same bytes the framework's route writes (
 answers and refusals (422 naming the field, 413, 400) stay exactly as documented. Refusals raised while
 answering (401, 403, 404, 400, 413, 503) go through the app's own exception handlers.
 
-The store is read on a small pool of threads of the lane's own: a Redis that stops answering holds
-those threads (up to the store's socket timeout), never the event loop that serves every other route.
+Where the online store can wait for its replies on the event loop (Redis), the lookup runs there
+(``loop_bridge``): no thread hand-off, and a Redis that stops answering holds only the lookups waiting for
+it, up to the store's timeout, never the loop that serves every other route. A lookup that must read the
+registry first (a token or feature list not remembered) has a thread fill the caches, then goes on on the
+loop. Lookups on a store whose reads block (SQLite), with ``explain``, or larger than ``LOOP_MOST_CELLS`` run
+on a small pool of threads of the lane's own.
 """
 
 from __future__ import annotations
@@ -139,7 +143,8 @@ def _plain_json(value: Any) -> Any:
 
 
 class OnlineLane:
-    """ASGI middleware answering ``POST /v1/online/features`` (see the module docstring).
+    """ASGI handler answering ``POST /v1/online/features`` ahead of the framework (see the module docstring);
+    ``app`` answers everything else.
 
     ``principal(authorization)`` names the caller of an ``Authorization`` header (or raises the app's 401);
     ``answer(principal, query)`` is the route's own work and returns the response body."""
