@@ -82,3 +82,8 @@ class StoreUnavailableError(GristmillError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RegistryUnavailableError(RegistryError, StoreUnavailableError):
+    """The registry database cannot be reached or failed (down, locked, its tables gone); the request itself
+    was fine (the server answers 503)."""

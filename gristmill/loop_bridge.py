@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
+from gristmill.errors import StoreUnavailableError
+
 __all__ = ["TimedCache", "Warmed", "WouldBlock", "available", "await_io", "blocking_io", "on_loop", "run_on_loop",
            "stop_when_warming", "warming"]
 
@@ -119,7 +121,8 @@ class TimedCache(Generic[K, V]):
     On the event loop (inside ``run_on_loop``) a value past half its time is still served while one
     background thread loads it again: the lookups that arrive meanwhile neither wait for the registry nor
     pile onto threads together. A reload that fails drops the value (the next caller loads it and sees the
-    error). ``clear`` and ``discard`` also void the loads under way, which could otherwise put back what was
+    error), unless the registry could not be reached: then the value is used until its time is up.
+    ``clear`` and ``discard`` also void the loads under way, which could otherwise put back what was
     just taken away (a revoked token)."""
 
     def __init__(self, seconds: float, *, most: int = 10_000) -> None:
@@ -176,7 +179,9 @@ class TimedCache(Generic[K, V]):
             loaded_at = time.monotonic()
             try:
                 value = load()
-            except Exception as exc:
+            except StoreUnavailableError as exc:      # the registry is down for now: the value keeps its time
+                log.debug("reloading a cached value failed: %s", exc)
+            except Exception as exc:                  # the next caller loads it and sees the error
                 log.debug("reloading a cached value failed: %s", exc)
                 with self._lock:
                     self._items.pop(key, None)

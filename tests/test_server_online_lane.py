@@ -360,3 +360,67 @@ def test_each_refused_lookup_is_counted_once_in_the_audit_log(lane: Lane) -> Non
              if e["principal"] == "nobody"}
     added = sum(after.values()) - sum(before.values())
     assert added == 11, (before, after)
+
+
+@pytest.mark.postgres
+def test_a_registry_that_fails_is_503_and_remembered_tokens_keep_their_time(
+        tmp_path: Path, postgres_schema: tuple[str, str]) -> None:
+    """The registry's tables gone (its schema renamed away): a token not seen yet is 503 with Retry-After, a
+    remembered one keeps working until its 5 s are up (a failed reload does not end it sooner), then 503;
+    with the registry back, every token works again."""
+    import time
+
+    import sqlalchemy as sa
+    from postgres import POSTGRES_URL
+
+    url, schema = postgres_schema
+    (tmp_path / "data").mkdir()
+    pq.write_table(_rows(), tmp_path / "data" / "rows.parquet")
+    repo = write_fs1_repo(tmp_path, source=tmp_path / "data" / "rows.parquet", features=FEATURES,
+                          settings={"offline_enabled": False, "online_enabled": True})
+    prefix = f"lane-{uuid.uuid4().hex[:12]}"
+    store = gm.FeatureStore.init(tmp_path / "store", registry_url=url, registry_schema=schema, clock=lambda: NOW,
+                                 online_store=REDIS_URL, online_prefix=prefix)
+    assert store.apply(repo).ok
+    assert store.backfill("fs1", 1, start="2024-01-01", end="2024-01-10")[0].status.value == "Completed"
+    access = AccessRecords(store.materializer.records)
+    access.add_principal("reader")
+    access.grant("reader", "Reader", by="test")
+    seen, unseen = access.create_token("reader"), access.create_token("reader")
+    body = {"features": ["fs1:1:x"], "entities": {"acct": ["K0"]}}
+    admin = sa.create_engine(POSTGRES_URL)
+
+    def rename(old: str, new: str) -> None:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'ALTER SCHEMA "{old}" RENAME TO "{new}"'))
+
+    try:
+        with served(create_app(store)) as server:
+            def ask(token: str) -> httpx.Response:
+                return httpx.post(f"{server}/v1/online/features", json=body,
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+            assert ask(seen).json()["columns"]["x"] == [1.5]
+            loaded = time.monotonic()
+            rename(schema, f"{schema}_away")
+            try:
+                refused = ask(unseen)
+                assert refused.status_code == 503, refused.text
+                assert "registry" in refused.json()["error"] and int(refused.headers["retry-after"]) > 0
+                time.sleep(max(0.0, loaded + 2.8 - time.monotonic()))   # past half its time: a reload fails
+                assert ask(seen).status_code == 200
+                time.sleep(0.5)
+                again = ask(seen)
+                assert again.status_code == 200, again.text                # ... and the token is still remembered
+                time.sleep(max(0.0, loaded + 5.3 - time.monotonic()))
+                assert ask(seen).status_code == 503                      # its time is up
+            finally:
+                rename(f"{schema}_away", schema)
+            assert ask(unseen).status_code == 200
+            assert ask(seen).status_code == 200
+    finally:
+        admin.dispose()
+        client = redis.Redis.from_url(REDIS_URL)
+        for name in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.unlink(name)
+        client.close()

@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
 from gristmill import loop_bridge
-from gristmill.errors import NotFoundError, RegistryError
+from gristmill.errors import NotFoundError, RegistryError, RegistryUnavailableError
 from gristmill.jobs.intervals import DataInterval, DataStatus, Timeline, naive_utc
 from gristmill.registry.registry import _WRITE_OPTION, Registry, version_key
 from gristmill.spec.common import LenientStrEnum
@@ -523,11 +523,11 @@ class MaterializationRecords:
                     conn.execution_options(**{_WRITE_OPTION: True})  # BEGIN IMMEDIATE on SQLite
                 with conn.begin():
                     yield conn
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.ProgrammingError) as exc:
             where = self._registry.url + (f" (schema {self._registry.schema})" if self._registry.schema else "")
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-            raise RegistryError(f"materialization records at {where} failed: {reason}; check that the "
-                                "registry database is reachable and writable") from exc
+            raise RegistryUnavailableError(f"materialization records at {where} failed: {reason}; check that the "
+                                           "registry database is reachable and writable") from exc
 
 
 # -- helpers ------------------------------------------------------------------------------------------

@@ -25,7 +25,14 @@ from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
 from sqlalchemy.pool import StaticPool
 
 from gristmill import loop_bridge
-from gristmill.errors import ConfigError, ImmutableError, NotFoundError, RegistryError, install_hint
+from gristmill.errors import (
+    ConfigError,
+    ImmutableError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+    install_hint,
+)
 from gristmill.registry import models
 from gristmill.registry.search import query_terms, rank_feature, searchable_text
 from gristmill.spec.entity import Entity
@@ -384,9 +391,9 @@ class Registry:
                     conn.execution_options(**{_WRITE_OPTION: True})
                 with conn.begin():
                     yield conn
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-            raise RegistryError(f"registry at {self._location()} failed: {_reason(exc)}; "
-                                f"{self._what_to_check()}") from exc
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.ProgrammingError) as exc:
+            raise RegistryUnavailableError(f"registry at {self._location()} failed: {_reason(exc)}; "
+                                           f"{self._what_to_check()}") from exc
 
     def _retry_on_conflict(self, action: Callable[[], T]) -> T:
         """Run ``action`` again if a concurrent writer inserted the same version first."""

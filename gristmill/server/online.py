@@ -158,6 +158,9 @@ class OnlineLane:
         self.most_bytes = most_bytes
         self.handlers = handlers
         self._pool = ThreadPoolExecutor(LANE_THREADS, thread_name_prefix="online")
+        # threads that fill the caches from the registry for lookups that then go on on the loop: apart, so
+        # that a registry that hangs holds them, not the threads answering lookups that need no registry
+        self._warmers = ThreadPoolExecutor(LANE_THREADS, thread_name_prefix="online-registry")
         self._waiting = 0                   # lookups being answered (event loop only)
         #: lookups answered on the event loop and on the lane's threads (the first of a token, a feature list
         #: or every few seconds a cache refresh reads the registry: those go to a thread)
@@ -233,7 +236,8 @@ class OnlineLane:
         except loop_bridge.WouldBlock:               # the registry must be read first (a new token, feature list)
             # On a thread, up to the store read (whose wait belongs on the loop: a thread would be held for as
             # long as the store takes to answer); what it read from the registry is then remembered.
-            body = await asyncio.get_running_loop().run_in_executor(self._pool, self._warm, authorization, query)
+            body = await asyncio.get_running_loop().run_in_executor(self._warmers, self._warm, authorization,
+                                                                    query)
             if body is not None:                     # the thread finished it: no store read was needed
                 self.answered["threads"] += 1
                 return body
