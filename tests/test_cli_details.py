@@ -243,6 +243,20 @@ def test_init_with_a_redis_online_store(tmp_path: Path) -> None:
     assert_user_error(results["bad"], "--online-store", "memcached://localhost", "redis://")
 
 
+@pytest.mark.parametrize(("value", "says"), [(-1, "greater than 0"), (0, "greater than 0"),
+                                             (7200, "less than or equal to 3600"), ("soon", "valid number")])
+def test_a_bad_redis_timeout_is_one_error_line_naming_the_field(tmp_path: Path, value: object, says: str) -> None:
+    from redis_servers import REDIS_URL
+
+    assert_ok(gristmill("init", tmp_path / "s", "--online-store", REDIS_URL, "--online-prefix", "timeout"))
+    config_file = tmp_path / "s" / "featurestore.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["online_store"]["timeout_seconds"] = value
+    config_file.write_text(yaml.safe_dump(config))
+    assert_user_error(gristmill("status", "--store", tmp_path / "s"), str(config_file),
+                      "online_store.timeout_seconds", says)
+
+
 # -- 7. tokens and principals -------------------------------------------------------------------------
 def test_access_tokens_lists_tokens_without_secrets(tmp_path: Path) -> None:
     store = tmp_path / "store"
