@@ -905,7 +905,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
         try:
             import uvicorn
 
-            from gristmill.server.app import SERVE_AUTH, SERVE_STORE, create_app, settle_heap
+            from gristmill.server.app import SERVE_AUTH, SERVE_STORE, served_app
         except ImportError:
             from gristmill.errors import ConfigError, install_hint
 
@@ -918,9 +918,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
                           highlight=False)
         options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
         if workers == 1:
-            served = create_app(s, auth=not no_auth)
-            settle_heap()
-            uvicorn.run(served, **options)
+            uvicorn.run(served_app(s, auth=not no_auth), **options)
             return
         s.close()
         os.environ[SERVE_STORE], os.environ[SERVE_AUTH] = str(s.path), "0" if no_auth else "1"

@@ -110,20 +110,20 @@ def app_from_environment() -> FastAPI:
     environment the command set."""
     from gristmill.store import FeatureStore
 
-    app = create_app(FeatureStore(os.environ[SERVE_STORE]), auth=os.environ.get(SERVE_AUTH, "1") != "0")
-    settle_heap()
-    return app
+    return served_app(FeatureStore(os.environ[SERVE_STORE]), auth=os.environ.get(SERVE_AUTH, "1") != "0")
 
 
-def settle_heap() -> None:
-    """Leave what the server process holds at start (modules, the app, the store) out of Python's garbage
-    collections from now on. A full collection walks every object: with all that loaded it paused the server
-    for about 60 ms every second under load, which was the whole of the online route's p99 at 16
-    connections (3-4 ms after this)."""
+def served_app(store: FeatureStore, *, auth: bool = True) -> FastAPI:
+    """The app of a server process (``gristmill serve``): ``create_app``, then what the process holds at start
+    (modules, the app, the store) is left out of Python's garbage collections from now on. A full collection
+    walks every object: with all that loaded it paused the server for about 60 ms every second under load,
+    which was the whole of the online route's p99 at 16 connections (3-4 ms after this)."""
     import gc
 
+    app = create_app(store, auth=auth)
     gc.collect()
     gc.freeze()
+    return app
 
 
 class _App(FastAPI):

@@ -412,7 +412,7 @@ class RedisOnlineStore:
         self.prefix = prefix
         self._socket_timeout = socket_timeout
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
-        self._closed = redis.ConnectionError
+        self._loop_errors = (redis.ConnectionError, redis.TimeoutError)   # a loop channel's: closed, too late
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=5.0)
         self._write_sha = hashlib.sha1(WRITE_SCRIPT.encode()).hexdigest()
         self._layouts: dict[OnlineTable, RecordLayout] = {}
@@ -576,10 +576,8 @@ class RedisOnlineStore:
             self._last_loop = (loop, channels)
         channel = channels.get(node.name)
         if channel is None:
-            import redis
-
             channel = channels[node.name] = LoopChannel(lambda: self._open_stream(node), timeout=self._socket_timeout,
-                                                        errors=(redis.ConnectionError, redis.TimeoutError))
+                                                        errors=self._loop_errors)
         return channel
 
     async def _open_stream(self, node: _Node) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -769,7 +767,7 @@ class RedisOnlineStore:
             reused = channel.connected
             try:
                 return loop_bridge.await_io(channel.request(commands, replies))
-            except self._closed:                   # found dead (a Redis restart): one fresh connection
+            except self._loop_errors[0]:           # found dead (a Redis restart): one fresh connection
                 if not reused:
                     raise
                 return loop_bridge.await_io(channel.request(commands, replies))
