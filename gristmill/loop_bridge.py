@@ -7,7 +7,9 @@ would hold every request of the server. The bridge runs the same synchronous cod
 loop: where the store would wait for its reply (``await_io``), the greenlet steps aside and the loop serves other
 requests until the reply (or the store's timeout) comes. Work that would block in ways the bridge cannot
 await, such as a registry query on a cache miss, raises ``WouldBlock`` before doing anything (``blocking_io``),
-and the caller runs the whole call again on a thread, where it may block.
+and the caller runs the whole call again on a thread, where it may block: in full, or only up to the I/O the
+loop waits for better (``warming``: the registry's answers are then remembered and the call runs on the loop
+again). ``TimedCache`` remembers such answers so that the loop rarely needs the registry at all.
 
 Without the ``greenlet`` package (installed with the ``server`` extra) ``available()`` is False and callers use
 their threads.
